@@ -1,0 +1,241 @@
+"""The on-disk workspace shared by all stages: layout, manifest (workspace.yaml), model binding
+and atomic file I/O. Every file is written under a temporary name, fsynced and renamed, so an
+interrupted stage never leaves a half-written file that a later stage would read."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swe_cli import __version__
+from swe_cli.errors import WorkspaceError
+
+MANIFEST = "workspace.yaml"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    os.close(descriptor)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        with temporary_path.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def save_tensors(
+    path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """Atomically write a safetensors file."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as temporary:
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata
+        )
+
+
+def load_tensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a workspace safetensors file; a truncated or corrupted file is a WorkspaceError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata  # noqa: SIM118
+    except FileNotFoundError:
+        raise WorkspaceError(
+            f"{path}: missing", hint="run the stage that writes it first"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any decoding failure means a damaged file
+        raise WorkspaceError(
+            f"{path}: unreadable or truncated ({type(error).__name__})",
+            hint="delete the file and re-run the stage that wrote it",
+        ) from None
+
+
+def valid_tensor_file(path: Path) -> bool:
+    """True when the file exists and its header and data are complete (cheap: header only)."""
+    from swe_cli.checkpoint import read_header
+    from swe_cli.errors import CheckpointError
+
+    if not path.exists():
+        return False
+    try:
+        read_header(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+class Workspace:
+    """A folder holding every stage's inputs and outputs, bound to one base model."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- layout -----------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def prompts_dir(self) -> Path:
+        return self.root / "prompts"
+
+    @property
+    def acts_dir(self) -> Path:
+        return self.root / "acts"
+
+    @property
+    def stats_dir(self) -> Path:
+        return self.root / "stats"
+
+    @property
+    def masks_path(self) -> Path:
+        return self.root / "masks" / "neurons.safetensors"
+
+    @property
+    def edit_dir(self) -> Path:
+        return self.root / "edit"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def layer_dir(self, layer: int) -> Path:
+        return self.acts_dir / f"L{layer}"
+
+    def shard_path(self, layer: int, prompt_set: str, lang: str, chunk: int) -> Path:
+        return self.layer_dir(layer) / f"{prompt_set}-{lang}-{chunk:05d}.safetensors"
+
+    def stats_path(self, layer: int) -> Path:
+        return self.stats_dir / f"L{layer}.safetensors"
+
+    # -- manifest ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def load(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            raise WorkspaceError(
+                f"{self.root}: not a workspace (no {MANIFEST})",
+                hint="run `swe probe MODEL -w DIR` first, or pass the right -w/--workspace",
+            )
+        try:
+            data = yaml.safe_load(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            raise WorkspaceError(
+                f"{self.manifest_path}: unreadable ({type(error).__name__})",
+                hint="restore or delete the workspace",
+            ) from None
+        if not isinstance(data, dict):
+            raise WorkspaceError(
+                f"{self.manifest_path}: not a mapping", hint="delete the workspace"
+            )
+        return data
+
+    def save(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(
+            self.manifest_path, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True)
+        )
+
+    def require_stage(self, stage: str) -> dict[str, Any]:
+        """The recorded parameters/outputs of a finished stage, or a clear error."""
+        manifest = self.load()
+        record = manifest.get("stages", {}).get(stage)
+        if not record or record.get("status") != "done":
+            raise WorkspaceError(
+                f"{self.root}: stage '{stage}' has not finished in this workspace",
+                hint=f"run `swe {stage} -w {self.root}` first",
+            )
+        return record
+
+    def bind_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        """Create the workspace for a model, or check that it already belongs to the same one.
+
+        `model` holds id, path, revision, commit, fingerprint, model_type, dtype."""
+        if self.exists():
+            manifest = self.load()
+            bound = manifest.get("model", {})
+            if bound.get("fingerprint") != model["fingerprint"]:
+                raise WorkspaceError(
+                    f"workspace {self.root} belongs to model '{bound.get('id')}' "
+                    f"(fingerprint {str(bound.get('fingerprint'))[:12]}), not to '{model['id']}' "
+                    f"(fingerprint {model['fingerprint'][:12]})",
+                    hint="use another -w/--workspace for this model",
+                )
+            return manifest
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "tool_version": __version__,
+            "created": _now(),
+            "model": dict(model),
+            "stages": {},
+            "history": [],
+        }
+        self.save(manifest)
+        return manifest
+
+    def check_model(self, fingerprint: str, model_id: str) -> None:
+        bound = self.load().get("model", {})
+        if bound.get("fingerprint") != fingerprint:
+            raise WorkspaceError(
+                f"workspace {self.root} belongs to model '{bound.get('id')}', not to '{model_id}'",
+                hint="use the workspace's own model or another -w/--workspace",
+            )
+
+    def model(self) -> dict[str, Any]:
+        return dict(self.load()["model"])
+
+    def record_stage(
+        self, stage: str, params: dict[str, Any], outputs: dict[str, Any], status: str = "done"
+    ) -> None:
+        """Record a stage's parameters and outputs (latest under stages, all runs in history)."""
+        manifest = self.load()
+        record = {
+            "status": status,
+            "finished": _now(),
+            "tool_version": __version__,
+            "params": params,
+            "outputs": outputs,
+        }
+        manifest.setdefault("stages", {})[stage] = record
+        manifest.setdefault("history", []).append({"stage": stage, **record})
+        self.save(manifest)
+
+    def invalidate_after(self, stage: str) -> None:
+        """A re-run stage makes every later stage's result stale."""
+        order = ["probe", "localize", "solve", "apply", "eval"]
+        manifest = self.load()
+        stages = manifest.get("stages", {})
+        for later in order[order.index(stage) + 1 :]:
+            if later in stages:
+                stages[later]["status"] = "stale"
+        self.save(manifest)
