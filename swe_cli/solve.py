@@ -215,7 +215,7 @@ def solve_residual(
         beta_abs=float(beta_abs),
         lambda_abs=float(lambda_abs),
         rank=_numerical_rank(dW),
-        rank_requested=-1 if rank is None else rank,
+        rank_requested=0 if rank is None else rank,  # 0: no cap
         n_keys=n_keys,
         n_safe=n_safe,
         d=R.shape[0],

