@@ -1,0 +1,485 @@
+"""The `swe` command line: each command parses its options and calls one stage function.
+
+Heavy libraries (torch, transformers) are imported inside commands so `--help` stays fast.
+Every user-facing failure is a SweError, printed once as one red line plus a hint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from swe_cli import __version__
+from swe_cli.errors import SweError
+
+app = typer.Typer(
+    name="swe",
+    help="Close the multilingual safety gap of open-weight LLMs with a sparse, closed-form weight edit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+STATE: dict[str, bool] = {"debug": False, "quiet": False}
+
+# -- shared option types ------------------------------------------------------------------------
+Workspace_ = Annotated[
+    Path, typer.Option("-w", "--workspace", help="Workspace folder shared by the stages.")
+]
+Json_ = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+Quiet_ = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+Device_ = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
+Dtype_ = Annotated[
+    str, typer.Option("--dtype", help="Model dtype: auto, bfloat16, float16, float32.")
+]
+BatchSize_ = Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per forward pass.")]
+Langs_ = Annotated[
+    str, typer.Option("--langs", help="Comma-separated target (low-resource) languages.")
+]
+Hrl_ = Annotated[
+    str, typer.Option("--hrl", help="High-resource language whose behaviour is the target.")
+]
+Revision_ = Annotated[
+    str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")
+]
+
+
+def split_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def parse_layers(value: str | None) -> tuple[int, ...] | None:
+    """'all' or empty -> None; '3' / '1,2,5' / '1-3' / '-1' -> layer numbers."""
+    if value is None or value.strip().lower() in {"", "all"}:
+        return None
+    layers: list[int] = []
+    try:
+        for part in split_list(value):
+            if "-" in part[1:]:
+                start, end = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                layers.extend(range(int(start), int(end) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise SweError(
+            f"cannot read layers '{value}'", hint="use e.g. 3, 1,2,5, 1-3 or all"
+        ) from None
+    return tuple(layers)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display on stderr; yields a callback(label, done, total)."""
+    if not enabled or STATE["quiet"]:
+        yield lambda label, done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+
+        def update(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(label, total=total)
+            progress.update(tasks[label], completed=done, total=total)
+
+        yield update
+
+
+def emit(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def info(message: str) -> None:
+    if not STATE["quiet"]:
+        err.print(message)
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    STATE["debug"] = debug
+    if version:
+        out.print(f"swe {__version__}")
+        raise typer.Exit()
+
+
+# -- probe ----------------------------------------------------------------------------------------
+@app.command()
+def probe(
+    model: Annotated[str, typer.Argument(help="Hub model id or local model folder.")],
+    workspace: Workspace_,
+    langs: Langs_,
+    harmful: Annotated[
+        str,
+        typer.Option(
+            "--harmful", help="Harmful prompts: MultiJail CSV, CSV/JSONL, or Hub dataset."
+        ),
+    ],
+    harmless: Annotated[
+        str, typer.Option("--harmless", help="Harmless prompts (CSV/JSONL, optional answers).")
+    ],
+    general: Annotated[
+        str | None, typer.Option("--general", help="General text (long JSONL/CSV) for the moments.")
+    ] = None,
+    hrl: Hrl_ = "en",
+    layers: Annotated[
+        str, typer.Option("--layers", help="Layers to record: all, 3, 1,2,5 or 1-3.")
+    ] = "all",
+    stats_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--stats-layers",
+            help="Layers whose all-position moments are streamed (default: all recorded, if they fit in 2 GiB).",
+        ),
+    ] = None,
+    positions: Annotated[
+        int, typer.Option("--positions", min=1, help="Record the last N prompt positions.")
+    ] = 1,
+    heldout_fraction: Annotated[
+        float, typer.Option("--heldout-fraction", help="Share of ids held out for eval.")
+    ] = 0.5,
+    max_prompts: Annotated[
+        int | None, typer.Option("--max-prompts", help="Use at most N prompt ids per set.")
+    ] = None,
+    batch_size: BatchSize_ = 8,
+    device: Device_ = "cpu",
+    dtype: Dtype_ = "auto",
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help="accelerate device map (e.g. auto) for models larger than one device.",
+        ),
+    ] = None,
+    revision: Revision_ = None,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Record MLP activations of harmful/harmless prompts (fit split) into the workspace."""
+    STATE["quiet"] = quiet or as_json
+    summary = do_probe(
+        model,
+        workspace,
+        split_list(langs),
+        harmful,
+        harmless,
+        general,
+        hrl,
+        parse_layers(layers),
+        parse_layers(stats_layers),
+        positions,
+        heldout_fraction,
+        max_prompts,
+        batch_size,
+        device,
+        dtype,
+        device_map,
+        revision,
+    )
+    emit(summary, as_json)
+
+
+def do_probe(
+    model: str,
+    workspace: Path,
+    langs: list[str],
+    harmful: str,
+    harmless: str,
+    general: str | None,
+    hrl: str,
+    layers: tuple[int, ...] | None,
+    stats_layers: tuple[int, ...] | None,
+    positions: int,
+    heldout_fraction: float,
+    max_prompts: int | None,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    device_map: str | None,
+    revision: str | None,
+) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.probe import ProbeConfig, run_probe
+    from swe_cli.prompts import load_prompt_set
+    from swe_cli.workspace import Workspace
+
+    if not langs:
+        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    all_langs = [hrl, *[lang for lang in langs if lang != hrl]]
+    harmful_set = load_prompt_set(
+        harmful, "harmful", all_langs, heldout_fraction=heldout_fraction, max_prompts=max_prompts
+    )
+    harmless_set = load_prompt_set(
+        harmless, "harmless", all_langs, heldout_fraction=heldout_fraction, max_prompts=max_prompts
+    )
+    general_set = None
+    if general:
+        general_set = load_prompt_set(
+            general,
+            "general",
+            _langs_in(general, all_langs),
+            heldout_fraction=heldout_fraction,
+            require_parallel=False,
+        )
+    resolved = resolve_model(model, revision)
+    config = ProbeConfig(
+        langs=tuple(langs),
+        hrl=hrl,
+        layers=layers,
+        stats_layers=stats_layers,
+        positions=positions,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+    )
+    with progress_bar() as update:
+        result = run_probe(
+            Workspace(workspace), resolved, harmful_set, harmless_set, general_set, config, update
+        )
+    info(
+        f"[green]probed[/green] {len(result.layers)} layers, {result.shards_written} shards written, "
+        f"{result.shards_skipped} reused; moments for layers {result.stats_layers}"
+    )
+    return {
+        "workspace": str(workspace),
+        "model": model,
+        "layers": result.layers,
+        "stats_layers": result.stats_layers,
+        "shards_written": result.shards_written,
+        "shards_skipped": result.shards_skipped,
+        "counts": result.counts,
+    }
+
+
+def _langs_in(source: str, wanted: list[str]) -> list[str]:
+    """General text may cover only some languages: keep the requested ones it has."""
+    from swe_cli.errors import PromptError
+    from swe_cli.prompts import load_prompt_set
+
+    present = []
+    for lang in wanted:
+        try:
+            load_prompt_set(source, "general", [lang], require_parallel=False, max_prompts=1)
+            present.append(lang)
+        except PromptError:
+            continue
+    if not present:
+        raise SweError(
+            f"{source}: general text has none of the languages {wanted}",
+            hint="check its lang column",
+        )
+    return present
+
+
+# -- localize -------------------------------------------------------------------------------------
+@app.command()
+def localize(
+    workspace: Workspace_,
+    tau_mag: Annotated[
+        float, typer.Option("--tau-mag", help="z-score threshold of the mean difference.")
+    ] = 2.0,
+    tau_stat: Annotated[float, typer.Option("--tau-stat", help="Cohen's d threshold.")] = 1.0,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Score every neuron (paper Appendix B) and select the safety neurons per layer and language."""
+    STATE["quiet"] = quiet or as_json
+    emit(do_localize(workspace, tau_mag, tau_stat), as_json)
+
+
+def do_localize(workspace: Path, tau_mag: float, tau_stat: float) -> dict[str, Any]:
+    from swe_cli.localize import LocalizeConfig, run_localize
+    from swe_cli.workspace import Workspace
+
+    summary = run_localize(Workspace(workspace), LocalizeConfig(tau_mag=tau_mag, tau_stat=tau_stat))
+    if not STATE["quiet"]:
+        show_localize(summary)
+    return summary
+
+
+def show_localize(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    layers = summary["layers"]
+    langs = list(next(iter(layers.values()))["sizes"]) if layers else []
+    table = Table(title="safety neurons per layer (|S|) and Jaccard overlap with the HRL")
+    table.add_column("layer", justify="right")
+    for lang in langs:
+        table.add_column(f"|S| {lang}", justify="right")
+    for lang in langs[1:]:
+        table.add_column(f"J({langs[0]},{lang})", justify="right")
+    for layer, values in layers.items():
+        sizes = [str(values["sizes"][lang]) for lang in langs]
+        overlaps = [f"{values['jaccard'][langs[0]][lang]:.2f}" for lang in langs[1:]]
+        table.add_row(str(layer), *sizes, *overlaps)
+    err.print(table)
+
+
+# -- solve ----------------------------------------------------------------------------------------
+@app.command()
+def solve(
+    workspace: Workspace_,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Solver: paper (gate rows, Alg. 1) or residual (down_proj, MEMIT-style).",
+        ),
+    ] = "paper",
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Layers to edit (default: method's choice).")
+    ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank", help="Rank cap of the edit [default: 32 for paper, none for residual]."
+        ),
+    ] = None,
+    gamma: Annotated[
+        float, typer.Option("--gamma", help="paper: harmless penalty, relative (x N_h/N_s).")
+    ] = 1.0,
+    lam: Annotated[
+        float, typer.Option("--lambda", help="Ridge term, relative (x trace(X^T X)/d).")
+    ] = 0.1,
+    alpha: Annotated[
+        float,
+        typer.Option("--alpha", help="residual: all-position preservation weight, relative (x n)."),
+    ] = 1.0,
+    beta: Annotated[
+        float,
+        typer.Option(
+            "--beta", help="residual: harmless last-position key weight, relative (x n/n_s)."
+        ),
+    ] = 1.0,
+    hard: Annotated[
+        bool, typer.Option("--hard", help="Hard null-space projector instead of the soft penalty.")
+    ] = False,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Null-space eigenvalue threshold (relative).")
+    ] = 1e-2,
+    projections: Annotated[
+        str, typer.Option("--projections", help="paper: rows to edit, gate and/or up.")
+    ] = "gate",
+    sparse: Annotated[
+        bool, typer.Option("--sparse", help="residual: edit only the safety-neuron columns.")
+    ] = False,
+    device: Device_ = "cpu",
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Compute the closed-form edit from the workspace and write WS/edit/."""
+    STATE["quiet"] = quiet or as_json
+    from swe_cli.solve_stage import SolveConfig
+
+    config = SolveConfig(
+        method=method,
+        layers=parse_layers(layers),
+        rank=rank or None,
+        gamma=gamma,
+        lam=lam,
+        alpha=alpha,
+        beta=beta,
+        hard=hard,
+        threshold=threshold,
+        projections=tuple(split_list(projections)),
+        sparse=sparse,
+        device=device,
+    )
+    emit(do_solve(workspace, config), as_json)
+
+
+def do_solve(workspace: Path, config: Any) -> dict[str, Any]:
+    from swe_cli.solve_stage import run_solve
+    from swe_cli.workspace import Workspace
+
+    bad = [p for p in config.projections if p not in {"gate", "up"}]
+    if bad:
+        raise SweError(f"unknown projection(s) {bad}", hint="use --projections gate or gate,up")
+    summary = run_solve(Workspace(workspace), config)
+    if not STATE["quiet"]:
+        show_solve(summary)
+    return summary
+
+
+def show_solve(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"edit ({summary['method']}): {summary['rows']} rows")
+    for column in ("layer", "weight", "|S|", "rank", "residual", "leak", "cond(Q)"):
+        table.add_column(column, justify="right")
+    for layer, values in summary["layers"].items():
+        for weight, diag in values.items():
+            if not isinstance(diag, dict):
+                continue
+            leak = diag.get("utility_leak", diag.get("harmless_key_leak", float("nan")))
+            table.add_row(
+                str(layer),
+                weight,
+                str(values.get("neurons", "")),
+                str(diag.get("rank")),
+                f"{diag.get('relative_residual', float('nan')):.3f}",
+                f"{leak:.3f}",
+                f"{diag.get('condition_number', float('nan')):.2e}",
+            )
+    err.print(table)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning SweError into one red line and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except SweError as error:
+        if STATE["debug"]:
+            raise
+        err.print(f"[bold red]error:[/bold red] {error.message}", highlight=False, soft_wrap=True)
+        if error.hint:
+            err.print(f"[yellow]hint:[/yellow] {error.hint}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print(
+            "[bold red]interrupted[/bold red]: finished shards are kept; re-run the same command to resume"
+        )
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as error:  # noqa: BLE001 - click usage errors and the unexpected
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if STATE["debug"]:
+            raise
+        err.print(
+            f"[bold red]error:[/bold red] unexpected {type(error).__name__}: {error}",
+            highlight=False,
+        )
+        err.print(
+            "[yellow]hint:[/yellow] re-run with --debug for the traceback and report it",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+"""The probe stage: run the model over the prompt sets and record, per chosen layer, the MLP input x,
+the neuron activations a (the input of down_proj) and the residual-stream output at the last prompt
+positions, into atomic activation shards; and stream per-layer second moments of x and a over ALL
+token positions of harmless (prompt + reference answer) and general text.
+
+Only the fit split is probed: the held-out split is for evaluation and never feeds the edit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swe_cli.architectures import Adapter, ModelShape, adapter_for, model_shape
+from swe_cli.checkpoint import ResolvedModel, fingerprint, load_config
+from swe_cli.errors import CheckpointError, SweError, WorkspaceError
+from swe_cli.prompts import FIT, Prompt, PromptSet
+from swe_cli.workspace import Workspace, load_tensors, save_tensors, valid_tensor_file
+
+Progress = Callable[[str, int, int], None]
+
+# Fixed chunking (independent of batch size) so an interrupted probe resumes on the same shards.
+CHUNK_SIZE = 64
+STATS_BUDGET_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    langs: tuple[str, ...]
+    hrl: str = "en"
+    layers: tuple[int, ...] | None = None  # None: every layer
+    stats_layers: tuple[int, ...] | None = None  # None: every recorded layer if it fits the budget
+    positions: int = 1  # record the last N prompt positions
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "auto"
+    max_length: int = 512
+    device_map: str | None = None
+
+
+@dataclass
+class ProbeResult:
+    layers: list[int]
+    stats_layers: list[int]
+    shards_written: int
+    shards_skipped: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def model_record(resolved: ResolvedModel, dtype: str) -> dict[str, Any]:
+    """What a workspace remembers about its base model."""
+    config = load_config(resolved.path)
+    shape = model_shape(config)
+    return {
+        "id": resolved.model_id,
+        "path": str(resolved.path),
+        "revision": resolved.revision,
+        "commit": resolved.commit,
+        "fingerprint": fingerprint(resolved.path),
+        "model_type": shape.model_type,
+        "num_layers": shape.num_layers,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "dtype": dtype,
+    }
+
+
+def resolve_layers(requested: Sequence[int] | None, num_layers: int) -> list[int]:
+    if requested is None:
+        return list(range(num_layers))
+    layers = sorted({layer + num_layers if layer < 0 else layer for layer in requested})
+    bad = [layer for layer in layers if not 0 <= layer < num_layers]
+    if bad:
+        raise WorkspaceError(
+            f"layer(s) {bad} out of range: the model has {num_layers} layers",
+            hint=f"choose layers between 0 and {num_layers - 1} (negative counts from the end)",
+        )
+    return layers
+
+
+def load_model(
+    path: Path, device: str, dtype: str, device_map: str | None = None
+) -> tuple[Any, Any]:
+    """Model in eval mode and a left-padding tokenizer with a pad token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SweError(
+            "--device cuda was asked for but no CUDA device is available", hint="use --device cpu"
+        )
+    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if device_map:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise SweError(
+                "--device-map needs the accelerate package", hint="pip install 'swe-cli[scale]'"
+            ) from None
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: transformers cannot load the model ({error})".splitlines()[0]
+        ) from None
+    if not device_map:
+        model.to(device)
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def chat_text(tokenizer: Any, prompt: str, answer: str | None = None) -> str:
+    """The prompt as the model sees it: chat template with the generation prompt (and the answer)."""
+    messages = [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None) is None:
+        return prompt if answer is None else f"{prompt} {answer}"
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text if answer is None else text + answer
+
+
+class Recorder:
+    """Forward hooks on each recorded layer's MLP input, down_proj input and layer output."""
+
+    def __init__(self, model: Any, adapter: Adapter, layers: Sequence[int]) -> None:
+        self.captured: dict[tuple[int, str], Any] = {}
+        self.handles: list[Any] = []
+        for layer in layers:
+            mlp = model.get_submodule(adapter.mlp_module(layer))
+            down = model.get_submodule(adapter.down_module(layer))
+            block = model.get_submodule(adapter.layer_module(layer))
+            self.handles.append(mlp.register_forward_pre_hook(self._keep(layer, "x")))
+            self.handles.append(down.register_forward_pre_hook(self._keep(layer, "a")))
+            self.handles.append(block.register_forward_hook(self._keep_output(layer)))
+
+    def _keep(self, layer: int, key: str) -> Callable[..., None]:
+        def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+            self.captured[(layer, key)] = args[0].detach()
+
+        return hook
+
+    def _keep_output(self, layer: int) -> Callable[..., None]:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            self.captured[(layer, "r")] = hidden.detach()
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def forward_last_positions(
+    model: Any, tokenizer: Any, recorder: Recorder, texts: Sequence[str], config: ProbeConfig
+) -> dict[tuple[int, str], Any]:
+    """Run texts in batches; return per (layer, x|a|r) float32 tensors [n, positions, dim]."""
+    import torch
+
+    collected: dict[tuple[int, str], list[Any]] = {}
+    for batch in batches(texts, config.batch_size):
+        encoded = tokenizer(
+            list(batch),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=config.max_length,
+            add_special_tokens=False,
+        )
+        lengths = encoded["attention_mask"].sum(dim=1)
+        if int(lengths.min()) < config.positions:
+            raise SweError(
+                f"a prompt has fewer than {config.positions} tokens",
+                hint="lower --positions",
+            )
+        device = model.get_input_embeddings().weight.device
+        recorder.captured.clear()
+        with torch.no_grad():
+            model(**{k: v.to(device) for k, v in encoded.items()}, use_cache=False)
+        for key, tensor in recorder.captured.items():
+            # left padding: the last prompt positions are the last columns for every row
+            collected.setdefault(key, []).append(tensor[:, -config.positions :, :].float().cpu())
+    return {key: torch.cat(parts) for key, parts in collected.items()}
+
+
+def probe_chunks(
+    workspace: Workspace,
+    model: Any,
+    tokenizer: Any,
+    recorder: Recorder,
+    prompt_set: str,
+    lang: str,
+    prompts: Sequence[Prompt],
+    layers: Sequence[int],
+    config: ProbeConfig,
+    progress: Progress | None,
+) -> tuple[int, int]:
+    """Record one (set, language) in fixed chunks; finished chunks are skipped on a re-run."""
+    written = skipped = 0
+    chunks = list(batches(prompts, CHUNK_SIZE))
+    for number, chunk in enumerate(chunks):
+        paths = [workspace.shard_path(layer, prompt_set, lang, number) for layer in layers]
+        ids = [prompt.id for prompt in chunk]
+        if all(valid_tensor_file(path) and _shard_ids(path) == ids for path in paths):
+            skipped += 1
+        else:
+            texts = [chat_text(tokenizer, prompt.text) for prompt in chunk]
+            values = forward_last_positions(model, tokenizer, recorder, texts, config)
+            for layer, path in zip(layers, paths, strict=True):
+                tensors = {key: values[(layer, key)] for key in ("x", "a", "r")}
+                save_tensors(
+                    path, tensors, {"ids": "\n".join(ids), "lang": lang, "set": prompt_set}
+                )
+            written += 1
+        if progress:
+            progress(f"{prompt_set} {lang}", number + 1, len(chunks))
+    return written, skipped
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from swe_cli.checkpoint import read_header
+
+    return read_header(path).metadata
+
+
+def _shard_ids(path: Path) -> list[str]:
+    return _metadata(path).get("ids", "").split("\n")
+
+
+def stream_moments(
+    workspace: Workspace,
+    model: Any,
+    tokenizer: Any,
+    recorder: Recorder,
+    texts: Sequence[str],
+    stats_layers: Sequence[int],
+    config: ProbeConfig,
+    progress: Progress | None,
+) -> None:
+    """Accumulate sum x x^T, sum a a^T and the token count over every non-pad position, in
+    float64, never storing per-token values. Skipped when the same texts were already streamed."""
+    import hashlib
+
+    import torch
+
+    texts_sha = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+    paths = [workspace.stats_path(layer) for layer in stats_layers]
+    if all(valid_tensor_file(p) and _metadata(p).get("texts_sha256") == texts_sha for p in paths):
+        return
+
+    sums: dict[tuple[int, str], Any] = {}
+    count = 0
+    all_batches = list(batches(texts, config.batch_size))
+    for number, batch in enumerate(all_batches):
+        encoded = tokenizer(
+            list(batch),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=config.max_length,
+            add_special_tokens=False,
+        )
+        device = model.get_input_embeddings().weight.device
+        mask = encoded["attention_mask"].bool()
+        recorder.captured.clear()
+        with torch.no_grad():
+            model(**{k: v.to(device) for k, v in encoded.items()}, use_cache=False)
+        count += int(mask.sum())
+        for layer in stats_layers:
+            for key in ("x", "a"):
+                values = recorder.captured[(layer, key)]
+                rows = values[mask.to(values.device)].to(torch.float64)
+                product = rows.T @ rows
+                sums[(layer, key)] = (
+                    product if (layer, key) not in sums else sums[(layer, key)] + product
+                )
+        if progress:
+            progress("moments", number + 1, len(all_batches))
+    for layer in stats_layers:
+        save_tensors(
+            workspace.stats_path(layer),
+            {
+                "xx": sums[(layer, "x")].cpu(),
+                "aa": sums[(layer, "a")].cpu(),
+                "count": torch.tensor([count], dtype=torch.int64),
+            },
+            {"texts": str(len(texts)), "texts_sha256": texts_sha},
+        )
+
+
+def moment_texts(
+    tokenizer: Any, harmless: PromptSet, general: PromptSet | None, langs: Sequence[str]
+) -> list[str]:
+    """Harmless fit prompts with their reference answers (prompt AND response tokens) and general text."""
+    texts = [
+        chat_text(tokenizer, p.text, p.answer) for lang in langs for p in harmless.select(lang, FIT)
+    ]
+    if general is not None:
+        texts += [p.text for lang in general.langs() for p in general.select(lang, FIT)]
+    return texts
+
+
+def choose_stats_layers(
+    requested: Sequence[int] | None, layers: Sequence[int], shape: ModelShape
+) -> list[int]:
+    if requested is not None:
+        missing = sorted(set(requested) - set(layers))
+        if missing:
+            raise WorkspaceError(
+                f"--stats-layers {missing} are not among the probed layers",
+                hint="add them to --layers",
+            )
+        return sorted(requested)
+    per_layer = 8 * (shape.hidden_size**2 + shape.intermediate_size**2)
+    if per_layer * len(layers) <= STATS_BUDGET_BYTES:
+        return list(layers)
+    return []
+
+
+def check_sets(harmful: PromptSet, harmless: PromptSet, langs: Sequence[str]) -> None:
+    for prompt_set in (harmful, harmless):
+        for lang in langs:
+            if not prompt_set.select(lang, FIT):
+                raise WorkspaceError(
+                    f"the {prompt_set.name} set has no fit prompts in '{lang}'",
+                    hint="add prompts or lower --heldout-fraction",
+                )
+
+
+def run_probe(
+    workspace: Workspace,
+    resolved: ResolvedModel,
+    harmful: PromptSet,
+    harmless: PromptSet,
+    general: PromptSet | None,
+    config: ProbeConfig,
+    progress: Progress | None = None,
+) -> ProbeResult:
+    """Bind the workspace to the model, save the prompt sets, and record activations and moments."""
+    record = model_record(resolved, config.dtype)
+    adapter = adapter_for(record["model_type"])
+    shape = model_shape(load_config(resolved.path))
+    layers = resolve_layers(config.layers, shape.num_layers)
+    stats_layers = choose_stats_layers(config.stats_layers, layers, shape)
+    all_langs = [config.hrl, *[lang for lang in config.langs if lang != config.hrl]]
+    check_sets(harmful, harmless, all_langs)
+    workspace.bind_model(record)
+    previous = workspace.load().get("stages", {}).get("probe", {}).get("params", {})
+    if previous and previous.get("positions") != config.positions:
+        _clear_acts(workspace)
+    for prompt_set in (harmful, harmless, general):
+        if prompt_set is not None:
+            prompt_set.to_jsonl(workspace.prompts_dir / f"{prompt_set.name}.jsonl")
+
+    model, tokenizer = load_model(resolved.path, config.device, config.dtype, config.device_map)
+    recorder = Recorder(model, adapter, layers)
+    result = ProbeResult(layers, stats_layers, 0, 0)
+    try:
+        for prompt_set in (harmful, harmless):
+            for lang in all_langs:
+                prompts = prompt_set.select(lang, FIT)
+                result.counts[f"{prompt_set.name}-{lang}"] = len(prompts)
+                written, skipped = probe_chunks(
+                    workspace,
+                    model,
+                    tokenizer,
+                    recorder,
+                    prompt_set.name,
+                    lang,
+                    prompts,
+                    layers,
+                    config,
+                    progress,
+                )
+                result.shards_written += written
+                result.shards_skipped += skipped
+        if stats_layers:
+            texts = moment_texts(tokenizer, harmless, general, all_langs)
+            stats_recorder = Recorder(model, adapter, stats_layers)
+            recorder.close()
+            recorder = stats_recorder
+            stream_moments(
+                workspace, model, tokenizer, recorder, texts, stats_layers, config, progress
+            )
+    finally:
+        recorder.close()
+
+    manifest = workspace.load()
+    manifest["langs"] = [lang for lang in config.langs if lang != config.hrl]
+    manifest["hrl"] = config.hrl
+    manifest["prompt_sets"] = {
+        s.name: {"source": s.source, "sha256": s.sha256(), "count": len(s.prompts)}
+        for s in (harmful, harmless, general)
+        if s is not None
+    }
+    workspace.save(manifest)
+    workspace.record_stage(
+        "probe",
+        {
+            "layers": layers,
+            "stats_layers": stats_layers,
+            "positions": config.positions,
+            "batch_size": config.batch_size,
+            "device": config.device,
+            "dtype": config.dtype,
+            "max_length": config.max_length,
+            "chunk_size": CHUNK_SIZE,
+        },
+        {
+            "shards_written": result.shards_written,
+            "shards_skipped": result.shards_skipped,
+            "counts": result.counts,
+        },
+    )
+    workspace.invalidate_after("probe")
+    return result
+
+
+def _clear_acts(workspace: Workspace) -> None:
+    import shutil
+
+    shutil.rmtree(workspace.acts_dir, ignore_errors=True)
+
+
+def load_acts(
+    workspace: Workspace, layer: int, prompt_set: str, lang: str
+) -> tuple[dict[str, Any], list[str]]:
+    """All recorded shards of one (layer, set, language), concatenated in id order."""
+    import torch
+
+    paths = sorted(workspace.layer_dir(layer).glob(f"{prompt_set}-{lang}-*.safetensors"))
+    if not paths:
+        raise WorkspaceError(
+            f"no activations for layer {layer}, set '{prompt_set}', language '{lang}' in {workspace.root}",
+            hint="re-run `swe probe` with this layer and language",
+        )
+    parts: dict[str, list[Any]] = {}
+    ids: list[str] = []
+    for path in paths:
+        tensors, metadata = load_tensors(path)
+        for key, value in tensors.items():
+            parts.setdefault(key, []).append(value)
+        ids += metadata.get("ids", "").split("\n")
+    return {key: torch.cat(values) for key, values in parts.items()}, ids
