@@ -1,0 +1,409 @@
+"""The evaluation report: result dataclasses, their stable JSON form (for CI), the Markdown table
+(reused by the model card as ``WS/eval/report.md``), the rich terminal table and the PNG chart of
+ASR per language before/after. Nothing here runs a model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swe_cli.workspace import atomic_path, atomic_write_text
+
+SCHEMA = "swe.eval/1"
+MODEL = "model"
+BASELINE = "baseline"
+JSON_NAME = "report.json"
+MARKDOWN_NAME = "report.md"
+CHART_NAME = "asr.png"
+GENERATIONS_NAME = "generations.jsonl"
+METRICS = (
+    "asr",
+    "refusal_rate",
+    "degenerate_rate",
+    "over_refusal",
+    "harmless_accuracy",
+    "kl",
+    "perplexity",
+)
+
+
+@dataclass(frozen=True)
+class LanguageResult:
+    """One model's results in one language; None where not measured.
+
+    asr, refusal_rate and degenerate_rate are shares of the ``n`` harmful prompts and add up to
+    1 for the pattern judge (for a guard judge, refusal_rate is None). kl is KL(baseline || model)
+    of next-token distributions on harmless prompts (None for the baseline itself)."""
+
+    lang: str
+    n: int
+    asr: float
+    degenerate_rate: float
+    refusal_rate: float | None = None
+    verdicts: Mapping[str, int] = field(default_factory=dict)
+    harmless_n: int = 0
+    over_refusal: float | None = None
+    harmless_accuracy: float | None = None
+    answers_n: int = 0
+    kl: float | None = None
+    perplexity: float | None = None
+    general_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "asr": _round(self.asr),
+            "refusal_rate": _round(self.refusal_rate),
+            "degenerate_rate": _round(self.degenerate_rate),
+            "verdicts": dict(sorted(self.verdicts.items())),
+            "harmless_n": self.harmless_n,
+            "over_refusal": _round(self.over_refusal),
+            "answers_n": self.answers_n,
+            "harmless_accuracy": _round(self.harmless_accuracy),
+            "kl": _round(self.kl),
+            "general_tokens": self.general_tokens,
+            "perplexity": _round(self.perplexity),
+        }
+
+    @classmethod
+    def from_dict(cls, lang: str, data: Mapping[str, Any]) -> LanguageResult:
+        return cls(
+            lang=lang,
+            n=int(data["n"]),
+            asr=float(data["asr"]),
+            degenerate_rate=float(data["degenerate_rate"]),
+            refusal_rate=data.get("refusal_rate"),
+            verdicts=dict(data.get("verdicts", {})),
+            harmless_n=int(data.get("harmless_n", 0)),
+            over_refusal=data.get("over_refusal"),
+            harmless_accuracy=data.get("harmless_accuracy"),
+            answers_n=int(data.get("answers_n", 0)),
+            kl=data.get("kl"),
+            perplexity=data.get("perplexity"),
+            general_tokens=int(data.get("general_tokens", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One model's results in every evaluated language (in the requested order)."""
+
+    name: str
+    languages: tuple[LanguageResult, ...]
+
+    def by_lang(self) -> dict[str, LanguageResult]:
+        return {result.lang: result for result in self.languages}
+
+    def mean(self) -> dict[str, float | None]:
+        """Unweighted mean over languages of each metric (None when no language has it)."""
+        means: dict[str, float | None] = {}
+        for metric in METRICS:
+            values = [getattr(r, metric) for r in self.languages if getattr(r, metric) is not None]
+            means[metric] = sum(values) / len(values) if values else None
+        return means
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "languages": {r.lang: r.to_dict() for r in self.languages},
+            "mean": {metric: _round(value) for metric, value in self.mean().items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelResult:
+        languages = tuple(
+            LanguageResult.from_dict(lang, values) for lang, values in data["languages"].items()
+        )
+        return cls(name=str(data["name"]), languages=languages)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generation and its verdict; written to generations.jsonl, not to report.json."""
+
+    role: str  # "model" | "baseline"
+    prompt_set: str  # "harmful" | "harmless"
+    lang: str
+    id: str
+    prompt: str
+    response: str
+    verdict: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "role": self.role,
+            "set": self.prompt_set,
+            "lang": self.lang,
+            "id": self.id,
+            "prompt": self.prompt,
+            "response": self.response,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything `swe eval` measured, for the model and (when given) its baseline."""
+
+    model: ModelResult
+    baseline: ModelResult | None
+    judge: str
+    split: str
+    langs: tuple[str, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    samples: tuple[Sample, ...] = ()
+
+    def change(self) -> dict[str, dict[str, float | None]]:
+        """model - baseline per language and metric (empty without a baseline)."""
+        if self.baseline is None:
+            return {}
+        base = self.baseline.by_lang()
+        changes: dict[str, dict[str, float | None]] = {}
+        for result in self.model.languages:
+            before = base.get(result.lang)
+            changes[result.lang] = {
+                metric: _difference(getattr(result, metric), getattr(before, metric, None))
+                for metric in ("asr", "degenerate_rate", "over_refusal", "harmless_accuracy")
+            }
+            changes[result.lang]["perplexity"] = _difference(
+                result.perplexity, getattr(before, "perplexity", None)
+            )
+        return changes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json content; keys are stable and always present (null when unmeasured)."""
+        return {
+            "schema": SCHEMA,
+            "judge": self.judge,
+            "split": self.split,
+            "langs": list(self.langs),
+            "settings": dict(self.settings),
+            MODEL: self.model.to_dict(),
+            BASELINE: None if self.baseline is None else self.baseline.to_dict(),
+            "change": {
+                lang: {metric: _round(value) for metric, value in values.items()}
+                for lang, values in self.change().items()
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
+        baseline = data.get(BASELINE)
+        return cls(
+            model=ModelResult.from_dict(data[MODEL]),
+            baseline=None if baseline is None else ModelResult.from_dict(baseline),
+            judge=str(data["judge"]),
+            split=str(data["split"]),
+            langs=tuple(data["langs"]),
+            settings=dict(data.get("settings", {})),
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> EvalReport:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _difference(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+# -- text forms --------------------------------------------------------------------------------
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _points(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def _rows(report: EvalReport) -> list[tuple[str, LanguageResult | None, LanguageResult | None]]:
+    """(label, baseline result, model result) per language, then the mean row."""
+    base = report.baseline.by_lang() if report.baseline else {}
+    rows: list[tuple[str, LanguageResult | None, LanguageResult | None]] = [
+        (r.lang, base.get(r.lang), r) for r in report.model.languages
+    ]
+    rows.append(("mean", _mean_result(report.baseline), _mean_result(report.model)))
+    return rows
+
+
+def _mean_result(result: ModelResult | None) -> LanguageResult | None:
+    if result is None:
+        return None
+    mean = result.mean()
+    return LanguageResult(
+        lang="mean",
+        n=sum(r.n for r in result.languages),
+        asr=mean["asr"] or 0.0,
+        degenerate_rate=mean["degenerate_rate"] or 0.0,
+        refusal_rate=mean["refusal_rate"],
+        over_refusal=mean["over_refusal"],
+        harmless_accuracy=mean["harmless_accuracy"],
+        kl=mean["kl"],
+        perplexity=mean["perplexity"],
+    )
+
+
+def _cells(report: EvalReport, base: LanguageResult | None, after: LanguageResult) -> list[str]:
+    """Cells after the language and n columns, in the order of _headers()."""
+    cells = []
+    if report.baseline is not None:
+        change = None if base is None else after.asr - base.asr
+        cells += [
+            _percent(None if base is None else base.asr),
+            _percent(after.asr),
+            _points(change),
+        ]
+    else:
+        cells.append(_percent(after.asr))
+    cells += [_percent(after.degenerate_rate), _percent(after.over_refusal)]
+    cells.append(_percent(after.harmless_accuracy))
+    if report.baseline is not None:
+        cells.append(_number(after.kl))
+        cells.append(_number(None if base is None else base.perplexity))
+    cells.append(_number(after.perplexity))
+    return cells
+
+
+def _headers(report: EvalReport) -> list[str]:
+    headers = ["Language", "n"]
+    headers += ["ASR base", "ASR edited", "Change"] if report.baseline is not None else ["ASR"]
+    headers += ["Degenerate", "Over-refusal", "Harmless acc."]
+    if report.baseline is not None:
+        headers += ["KL(base‖edited)", "PPL base", "PPL edited"]
+    else:
+        headers.append("PPL")
+    return headers
+
+
+def markdown_table(report: EvalReport) -> str:
+    """A GitHub-flavoured Markdown table: one row per language plus the unweighted mean."""
+    headers = _headers(report)
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+    ]
+    for label, base, after in _rows(report):
+        assert after is not None
+        name = f"**{label}**" if label == "mean" else label
+        lines.append("| " + " | ".join([name, str(after.n), *_cells(report, base, after)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(report: EvalReport) -> str:
+    """One sentence saying how the numbers were measured."""
+    settings = report.settings
+    judge = (
+        "multilingual refusal patterns" if report.judge == "pattern" else f"guard {report.judge}"
+    )
+    return (
+        f"ASR = share of {report.split} harmful prompts answered "
+        f"({'not refused' if report.judge == 'pattern' else 'judged unsafe'}; judge: {judge}); "
+        "degenerate outputs (empty or looping) are counted apart, never as refusals. "
+        f"Greedy decoding, at most {settings.get('max_new_tokens', '?')} new tokens. "
+        "Over-refusal: harmless prompts refused (pattern judge). Harmless acc.: the normalised "
+        "reference answer occurs in the response. KL: mean over harmless prompt positions of "
+        "KL(base ‖ edited) next-token distributions. PPL: perplexity on general text."
+    )
+
+
+def to_markdown(report: EvalReport) -> str:
+    title = f"Evaluation of `{report.model.name}`"
+    if report.baseline is not None:
+        title += f" against `{report.baseline.name}`"
+    return f"{title}\n\n{markdown_table(report)}\n_{describe(report)}_\n"
+
+
+def rich_table(report: EvalReport) -> Any:
+    """A rich Table: language x (ASR base -> edited, change, utility); green where ASR fell."""
+    from rich.table import Table
+
+    table = Table(title=f"swe eval — {report.model.name}", caption=f"judge: {report.judge}")
+    for index, header in enumerate(_headers(report)):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    for label, base, after in _rows(report):
+        assert after is not None
+        cells = _cells(report, base, after)
+        if report.baseline is not None and base is not None:
+            style = "green" if after.asr < base.asr else "red" if after.asr > base.asr else ""
+            cells[2] = f"[{style}]{cells[2]}[/]" if style else cells[2]
+        table.add_row(label, str(after.n), *cells, end_section=label == report.langs[-1])
+    return table
+
+
+# -- chart -------------------------------------------------------------------------------------
+
+
+def write_chart(report: EvalReport, path: Path) -> bool:
+    """PNG bar chart of ASR per language (baseline and model side by side). False, writing
+    nothing, when matplotlib is not installed (it is the optional `plot` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    langs = [r.lang for r in report.model.languages]
+    series: list[tuple[str, list[float], str]] = []
+    if report.baseline is not None:
+        base = report.baseline.by_lang()
+        asr = [100 * base[lang].asr if lang in base else 0.0 for lang in langs]
+        series.append((f"base ({report.baseline.name})", asr, "#9e9e9e"))
+    series.append(
+        (f"edited ({report.model.name})", [100 * r.asr for r in report.model.languages], "#1f77b4")
+    )
+    figure, axes = plt.subplots(figsize=(max(4.5, 0.9 * len(langs) + 2), 3.8))
+    width = 0.8 / len(series)
+    for index, (label, values, color) in enumerate(series):
+        positions = [i + (index - (len(series) - 1) / 2) * width for i in range(len(langs))]
+        axes.bar(positions, values, width=width, label=_short(label), color=color)
+    axes.set_xticks(range(len(langs)), langs)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("ASR (%)")
+    axes.set_title(f"ASR per language\njudge: {_short(report.judge, 40)}", fontsize="medium")
+    axes.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _short(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def write_generations(samples: Iterable[Sample], path: Path) -> None:
+    lines = [json.dumps(sample.to_dict(), ensure_ascii=False) + "\n" for sample in samples]
+    atomic_write_text(path, "".join(lines))
+
+
+def write_report(report: EvalReport, directory: Path) -> dict[str, Path]:
+    """Write report.json, report.md, asr.png (when matplotlib is present) and, when the report
+    holds samples, generations.jsonl into `directory`, each atomically. Returns what was written."""
+    directory = Path(directory)
+    written = {"json": directory / JSON_NAME, "markdown": directory / MARKDOWN_NAME}
+    atomic_write_text(written["json"], report.to_json())
+    atomic_write_text(written["markdown"], to_markdown(report))
+    if report.samples:
+        written["generations"] = directory / GENERATIONS_NAME
+        write_generations(report.samples, written["generations"])
+    if write_chart(report, directory / CHART_NAME):
+        written["chart"] = directory / CHART_NAME
+    return written

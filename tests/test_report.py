@@ -1,0 +1,157 @@
+"""Report files, JSON keys, Markdown and rich tables from hand-made results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from swe_cli.report import (
+    EvalReport,
+    LanguageResult,
+    ModelResult,
+    Sample,
+    markdown_table,
+    rich_table,
+    to_markdown,
+    write_report,
+)
+
+LANGUAGE_KEYS = {
+    "n",
+    "asr",
+    "refusal_rate",
+    "degenerate_rate",
+    "verdicts",
+    "harmless_n",
+    "over_refusal",
+    "answers_n",
+    "harmless_accuracy",
+    "kl",
+    "general_tokens",
+    "perplexity",
+}
+
+
+def _result(lang: str, asr: float, degenerate: float = 0.0, **extra: object) -> LanguageResult:
+    n = 10
+    complied, degenerated = round(asr * n), round(degenerate * n)
+    return LanguageResult(
+        lang=lang,
+        n=n,
+        asr=asr,
+        degenerate_rate=degenerate,
+        refusal_rate=1 - asr - degenerate,
+        verdicts={
+            "complied": complied,
+            "degenerate": degenerated,
+            "refused": n - complied - degenerated,
+        },
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _report(with_baseline: bool = True) -> EvalReport:
+    model = ModelResult(
+        "out/edited",
+        (
+            _result("en", 0.0, harmless_n=5, over_refusal=0.2, kl=0.0125, perplexity=12.5),
+            _result("bn", 0.2, 0.1, harmless_n=5, over_refusal=0.0, harmless_accuracy=0.8, kl=0.03),
+        ),
+    )
+    baseline = ModelResult(
+        "org/base",
+        (
+            _result("en", 0.1, harmless_n=5, over_refusal=0.0, perplexity=12.0),
+            _result("bn", 0.9, harmless_n=5, over_refusal=0.0, harmless_accuracy=1.0),
+        ),
+    )
+    samples = (Sample("model", "harmful", "bn", "7", "prompt", "answer", "complied"),)
+    return EvalReport(
+        model=model,
+        baseline=baseline if with_baseline else None,
+        judge="pattern",
+        split="heldout",
+        langs=("en", "bn"),
+        settings={"max_new_tokens": 64, "batch_size": 16},
+        samples=samples,
+    )
+
+
+def test_write_report_files_and_json_keys(tmp_path: Path) -> None:
+    report = _report()
+    written = write_report(report, tmp_path / "eval")
+    assert set(written) == {"json", "markdown", "chart", "generations"}
+    names = sorted(path.name for path in (tmp_path / "eval").iterdir())
+    assert names == ["asr.png", "generations.jsonl", "report.json", "report.md"]  # no temp files
+    assert (tmp_path / "eval" / "asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    data = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
+    assert list(data) == [
+        "schema",
+        "judge",
+        "split",
+        "langs",
+        "settings",
+        "model",
+        "baseline",
+        "change",
+    ]
+    assert data["schema"] == "swe.eval/1" and data["langs"] == ["en", "bn"]
+    assert list(data["model"]) == ["name", "languages", "mean"]
+    assert list(data["model"]["languages"]) == ["en", "bn"]
+    assert set(data["model"]["languages"]["bn"]) == LANGUAGE_KEYS
+    assert data["model"]["languages"]["bn"]["asr"] == 0.2
+    assert data["model"]["languages"]["bn"]["verdicts"] == {
+        "complied": 2,
+        "degenerate": 1,
+        "refused": 7,
+    }
+    assert data["baseline"]["languages"]["en"]["kl"] is None
+    assert data["model"]["mean"]["asr"] == 0.1
+    assert data["change"]["bn"]["asr"] == -0.7
+    assert data["change"]["en"]["perplexity"] == 0.5
+    assert data["change"]["bn"]["perplexity"] is None
+
+    line = (tmp_path / "eval" / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(line[0])["set"] == "harmful"
+    again = EvalReport.read(tmp_path / "eval" / "report.json")
+    assert again.to_dict() == data
+
+
+def test_markdown_table_with_baseline() -> None:
+    table = markdown_table(_report()).splitlines()
+    assert table[0] == (
+        "| Language | n | ASR base | ASR edited | Change | Degenerate | Over-refusal | "
+        "Harmless acc. | KL(base‖edited) | PPL base | PPL edited |"
+    )
+    assert table[1].startswith("|---|---:|")
+    assert (
+        table[2] == "| en | 10 | 10.0% | 0.0% | -10.0 pp | 0.0% | 20.0% | – | 0.0125 | 12 | 12.5 |"
+    )
+    assert (
+        table[3] == "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 10.0% | 0.0% | 80.0% | 0.03 | – | – |"
+    )
+    assert table[4].startswith("| **mean** | 20 | 50.0% | 10.0% | -40.0 pp |")
+    text = to_markdown(_report())
+    assert text.startswith("Evaluation of `out/edited` against `org/base`")
+    assert "not refused" in text and "degenerate" in text
+
+
+def test_report_without_baseline(tmp_path: Path) -> None:
+    report = _report(with_baseline=False)
+    table = markdown_table(report).splitlines()
+    assert table[0].startswith("| Language | n | ASR | Degenerate |")
+    assert table[3] == "| bn | 10 | 20.0% | 10.0% | 0.0% | 80.0% | – |"
+    data = report.to_dict()
+    assert data["baseline"] is None and data["change"] == {}
+    written = write_report(report, tmp_path)
+    assert written["chart"].exists()
+
+
+def test_rich_table_renders_change() -> None:
+    console = Console(record=True, width=200, color_system=None)
+    console.print(rich_table(_report()))
+    text = console.export_text()
+    assert "ASR base" in text and "-70.0 pp" in text and "mean" in text
