@@ -442,6 +442,187 @@ def show_solve(summary: dict[str, Any]) -> None:
     err.print(table)
 
 
+# -- eval -----------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_command(
+    model: Annotated[
+        str,
+        typer.Argument(help="Model to evaluate: Hub id or local folder (e.g. the aligned OUT)."),
+    ],
+    langs: Langs_,
+    harmful: Annotated[
+        str, typer.Option("--harmful", help="Harmful prompts (same source as probe).")
+    ],
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Base model to compare with (KL, ASR change).")
+    ] = None,
+    harmless: Annotated[
+        str | None,
+        typer.Option("--harmless", help="Harmless prompts (over-refusal, accuracy, KL)."),
+    ] = None,
+    general: Annotated[
+        str | None, typer.Option("--general", help="General text for perplexity.")
+    ] = None,
+    workspace: Annotated[
+        Path | None, typer.Option("-w", "--workspace", help="Also write the report into WS/eval/.")
+    ] = None,
+    hrl: Hrl_ = "en",
+    split: Annotated[
+        str, typer.Option("--split", help="Prompt split to evaluate: heldout, fit or all.")
+    ] = "heldout",
+    heldout_fraction: Annotated[
+        float, typer.Option("--heldout-fraction", help="Must match the probe's.")
+    ] = 0.5,
+    max_prompts: Annotated[
+        int | None, typer.Option("--max-prompts", help="Use at most N prompt ids per set.")
+    ] = None,
+    judge: Annotated[
+        str,
+        typer.Option("--judge", help="pattern, or a guard model (Qwen3Guard-Gen, Llama Guard 3)."),
+    ] = "pattern",
+    patterns: Annotated[
+        list[Path] | None,
+        typer.Option("--patterns", help="Extra refusal patterns (YAML lang -> phrases)."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Generation length bound.")
+    ] = 64,
+    batch_size: BatchSize_ = 16,
+    device: Device_ = "cpu",
+    dtype: Dtype_ = "auto",
+    revision: Revision_ = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Report folder (report.json, report.md, asr.png)."),
+    ] = None,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Generate on held-out prompts per language and report ASR, over-refusal, accuracy, KL, perplexity."""
+    STATE["quiet"] = quiet or as_json
+    all_langs = [hrl, *[lang for lang in split_list(langs) if lang != hrl]]
+    sets = load_eval_sets(harmful, harmless, general, all_langs, heldout_fraction, max_prompts)
+    report = do_eval(
+        model,
+        baseline,
+        sets,
+        all_langs,
+        split,
+        judge,
+        patterns or [],
+        max_new_tokens,
+        batch_size,
+        device,
+        dtype,
+        revision,
+        output,
+        workspace,
+    )
+    if as_json:
+        sys.stdout.write(report.to_json() + "\n")
+
+
+def load_eval_sets(
+    harmful: str,
+    harmless: str | None,
+    general: str | None,
+    langs: list[str],
+    heldout_fraction: float,
+    max_prompts: int | None,
+) -> dict[str, Any]:
+    from swe_cli.prompts import load_prompt_set
+
+    sets: dict[str, Any] = {
+        "harmful": load_prompt_set(
+            harmful, "harmful", langs, heldout_fraction=heldout_fraction, max_prompts=max_prompts
+        )
+    }
+    sets["harmless"] = (
+        load_prompt_set(
+            harmless, "harmless", langs, heldout_fraction=heldout_fraction, max_prompts=max_prompts
+        )
+        if harmless
+        else None
+    )
+    sets["general"] = (
+        load_prompt_set(
+            general,
+            "general",
+            _langs_in(general, langs),
+            heldout_fraction=heldout_fraction,
+            require_parallel=False,
+        )
+        if general
+        else None
+    )
+    return sets
+
+
+def do_eval(
+    model: str,
+    baseline: str | None,
+    sets: dict[str, Any],
+    langs: list[str],
+    split: str,
+    judge_name: str,
+    patterns: list[Path],
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    revision: str | None,
+    output: Path | None,
+    workspace: Path | None,
+) -> Any:
+    from swe_cli.evaluate import run_eval
+    from swe_cli.judges import GuardJudge, PatternJudge
+    from swe_cli.report import rich_table, write_report
+    from swe_cli.workspace import Workspace
+
+    refusal_judge = PatternJudge.from_files(patterns)
+    judge = (
+        refusal_judge
+        if judge_name == "pattern"
+        else GuardJudge.load(judge_name, device=device, dtype=dtype)
+    )
+    with progress_bar() as update:
+        report = run_eval(
+            model,
+            baseline=baseline,
+            harmful=sets["harmful"],
+            harmless=sets["harmless"],
+            general=sets["general"],
+            langs=langs,
+            split=split,
+            judge=judge,
+            refusal_judge=refusal_judge,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            progress=update,
+        )
+    if output is not None:
+        written = write_report(report, output)
+        info(f"report written to {output} ({', '.join(sorted(p.name for p in written.values()))})")
+    if workspace is not None:
+        space = Workspace(workspace)
+        write_report(report, space.eval_dir)
+        if space.exists():
+            space.record_stage(
+                "eval",
+                {"model": model, "baseline": baseline, "split": split, "judge": judge_name},
+                {
+                    "report": str(space.eval_dir / "report.json"),
+                    "mean": report.to_dict()["model"]["mean"],
+                },
+            )
+    if not STATE["quiet"]:
+        err.print(rich_table(report))
+    return report
+
+
 def main() -> None:
     """Console entry point: run the app, turning SweError into one red line and exit code 1."""
     try:
