@@ -155,6 +155,65 @@ def load_index(model_dir: Path) -> dict[str, str]:
     return {str(name): str(file) for name, file in weight_map.items()}
 
 
+# Weights in formats other than this checkpoint's safetensors: carrying them into an edited copy
+# would ship the unedited model beside the edited one, so layouts list them as skipped.
+OTHER_WEIGHT_SUFFIXES = (
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".gguf",
+    ".onnx",
+    ".tflite",
+    ".ot",
+    ".npz",
+    ".safetensors",
+)
+KEPT_HIDDEN = (".gitattributes",)
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """The files of a model folder, as relative POSIX paths, sorted."""
+
+    root: Path
+    weights: tuple[str, ...]  # the safetensors files the checkpoint loads from
+    index: str | None  # model.safetensors.index.json, or None for a single-file checkpoint
+    others: tuple[str, ...]  # config, tokenizer, chat template, generation config, licence, ...
+    skipped: tuple[str, ...]  # hidden entries and weights in other formats (not part of a copy)
+
+
+def checkpoint_layout(model_dir: Path) -> CheckpointLayout:
+    """Classify every file under a model folder; symlinked files (Hub snapshots) count as files."""
+    model_dir = Path(model_dir)
+    weights = tuple(path.name for path in weight_files(model_dir))
+    index = INDEX_NAME if (model_dir / INDEX_NAME).exists() else None
+    others: list[str] = []
+    skipped: list[str] = []
+    for folder, directories, files in os.walk(model_dir):
+        relative_folder = Path(folder).relative_to(model_dir)
+        for directory in sorted(directories):
+            if directory.startswith(".") or (Path(folder) / directory).is_symlink():
+                skipped.append((relative_folder / directory).as_posix() + "/")
+        directories[:] = sorted(
+            d for d in directories if not d.startswith(".") and not (Path(folder) / d).is_symlink()
+        )
+        for name in sorted(files):
+            relative = (relative_folder / name).as_posix()
+            if relative in weights or relative == index:
+                continue
+            hidden = name.startswith(".") and name not in KEPT_HIDDEN
+            if hidden or name.lower().endswith(OTHER_WEIGHT_SUFFIXES):
+                skipped.append(relative)
+            else:
+                others.append(relative)
+    return CheckpointLayout(
+        model_dir, weights, index, tuple(sorted(others)), tuple(sorted(skipped))
+    )
+
+
 def tensor_index(model_dir: Path) -> dict[str, TensorEntry]:
     """Every tensor of the checkpoint with its absolute location, read from the shard headers."""
     entries: dict[str, TensorEntry] = {}

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from swe_cli.errors import EditError
+from swe_cli.errors import CheckpointError, EditError
 from swe_cli.workspace import load_tensors, save_tensors
 
 EDIT_FILE = "edit.safetensors"
@@ -40,6 +40,12 @@ class TensorEdit:
         full = torch.zeros(len(self.rows), self.shape[1], dtype=torch.float32)
         full[:, self.cols] = self.delta
         return full
+
+    def block(self, start: int, stop: int) -> TensorEdit:
+        """Rows start..stop of this edit (in edit order); the block carries no base hash."""
+        return replace(
+            self, rows=self.rows[start:stop], delta=self.delta[start:stop], base_sha256=""
+        )
 
 
 @dataclass(frozen=True)
@@ -138,3 +144,90 @@ def edit_sha256(edit: Edit) -> str:
             digest.update(item.cols.contiguous().numpy().tobytes())
         digest.update(item.delta.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def patched_row_bytes(item: TensorEdit, base_bytes: bytes, device: str = "cpu") -> bytes:
+    """Raw bytes of the edited rows (rows in the order of `item.rows`): base rows in fp32 plus the
+    delta, cast to the tensor dtype. Columns outside `cols` keep their base bytes exactly.
+
+    Raises EditError when the result is not finite where the base was (the delta overflows the
+    dtype, or is itself NaN/inf)."""
+    import torch
+
+    from swe_cli.checkpoint import torch_dtype_of
+
+    dtype = torch_dtype_of(item.dtype)
+    count = len(item.rows)
+    base = torch.frombuffer(bytearray(base_bytes), dtype=dtype).reshape(count, -1).to(device)
+    delta = item.delta.to(device=device, dtype=torch.float32)
+    if item.cols is None:
+        before = base.to(torch.float32)
+        after = before + delta
+        new = after.to(dtype)
+    else:
+        cols = item.cols.to(device)
+        before = base[:, cols].to(torch.float32)
+        after = before + delta
+        new = base.clone()
+        new[:, cols] = after.to(dtype)
+    overflow = torch.isfinite(before) & ~torch.isfinite(
+        (new if item.cols is None else new[:, cols]).to(torch.float32)
+    )
+    if bool(overflow.any()):
+        raise EditError(
+            f"edit of '{item.name}' is not finite in {dtype} at {int(overflow.sum())} entries",
+            hint="the delta overflows the tensor dtype or holds NaN/inf; re-run `swe solve`",
+        )
+    return new.cpu().contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def tensor_edit_from_base(
+    model_dir: Path, name: str, rows: Any, delta: Any, cols: Any | None = None
+) -> TensorEdit:
+    """A TensorEdit of a checkpoint tensor, with the base rows' hash, shape and dtype read from it."""
+    import torch
+
+    from swe_cli.checkpoint import locate, read_row_bytes, rows_sha256
+
+    entry = locate(Path(model_dir), name)
+    rows = torch.as_tensor(rows, dtype=torch.int64)
+    return TensorEdit(
+        name=name,
+        rows=rows,
+        delta=torch.as_tensor(delta, dtype=torch.float32),
+        base_sha256=rows_sha256(read_row_bytes(entry, rows.tolist())),
+        shape=entry.shape,
+        dtype=entry.dtype,
+        cols=None if cols is None else torch.as_tensor(cols, dtype=torch.int64),
+    )
+
+
+def edit_file_of(path: Path) -> Path:
+    """The edit.safetensors of an edit folder, of an output folder (swe_edit/), or the file itself."""
+    path = Path(path)
+    for candidate in (path, path / EDIT_FILE, path / "swe_edit" / EDIT_FILE):
+        if candidate.is_file():
+            return candidate
+    raise EditError(
+        f"{path}: no {EDIT_FILE} here",
+        hint="pass a folder written by `swe apply --edit-only`, a checkpoint written by "
+        "`swe apply`, or a workspace's edit/ folder",
+    )
+
+
+def edit_layout(path: Path) -> dict[str, dict[str, Any]]:
+    """tensor name -> {shape, dtype, base_sha256}, read from the edit file's header alone (cheap,
+    no torch), so a caller can plan work before loading the deltas."""
+    from swe_cli.checkpoint import read_header
+
+    file = edit_file_of(path)
+    try:
+        metadata = read_header(file).metadata
+    except CheckpointError as error:
+        raise EditError(error.message, hint="the edit file is damaged; re-export it") from None
+    if metadata.get("format") != EDIT_FORMAT or "tensors" not in metadata:
+        raise EditError(
+            f"{file}: not a swe edit (format {metadata.get('format')!r})",
+            hint="pass the edit folder written by `swe solve` or `swe apply --edit-only`",
+        )
+    return json.loads(metadata["tensors"])
