@@ -1,0 +1,451 @@
+"""What an edited checkpoint says about itself, and publishing it: the provenance record
+(swe_edit.json), the model card (README.md with Hub YAML front matter), and the upload to the
+Hugging Face Hub. huggingface_hub is imported only inside the functions that talk to the Hub."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swe_cli import __version__
+from swe_cli.errors import HubError
+
+PROVENANCE_FORMAT = "swe-provenance/1"
+CARD_TAGS = ("safety", "multilingual", "model-editing", "sparse-weight-editing", "swe")
+LICENSE_KEYS = ("license", "license_name", "license_link")
+# Above this size upload_large_folder (resumable, several commits) replaces one upload_folder.
+LARGE_FOLDER_BYTES = 5 * 1024**3
+UPLOAD_IGNORE = [".cache/**", ".*.tmp", ".*.tmp/**"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/[^/]+/?$")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+# -- provenance ---------------------------------------------------------------------------------
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def hub_repo_id(model: dict[str, Any]) -> str | None:
+    """The Hub repo id of a workspace model record, or None when the base is a local folder.
+
+    A record resolved from the Hub carries a commit; a local path inside the HF cache still names
+    its repo (models--owner--name/snapshots/<commit>)."""
+    model_id = str(model.get("id") or "")
+    if model.get("commit") and _HUB_ID.match(model_id) and not Path(model_id).exists():
+        return model_id
+    match = _SNAPSHOT.search(str(model.get("path") or "").replace(os.sep, "/"))
+    if match:
+        return f"{match['owner']}/{match['name']}"
+    if model.get("hub_id"):
+        return str(model["hub_id"])
+    return None
+
+
+def normalise_languages(hrl: str | None, langs: Any) -> list[str]:
+    """The HRL first, then the target languages, from a list, a dict or a comma string."""
+    if isinstance(langs, str):
+        items = [part.strip() for part in langs.split(",")]
+    elif isinstance(langs, dict):
+        items = [str(langs.get("hrl") or ""), *map(str, langs.get("targets") or [])]
+    else:
+        items = [str(item) for item in langs or []]
+    ordered = [hrl, *items] if hrl else items
+    return list(dict.fromkeys(item for item in ordered if item))
+
+
+def layer_of(tensor_name: str) -> int | None:
+    match = _LAYER.search(tensor_name)
+    return int(match.group(1)) if match else None
+
+
+def edit_summary(edit: Any) -> dict[str, Any]:
+    """Per tensor: layer, rows and columns edited, dtype, shape; and the edited layers."""
+    tensors = []
+    for item in edit.tensors:
+        tensors.append(
+            {
+                "name": item.name,
+                "layer": layer_of(item.name),
+                "rows": len(item.rows),
+                "cols": None if item.cols is None else len(item.cols),
+                "shape": list(item.shape),
+                "dtype": item.dtype,
+            }
+        )
+    layers = sorted({t["layer"] for t in tensors if t["layer"] is not None})
+    return {"layers": layers, "tensors": tensors, "rows": sum(t["rows"] for t in tensors)}
+
+
+def neuron_counts(edit: Any, diagnostics: dict[str, Any] | None = None) -> dict[str, int]:
+    """Safety neurons edited per layer: the solver's own count when recorded, else the edited
+    rows of gate/up (a fused gate_up tensor holds each neuron twice) or the columns of down."""
+    recorded = (diagnostics or {}).get("layers") or {}
+    counts: dict[str, int] = {}
+    for item in edit.tensors:
+        layer = layer_of(item.name)
+        if layer is None:
+            continue
+        if isinstance(recorded.get(layer), dict) and "neurons" in recorded[layer]:
+            counts[str(layer)] = int(recorded[layer]["neurons"])
+            continue
+        if "down" in item.name:
+            count = item.shape[1] if item.cols is None else len(item.cols)
+        elif "gate_up" in item.name:
+            count = len({int(row) % (item.shape[0] // 2) for row in item.rows.tolist()})
+        else:
+            count = len(item.rows)
+        counts[str(layer)] = max(counts.get(str(layer), 0), count)
+    return counts
+
+
+def workspace_provenance(
+    manifest: dict[str, Any], edit_yaml: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The caller-side part of swe_edit.json for a workspace: base model, languages, solver."""
+    model = dict(manifest.get("model") or {})
+    solve = (manifest.get("stages") or {}).get("solve") or {}
+    return {
+        "base_model": {
+            "id": model.get("id"),
+            "hub_id": hub_repo_id(model),
+            "revision": model.get("revision"),
+            "commit": model.get("commit"),
+            "fingerprint": model.get("fingerprint"),
+            "model_type": model.get("model_type"),
+            "dtype": model.get("dtype"),
+        },
+        "languages": normalise_languages(manifest.get("hrl"), manifest.get("langs")),
+        "hrl": manifest.get("hrl"),
+        "prompt_sets": manifest.get("prompt_sets"),
+        "solver": {
+            "method": (edit_yaml or {}).get("method") or (solve.get("params") or {}).get("method"),
+            "params": solve.get("params"),
+            "outputs": solve.get("outputs"),
+            "diagnostics": (edit_yaml or {}).get("layers"),
+        },
+    }
+
+
+def edit_provenance(edit_metadata: dict[str, str]) -> dict[str, Any]:
+    """The caller-side part of swe_edit.json rebuilt from an edit file's own metadata (used when
+    an edit comes without its swe_edit.json)."""
+    params: Any = edit_metadata.get("params")
+    with contextlib.suppress(yaml.YAMLError):
+        params = yaml.safe_load(params) if params else None
+    base_id = edit_metadata.get("base_model")
+    return {
+        "base_model": {
+            "id": base_id,
+            "hub_id": base_id if base_id and _HUB_ID.match(base_id) else None,
+            "commit": edit_metadata.get("base_revision") or None,
+            "fingerprint": edit_metadata.get("base_fingerprint"),
+        },
+        "languages": normalise_languages(edit_metadata.get("hrl"), edit_metadata.get("langs")),
+        "hrl": edit_metadata.get("hrl"),
+        "solver": {"method": edit_metadata.get("method"), "params": params},
+    }
+
+
+def complete_provenance(
+    provenance: dict[str, Any], edit: Any, edit_hash: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """swe_edit.json: the caller's record plus what swe knows about the edit and this run."""
+    summary = edit_summary(edit)
+    solver = provenance.get("solver") or {}
+    return {
+        "format": PROVENANCE_FORMAT,
+        "tool": {"name": "swe", "version": __version__},
+        "created": now(),
+        **provenance,
+        "layers": summary["layers"],
+        "neurons": neuron_counts(edit, {"layers": solver.get("diagnostics") or {}}),
+        "edit": {
+            "sha256": edit_hash,
+            "rows": summary["rows"],
+            "tensors": summary["tensors"],
+            "metadata": {k: v for k, v in edit.metadata.items() if k != "params"},
+        },
+        **extra,
+    }
+
+
+# -- model card ---------------------------------------------------------------------------------
+def read_card_metadata(readme: Path) -> dict[str, Any]:
+    """The YAML front matter of a model card, or {} when there is none or it does not parse."""
+    try:
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, flags=re.DOTALL)
+    if not match:
+        return {}
+    try:
+        data = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What README.md says beyond the provenance: the Hub metadata and the eval table.
+
+    `base_model` must be a Hub repo id (the Hub rejects other values); None omits it, for a base
+    that only exists as a local folder."""
+
+    base_model: str | None = None
+    base_name: str = "the base model"
+    languages: tuple[str, ...] = ()
+    license: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = CARD_TAGS
+    eval_report: str | None = None
+    relation: str = "finetune"  # Hub values: adapter, merge, quantized, finetune
+    library_name: str | None = "transformers"
+    pipeline_tag: str | None = "text-generation"
+
+    @classmethod
+    def for_provenance(
+        cls, provenance: dict[str, Any], base_dir: Path | None, eval_report: str | None = None
+    ) -> ModelCard:
+        """The default card: base and languages from the provenance, licence from the base card."""
+        base = provenance.get("base_model") or {}
+        base_meta = read_card_metadata(Path(base_dir) / "README.md") if base_dir else {}
+        licence = {key: str(base_meta[key]) for key in LICENSE_KEYS if base_meta.get(key)}
+        name = base.get("hub_id") or Path(str(base.get("id") or "base model")).name
+        return cls(
+            base_model=base.get("hub_id"),
+            base_name=str(name),
+            languages=tuple(provenance.get("languages") or ()),
+            license=licence,
+            eval_report=eval_report,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.base_model:
+            data["base_model"] = self.base_model
+            data["base_model_relation"] = self.relation
+        if self.languages:
+            data["language"] = list(self.languages)
+        data.update(self.license)
+        if self.library_name:
+            data["library_name"] = self.library_name
+        if self.pipeline_tag:
+            data["pipeline_tag"] = self.pipeline_tag
+        data["tags"] = list(dict.fromkeys(self.tags))
+        return data
+
+    def render(self, provenance: dict[str, Any], *, kind: str = "model") -> str:
+        """README.md text; kind "model" for an edited checkpoint, "edit" for an edit artifact."""
+        front = yaml.safe_dump(self.metadata(), sort_keys=False, allow_unicode=True)
+        body = (
+            _edit_card_body(self, provenance) if kind == "edit" else _model_body(self, provenance)
+        )
+        return f"---\n{front}---\n\n{body}"
+
+
+def _base_link(card: ModelCard) -> str:
+    if card.base_model:
+        return f"[{card.base_model}](https://huggingface.co/{card.base_model})"
+    return f"`{card.base_name}`"
+
+
+def _edited_table(provenance: dict[str, Any]) -> str:
+    lines = ["| tensor | layer | rows | columns | dtype |", "|---|---:|---:|---:|---|"]
+    for item in (provenance.get("edit") or {}).get("tensors", []):
+        cols = "all" if item["cols"] is None else item["cols"]
+        lines.append(
+            f"| `{item['name']}` | {item['layer']} | {item['rows']} | {cols} | {item['dtype']} |"
+        )
+    return "\n".join(lines)
+
+
+def _solver_lines(provenance: dict[str, Any]) -> str:
+    solver = provenance.get("solver") or {}
+    params = solver.get("params") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
+    return f"Method: `{solver.get('method') or 'unknown'}`" + (
+        f"; parameters: {shown}" if shown else ""
+    )
+
+
+def _summary(card: ModelCard, provenance: dict[str, Any]) -> str:
+    base = provenance.get("base_model") or {}
+    edit = provenance.get("edit") or {}
+    languages = ", ".join(card.languages) or "unrecorded"
+    commit = f" at commit `{base['commit']}`" if base.get("commit") else ""
+    return (
+        f"Base model: {_base_link(card)}{commit}.\n"
+        f"Languages (high-resource first): {languages}.\n"
+        f"{_solver_lines(provenance)}.\n"
+        f"Edited layers: {', '.join(map(str, provenance.get('layers') or [])) or 'none'}; "
+        f"{edit.get('rows', 0)} rows in {len(edit.get('tensors', []))} tensors; "
+        f"edit sha256 `{edit.get('sha256', '')}`."
+    )
+
+
+def _model_body(card: ModelCard, provenance: dict[str, Any]) -> str:
+    base_arg = card.base_model or "BASE_MODEL_FOLDER"
+    sections = [
+        f"# {card.base_name} with a multilingual safety edit (swe)",
+        f"This checkpoint is {_base_link(card)} with a sparse, closed-form weight edit made by "
+        "swe (sparse weight editing) to close the multilingual safety gap: the model should refuse "
+        "harmful requests in the low-resource languages below as it does in the high-resource "
+        "one. Only the rows listed here differ from the base; every other tensor is "
+        "byte-identical. It loads like the base model (`AutoModelForCausalLM.from_pretrained`).",
+        "## What was edited\n\n" + _summary(card, provenance) + "\n\n" + _edited_table(provenance),
+    ]
+    if card.eval_report:
+        sections.append("## Evaluation\n\n" + card.eval_report.strip())
+    sections.append(
+        "## Reproduce\n\n"
+        "The edit itself ships in `swe_edit/edit.safetensors`; `swe_edit.json` records the base "
+        "revision, languages, layers, solver parameters and hashes.\n\n"
+        "```bash\npip install swe-cli\n"
+        f"swe apply --edit swe_edit/ --base {base_arg} -o edited-model   # the same bytes\n"
+        f"swe verify edited-model --base {base_arg}                   # tensor-by-tensor check\n```"
+    )
+    if card.license:
+        name = card.license.get("license_name") or card.license.get("license")
+        link = card.license.get("license_link")
+        sections.append(
+            f"## License\n\nSame as the base model: `{name}`" + (f" ({link})." if link else ".")
+        )
+    return "\n\n".join(sections) + "\n"
+
+
+def _edit_card_body(card: ModelCard, provenance: dict[str, Any]) -> str:
+    base_arg = card.base_model or "BASE_MODEL_FOLDER"
+    sections = [
+        f"# swe edit for {card.base_name}",
+        "A sparse multilingual safety edit made by swe: the row indices and float32 deltas of a "
+        f"few weight rows of {_base_link(card)} (`edit.safetensors`), with the sha256 of the base "
+        "rows it was computed from, so it applies only to that base.",
+        "## What it edits\n\n" + _summary(card, provenance) + "\n\n" + _edited_table(provenance),
+    ]
+    if card.eval_report:
+        sections.append("## Evaluation\n\n" + card.eval_report.strip())
+    sections.append(
+        "## Apply\n\n```bash\npip install swe-cli\n"
+        f"swe apply --edit THIS_FOLDER_OR_REPO --base {base_arg} -o edited-model\n```"
+    )
+    return "\n\n".join(sections) + "\n"
+
+
+def edit_card(card: ModelCard) -> ModelCard:
+    """The card of an edit artifact: not a transformers model, an add-on to the base."""
+    return ModelCard(
+        base_model=card.base_model,
+        base_name=card.base_name,
+        languages=card.languages,
+        license=card.license,
+        tags=(*card.tags, "swe-edit"),
+        eval_report=card.eval_report,
+        relation="adapter",
+        library_name=None,
+        pipeline_tag=None,
+    )
+
+
+# -- Hub ----------------------------------------------------------------------------------------
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def _token(token: str | None) -> str:
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    found = os.environ.get("HF_TOKEN") or get_token()
+    if not found:
+        raise HubError(
+            "no Hugging Face token: cannot push",
+            hint="set HF_TOKEN or run `hf auth login`; the local output is complete, push it later",
+        )
+    return found
+
+
+def push_to_hub(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Create the repo when needed and upload the folder (resumable multi-commit upload for large
+    checkpoints); returns the URL of the uploaded revision. Every failure is one HubError, raised
+    after nothing local has been touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HubError(f"{folder}: no such folder to push", hint="run `swe apply` first")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=_token(token), library_name="swe", library_version=__version__)
+    message = commit_message or "Upload multilingual safety edit made with swe"
+    try:
+        api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        large = getattr(api, "upload_large_folder", None)
+        if large is not None and _folder_bytes(folder) > LARGE_FOLDER_BYTES:
+            large(
+                repo_id=repo_id,
+                folder_path=folder,
+                repo_type="model",
+                revision=revision,
+                private=private,
+                ignore_patterns=UPLOAD_IGNORE,
+            )
+        else:  # huggingface_hub >= 2 streams large folders in several commits by itself
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                repo_type="model",
+                revision=revision,
+                commit_message=message,
+                ignore_patterns=UPLOAD_IGNORE,
+            )
+    except HubError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every Hub failure becomes one user error
+        raise HubError(
+            f"pushing {folder} to '{repo_id}' failed: {_describe(error)}",
+            hint="check the repo name, that your token has write access to it, and the network; "
+            f"the local output in {folder} is complete, push it again later",
+        ) from None
+    suffix = f"/tree/{revision}" if revision else ""
+    return f"https://huggingface.co/{repo_id}{suffix}"
+
+
+def _describe(error: Exception) -> str:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = f"{type(error).__name__}" + (f" (HTTP {status})" if status else "")
+    return f"{text}: {first_line[:200]}" if first_line else text
+
+
+def download_edit(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """Fetch an edit artifact (or just the edit of an edited checkpoint) from the Hub."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["edit.safetensors", "swe_edit.json", "README.md", "swe_edit/*"]
+    try:
+        return Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
+        )
+    except Exception as error:  # noqa: BLE001
+        raise HubError(
+            f"cannot fetch the edit '{repo_id}' from the Hub: {_describe(error)}",
+            hint="check the repo id, network and HF_TOKEN, or pass a local edit folder",
+        ) from None

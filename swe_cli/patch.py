@@ -1,0 +1,851 @@
+"""Apply an edit to a checkpoint by streaming. Every file of the base is copied (or hard-linked)
+into a temporary folder next to the output; only the edited rows are rewritten in place, at byte
+offsets computed from the safetensors header; the written rows are read back and checked; the
+folder is renamed into place. Memory is O(edited rows), never O(model), and the base is only
+ever opened for reading. The copy starts before torch is imported and the edit is loaded, so for
+large checkpoints the run takes about as long as a plain file copy."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swe_cli.checkpoint import (
+    CheckpointLayout,
+    ResolvedModel,
+    SafetensorsHeader,
+    TensorEntry,
+    checkpoint_layout,
+    fingerprint,
+    load_index,
+    read_header,
+    resolve_model,
+    torch_dtype_of,
+)
+from swe_cli.edit import (
+    EDIT_FILE,
+    Edit,
+    TensorEdit,
+    edit_file_of,
+    edit_layout,
+    edit_sha256,
+    load_edit,
+    patched_row_bytes,
+    save_edit,
+)
+from swe_cli.errors import CheckpointError, EditError, SweError, WorkspaceError
+from swe_cli.hub import (
+    ModelCard,
+    complete_provenance,
+    download_edit,
+    edit_card,
+    edit_provenance,
+    workspace_provenance,
+)
+from swe_cli.workspace import Workspace, atomic_write_text
+
+PROVENANCE_FILE = "swe_edit.json"
+EDIT_DIR = "swe_edit"  # OUT/swe_edit/edit.safetensors: the edit travels with the checkpoint
+CARD_FILE = "README.md"
+EVAL_FILE = "eval_report.md"  # an exported edit keeps the workspace's eval table here
+REPLACED = (CARD_FILE, PROVENANCE_FILE)  # base files that swe writes anew
+CALLER_KEYS = ("base_model", "languages", "hrl", "prompt_sets", "solver")
+COPY_CHUNK = 64 * 1024 * 1024
+BLOCK_BYTES = 16 * 1024 * 1024  # fp32 bytes of edited rows computed at once
+COMPARE_CHUNK = 8 * 1024 * 1024
+COPY_WORKERS = 2
+MiB = 1024 * 1024
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What `apply` did; relative file names, sorted."""
+
+    output: Path
+    base: Path
+    copied: tuple[str, ...]
+    linked: tuple[str, ...]
+    patched: tuple[str, ...]
+    skipped: tuple[str, ...]  # base entries not carried over: hidden, weights in other formats
+    tensors_edited: int
+    rows_edited: int
+    rows_checked: int
+    bytes_copied: int
+    edit_sha256: str
+    device: str
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready (for --json)."""
+        data = asdict(self)
+        data["output"], data["base"] = str(self.output), str(self.base)
+        return data
+
+
+@dataclass(frozen=True)
+class EditSource:
+    """An edit already in memory, or an edit file still to load: planning needs only its header,
+    so the copy can start before torch is imported."""
+
+    file: Path | None = None
+    edit: Edit | None = None
+
+    def tensor_names(self) -> list[str]:
+        if self.edit is not None:
+            return [item.name for item in self.edit.tensors]
+        assert self.file is not None
+        return sorted(edit_layout(self.file))
+
+    def load(self) -> Edit:
+        if self.edit is not None:
+            return self.edit
+        assert self.file is not None
+        return load_edit(self.file)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One edited tensor, located in the base checkpoint."""
+
+    item: TensorEdit
+    entry: TensorEntry  # absolute offsets; identical in the copy, whose header is the base's
+    file: str
+
+
+# -- public entry points ------------------------------------------------------------------------
+def apply_edit(
+    edit: Edit,
+    base_dir: Path,
+    output: Path,
+    *,
+    provenance: dict[str, Any],
+    card: ModelCard | None = None,
+    device: str = "auto",
+    link: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    sync: bool = True,
+) -> ApplyResult:
+    """Write `output`: the checkpoint in `base_dir` with `edit` applied, plus README.md (card;
+    default built from `provenance`), swe_edit.json (provenance) and swe_edit/edit.safetensors.
+
+    device: "auto" (cuda when present), "cpu", "cuda" or "cuda:N". link: hard-link shards with no
+    edited tensor. force: replace an existing output folder. sync: fsync before the rename."""
+    return _apply(
+        EditSource(edit=edit),
+        Path(base_dir),
+        Path(output),
+        provenance=provenance,
+        card=card,
+        device=device,
+        link=link,
+        force=force,
+        progress=progress,
+        sync=sync,
+    )
+
+
+def apply_workspace(
+    workspace: Workspace,
+    output: Path,
+    *,
+    device: str = "auto",
+    link: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    sync: bool = True,
+) -> ApplyResult:
+    """`swe apply -w WS -o OUT`: apply the workspace's edit to the model it was computed on,
+    with the provenance and eval table of the workspace, and record the apply stage."""
+    manifest = workspace.load()
+    workspace.require_stage("solve")
+    model = dict(manifest.get("model") or {})
+    base_dir = workspace_base(model)
+    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
+    edit_file = workspace.edit_dir / EDIT_FILE
+    if not edit_file.exists():
+        raise WorkspaceError(
+            f"{edit_file}: missing", hint=f"run `swe solve -w {workspace.root}` first"
+        )
+    provenance = workspace_provenance(manifest, _read_yaml(workspace.edit_dir / "edit.yaml"))
+    card = ModelCard.for_provenance(provenance, base_dir, eval_report(workspace))
+    result = _apply(
+        EditSource(file=edit_file),
+        base_dir,
+        Path(output),
+        provenance=provenance,
+        card=card,
+        device=device,
+        link=link,
+        force=force,
+        progress=progress,
+        sync=sync,
+    )
+    workspace.record_stage(
+        "apply",
+        {"output": str(result.output), "device": result.device, "link": link},
+        {
+            "edit_sha256": result.edit_sha256,
+            "patched": list(result.patched),
+            "rows": result.rows_edited,
+        },
+    )
+    return result
+
+
+def apply_edit_artifact(
+    edit: Path | str,
+    base: Path | ResolvedModel,
+    output: Path,
+    *,
+    device: str = "auto",
+    link: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    sync: bool = True,
+) -> ApplyResult:
+    """`swe apply --edit EDIT --base MODEL -o OUT`. EDIT is a folder written by `--edit-only`, a
+    checkpoint written by `apply` (its swe_edit/), an edit.safetensors, or a Hub repo id of
+    either. The base-row hashes decide whether the base fits; a different fingerprint (config or
+    weight map) with matching rows is only a warning."""
+    source = Path(edit).expanduser()
+    if not source.exists():
+        if str(edit).startswith((".", "/", "~")) or str(edit).count("/") != 1:
+            raise EditError(f"{edit}: no such edit folder or file", hint="check the path")
+        source = download_edit(str(edit))
+    edit_file = edit_file_of(source)
+    base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
+    provenance = _artifact_provenance(edit_file)
+    warnings: list[str] = []
+    recorded = (provenance.get("base_model") or {}).get("fingerprint")
+    actual = fingerprint(base_dir)
+    if recorded and recorded != actual:
+        warnings.append(
+            f"{base_dir}: fingerprint {actual[:12]} differs from the edit's base "
+            f"({str(recorded)[:12]}): config or weight map differ, the edited rows match"
+        )
+    provenance["applied_to"] = {
+        "id": base.model_id if isinstance(base, ResolvedModel) else base_dir.name,
+        "fingerprint": actual,
+    }
+    report = edit_file.parent / EVAL_FILE
+    card = ModelCard.for_provenance(
+        provenance, base_dir, report.read_text(encoding="utf-8") if report.exists() else None
+    )
+    return _apply(
+        EditSource(file=edit_file),
+        base_dir,
+        Path(output),
+        provenance=provenance,
+        card=card,
+        device=device,
+        link=link,
+        force=force,
+        progress=progress,
+        sync=sync,
+        warnings=warnings,
+    )
+
+
+def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> Path:
+    """`swe apply -w WS --edit-only -o EDIT_DIR`: the edit as a small pushable folder:
+    edit.safetensors, swe_edit.json (provenance), README.md (card) and the eval table if any."""
+    manifest = workspace.load()
+    workspace.require_stage("solve")
+    edit_file = workspace.edit_dir / EDIT_FILE
+    edit = load_edit(edit_file)
+    provenance = complete_provenance(
+        workspace_provenance(manifest, _read_yaml(workspace.edit_dir / "edit.yaml")),
+        edit,
+        edit_sha256(edit),
+        {"artifact": "edit"},
+    )
+    model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
+    report = eval_report(workspace)
+    card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
+    output = Path(output)
+    _check_output(output, None, force)
+    temporary = _temporary_folder(output)
+    try:
+        shutil.copyfile(edit_file, temporary / EDIT_FILE)
+        _write_json(temporary / PROVENANCE_FILE, provenance)
+        atomic_write_text(temporary / CARD_FILE, edit_card(card).render(provenance, kind="edit"))
+        if report:
+            atomic_write_text(temporary / EVAL_FILE, report)
+        _sync_tree(temporary)
+        _move_into_place(temporary, output, force)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return output
+
+
+def workspace_edit(workspace: Workspace) -> Edit:
+    """The edit computed in a workspace (for `swe verify OUT --base MODEL -w WS`)."""
+    return load_edit(workspace.edit_dir / EDIT_FILE)
+
+
+def workspace_base(model: dict[str, Any]) -> Path:
+    """The base checkpoint of a workspace model record: its local path, or its Hub snapshot."""
+    path = Path(str(model.get("path") or ""))
+    if model.get("path") and (path / "config.json").exists():
+        return path
+    if not model.get("id"):
+        raise WorkspaceError("the workspace records no base model", hint="run `swe probe` first")
+    return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
+
+
+def eval_report(workspace: Workspace) -> str | None:
+    path = workspace.eval_dir / "report.md"
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" -> cuda when available, else cpu; an unavailable cuda is an error, not a fallback."""
+    import torch
+
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SweError(
+            f"--device {device} asked for, but torch sees no CUDA device",
+            hint="use --device cpu (row edits are small) or install a CUDA build of torch",
+        )
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, ValueError) as error:
+        raise SweError(
+            f"device '{device}' is not usable ({error})", hint="use cpu, cuda or cuda:N"
+        ) from None
+    return device
+
+
+# -- the apply pipeline -------------------------------------------------------------------------
+def _apply(
+    source: EditSource,
+    base_dir: Path,
+    output: Path,
+    *,
+    provenance: dict[str, Any],
+    card: ModelCard | None,
+    device: str,
+    link: bool,
+    force: bool,
+    progress: Progress | None,
+    sync: bool,
+    warnings: list[str] | None = None,
+) -> ApplyResult:
+    started = time.perf_counter()
+    _check_output(output, base_dir, force)
+    layout = checkpoint_layout(base_dir)
+    headers = {name: read_header(base_dir / name) for name in layout.weights}
+    where = tensor_files(layout, headers)
+    names = source.tensor_names()
+    unknown = [name for name in names if name not in where]
+    if unknown:
+        raise EditError(
+            f"{base_dir}: tensor '{unknown[0]}' of the edit is not in this checkpoint",
+            hint="the edit was made for another architecture; apply it to its own base model",
+        )
+    patched = sorted({where[name] for name in names})
+    linked = [] if not link else [name for name in layout.weights if name not in patched]
+    copied = [name for name in (*layout.weights, *_carried(layout)) if name not in linked]
+    to_copy = sum((base_dir / name).stat().st_size for name in copied)
+    _check_space(output.parent, to_copy)
+    temporary = _temporary_folder(output)
+    transfer = Transfer(COPY_WORKERS, sync)
+    try:
+        with transfer:
+            futures = {name: transfer.copy(base_dir / name, temporary / name) for name in patched}
+            futures |= {n: transfer.link(base_dir / n, temporary / n) for n in linked}
+            futures |= {
+                n: transfer.copy(base_dir / n, temporary / n) for n in copied if n not in futures
+            }
+            device = resolve_device(device)
+            edit = source.load()
+            targets = locate_targets(edit, headers, where)
+            for target in targets:
+                check_base_rows(target)
+            rows_total = sum(len(t.item.rows) for t in targets)
+            rows_done = 0
+            for name in patched:
+                transfer.wait([futures[name]])
+                file_targets = [t for t in targets if t.file == name]
+                rows_done += patch_file(temporary / name, file_targets, device, sync)
+                if progress:
+                    progress("patch (rows)", rows_done, rows_total)
+            edit_hash = edit_sha256(edit)
+            final = complete_provenance(
+                {k: v for k, v in provenance.items() if k in CALLER_KEYS or k == "applied_to"},
+                edit,
+                edit_hash,
+                {"apply": {"device": device, "linked": bool(linked), "patched": patched}},
+            )
+            _write_metadata(temporary, source, edit, final, card, base_dir)
+            transfer.wait(list(futures.values()), progress, to_copy)
+        fell_back = [name for name in linked if not futures[name].result()]
+        checked = check_written(temporary, layout, headers, targets)
+        if sync:
+            _sync_tree(temporary)
+        _move_into_place(temporary, output, force)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    notes = list(warnings or [])
+    if fell_back:
+        notes.append(f"{len(fell_back)} shard(s) copied instead of hard-linked (other filesystem)")
+    return ApplyResult(
+        output=output,
+        base=base_dir,
+        copied=tuple(sorted({*copied, *fell_back})),
+        linked=tuple(sorted(set(linked) - set(fell_back))),
+        patched=tuple(patched),
+        skipped=layout.skipped,
+        tensors_edited=len(targets),
+        rows_edited=rows_total,
+        rows_checked=checked,
+        bytes_copied=transfer.done,
+        edit_sha256=edit_hash,
+        device=device,
+        seconds=time.perf_counter() - started,
+        warnings=tuple(notes),
+    )
+
+
+def tensor_files(layout: CheckpointLayout, headers: dict[str, SafetensorsHeader]) -> dict[str, str]:
+    """tensor name -> shard file, from the headers; the index must agree with them."""
+    where: dict[str, str] = {}
+    for file, header in headers.items():
+        for name in header.tensors:
+            if name in where:
+                raise CheckpointError(
+                    f"{layout.root}: tensor '{name}' is stored in both {where[name]} and {file}",
+                    hint="the checkpoint is inconsistent; re-download it",
+                )
+            where[name] = file
+    if layout.index:
+        index = load_index(layout.root)
+        wrong = sorted(n for n in set(index) | set(where) if index.get(n) != where.get(n))
+        if wrong:
+            raise CheckpointError(
+                f"{layout.root / layout.index}: tensor '{wrong[0]}' is indexed in "
+                f"{index.get(wrong[0])} but stored in {where.get(wrong[0])}",
+                hint="the index does not match the shards; re-download the checkpoint",
+            )
+    return where
+
+
+def locate_targets(
+    edit: Edit, headers: dict[str, SafetensorsHeader], where: dict[str, str]
+) -> list[Target]:
+    """Each edited tensor with its base location; shape and dtype must be the edit's."""
+    targets = []
+    for item in edit.tensors:
+        if item.name not in where:
+            raise EditError(
+                f"tensor '{item.name}' of the edit is not in the base checkpoint",
+                hint="apply the edit to the model it was computed on",
+            )
+        entry = headers[where[item.name]].tensors[item.name]
+        if entry.shape != tuple(item.shape) or entry.dtype != item.dtype:
+            raise EditError(
+                f"{entry.file}: '{item.name}' is {entry.dtype} {list(entry.shape)}, the edit "
+                f"expects {item.dtype} {list(item.shape)}",
+                hint="apply the edit to the model (and dtype) it was computed on",
+            )
+        if len(entry.shape) != 2:
+            raise EditError(f"'{item.name}' is not a matrix", hint="only 2-D weights are edited")
+        try:
+            torch_dtype_of(entry.dtype)
+        except CheckpointError as error:
+            raise EditError(error.message, hint=error.hint) from None
+        targets.append(Target(item, entry, where[item.name]))
+    return targets
+
+
+def check_base_rows(target: Target) -> None:
+    """The base rows must hash to the edit's base_sha256: anything else is another model."""
+    digest = hashlib.sha256()
+    entry = target.entry
+    rows = target.item.rows.tolist()
+    with entry.file.open("rb") as handle:
+        for start, stop in row_blocks(target):
+            digest.update(read_rows(handle.fileno(), entry, rows[start:stop]))
+    if digest.hexdigest() != target.item.base_sha256:
+        raise EditError(
+            f"{entry.file}: rows of '{entry.name}' do not match the edit's base "
+            f"(sha256 {digest.hexdigest()[:12]}, edit expects {target.item.base_sha256[:12]})",
+            hint="the edit was computed on another model or revision; apply it to the base named "
+            "in its swe_edit.json",
+        )
+
+
+def row_blocks(target: Target) -> Iterator[tuple[int, int]]:
+    """(start, stop) positions into the edit's rows, so that one block's fp32 rows fit BLOCK_BYTES."""
+    count = len(target.item.rows)
+    step = max(1, BLOCK_BYTES // max(1, 4 * target.entry.shape[1]))
+    for start in range(0, count, step):
+        yield start, min(count, start + step)
+
+
+def runs(rows: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(position in rows, first row, length) of the runs of consecutive rows, in the given order."""
+    position = 0
+    while position < len(rows):
+        length = 1
+        while position + length < len(rows) and rows[position + length] == rows[position] + length:
+            length += 1
+        yield position, rows[position], length
+        position += length
+
+
+def read_rows(descriptor: int, entry: TensorEntry, rows: Sequence[int]) -> bytes:
+    """Raw bytes of the rows, in the given order (one pread per run of consecutive rows)."""
+    size = entry.row_bytes
+    parts = []
+    for _, first, length in runs(rows):
+        if first < 0 or first + length > entry.shape[0]:
+            raise EditError(f"row {first} out of range for '{entry.name}' {list(entry.shape)}")
+        chunk = os.pread(descriptor, length * size, entry.begin + first * size)
+        if len(chunk) != length * size:
+            raise CheckpointError(
+                f"{entry.file}: truncated inside tensor '{entry.name}'",
+                hint="the shard is truncated; re-download the checkpoint",
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def write_rows(descriptor: int, entry: TensorEntry, rows: Sequence[int], data: bytes) -> None:
+    size = entry.row_bytes
+    view = memoryview(data)
+    for position, first, length in runs(rows):
+        chunk = view[position * size : (position + length) * size]
+        offset = entry.begin + first * size
+        while chunk:
+            written = os.pwrite(descriptor, chunk, offset)
+            chunk, offset = chunk[written:], offset + written
+
+
+def patch_file(path: Path, targets: list[Target], device: str, sync: bool) -> int:
+    """Rewrite the edited rows of one copied shard in place; returns the rows written."""
+    descriptor = os.open(path, os.O_RDWR)
+    written = 0
+    try:
+        for target in targets:
+            rows = target.item.rows.tolist()
+            with target.entry.file.open("rb") as base:
+                for start, stop in row_blocks(target):
+                    block = target.item.block(start, stop)
+                    old = read_rows(base.fileno(), target.entry, rows[start:stop])
+                    new = patched_row_bytes(block, old, device)
+                    write_rows(descriptor, target.entry, rows[start:stop], new)
+                    written += stop - start
+        if sync:
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return written
+
+
+def check_written(
+    folder: Path,
+    layout: CheckpointLayout,
+    headers: dict[str, SafetensorsHeader],
+    targets: list[Target],
+) -> int:
+    """Read back what apply wrote: every shard has the base's size, patched shards the base's
+    header bytes, and every edited row the expected value (recomputed on the CPU, so a GPU result
+    is checked independently). Returns the rows checked."""
+    for name in layout.weights:
+        if (folder / name).stat().st_size != (layout.root / name).stat().st_size:
+            raise CheckpointError(
+                f"{folder / name}: size differs from the base after copying",
+                hint="the disk may be full or failing",
+            )
+    checked = 0
+    for name in sorted({t.file for t in targets}):
+        length = headers[name].data_start
+        with (folder / name).open("rb") as out, (layout.root / name).open("rb") as base:
+            if out.read(length) != base.read(length):
+                raise CheckpointError(
+                    f"{folder / name}: header differs from the base after writing"
+                )
+    for target in targets:
+        rows = target.item.rows.tolist()
+        out_entry = replace(target.entry, file=folder / target.file)
+        with target.entry.file.open("rb") as base, out_entry.file.open("rb") as out:
+            for start, stop in row_blocks(target):
+                old = read_rows(base.fileno(), target.entry, rows[start:stop])
+                expected = patched_row_bytes(target.item.block(start, stop), old, "cpu")
+                if read_rows(out.fileno(), out_entry, rows[start:stop]) != expected:
+                    raise CheckpointError(
+                        f"{out_entry.file}: rows of '{target.entry.name}' read back differently "
+                        "from what was written",
+                        hint="the disk or filesystem returned other bytes; check it and re-run",
+                    )
+                checked += stop - start
+    return checked
+
+
+# -- files --------------------------------------------------------------------------------------
+class Transfer:
+    """Copies and hard-links files on a small thread pool (the copy runs in the kernel, with
+    copy_file_range, outside the GIL), counts bytes for progress, and stops early on failure."""
+
+    def __init__(self, workers: int, sync: bool) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swe-copy")
+        self.sync = sync
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.done = 0
+
+    def __enter__(self) -> Transfer:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is not None:
+            self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+
+    def copy(self, source: Path, target: Path) -> Future[bool]:
+        return self.pool.submit(self._copy, source, target)
+
+    def link(self, source: Path, target: Path) -> Future[bool]:
+        """Future of True when hard-linked, False when copied (other filesystem)."""
+        return self.pool.submit(self._link, source, target)
+
+    def wait(
+        self, futures: list[Future[bool]], progress: Progress | None = None, total: int = 0
+    ) -> None:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()
+            if progress:
+                progress("copy (MiB)", self.done // MiB, total // MiB)
+
+    def _advance(self, count: int) -> None:
+        with self.lock:
+            self.done += count
+
+    def _link(self, source: Path, target: Path) -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source.resolve(), target)
+            return True
+        except OSError:
+            self._copy(source, target)
+            return False
+
+    def _copy(self, source: Path, target: Path) -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with source.open("rb") as reader, target.open("xb") as writer:
+            copy_stream(reader.fileno(), writer.fileno(), self.stop, self._advance)
+            if self.sync:
+                os.fsync(writer.fileno())
+        return True
+
+
+def copy_stream(
+    source: int, target: int, stop: threading.Event, advance: Callable[[int], None]
+) -> None:
+    """Copy a whole file between descriptors: copy_file_range (in-kernel, reflinks where the
+    filesystem can), else plain reads and writes."""
+    size = os.fstat(source).st_size
+    offset = 0
+    fast = hasattr(os, "copy_file_range")
+    while offset < size:
+        if stop.is_set():
+            raise InterruptedError("copy stopped")
+        count = min(COPY_CHUNK, size - offset)
+        if fast:
+            try:
+                moved = os.copy_file_range(source, target, count, offset, offset)
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                fast = False
+                continue
+        else:
+            data = os.pread(source, min(count, COMPARE_CHUNK), offset)
+            moved = os.pwrite(target, data, offset) if data else 0
+        if moved <= 0:
+            raise CheckpointError(f"file shrank while copying (at byte {offset} of {size})")
+        offset += moved
+        advance(moved)
+
+
+def _carried(layout: CheckpointLayout) -> list[str]:
+    """Non-weight files that go into the output unchanged (the index included)."""
+    carried = [layout.index] if layout.index else []
+    return carried + [
+        name
+        for name in layout.others
+        if name not in REPLACED and not name.startswith(f"{EDIT_DIR}/")
+    ]
+
+
+def _write_metadata(
+    folder: Path,
+    source: EditSource,
+    edit: Edit,
+    provenance: dict[str, Any],
+    card: ModelCard | None,
+    base_dir: Path,
+) -> None:
+    (folder / EDIT_DIR).mkdir(exist_ok=True)
+    if source.file is not None:  # the exact bytes the hashes were computed from
+        shutil.copyfile(source.file, folder / EDIT_DIR / EDIT_FILE)
+    else:
+        save_edit(edit, folder / EDIT_DIR)
+    _write_json(folder / PROVENANCE_FILE, provenance)
+    card = card or ModelCard.for_provenance(provenance, base_dir)
+    atomic_write_text(folder / CARD_FILE, card.render(provenance))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _artifact_provenance(edit_file: Path) -> dict[str, Any]:
+    """The caller-side provenance of an edit artifact: its swe_edit.json (beside it, or in the
+    checkpoint folder above swe_edit/), else the edit file's own metadata."""
+    candidates = [edit_file.parent / PROVENANCE_FILE]
+    if edit_file.parent.name == EDIT_DIR:
+        candidates.append(edit_file.parent.parent / PROVENANCE_FILE)
+    for candidate in candidates:
+        if candidate.exists():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise EditError(
+                    f"{candidate}: not valid JSON", hint="restore the file or delete it"
+                ) from None
+            return {k: v for k, v in data.items() if k in CALLER_KEYS}
+    return edit_provenance(read_header(edit_file).metadata)
+
+
+# -- the output folder --------------------------------------------------------------------------
+def _check_output(output: Path, base_dir: Path | None, force: bool) -> None:
+    resolved = output.resolve()
+    if base_dir is not None:
+        base = base_dir.resolve()
+        if resolved == base or base in resolved.parents or resolved in base.parents:
+            raise CheckpointError(
+                f"{output}: the output overlaps the base model folder {base_dir}",
+                hint="choose an -o/--output outside the base model folder",
+            )
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not force:
+        raise CheckpointError(
+            f"{output} already exists", hint="pass --force to replace it, or choose another -o"
+        )
+    if output.is_symlink() or not output.is_dir() or not _replaceable(output):
+        raise CheckpointError(
+            f"{output} exists and is not a model or edit folder; refusing to replace it",
+            hint="remove it yourself or choose another -o/--output",
+        )
+
+
+def _replaceable(folder: Path) -> bool:
+    markers = ("config.json", PROVENANCE_FILE, EDIT_FILE)
+    return not any(folder.iterdir()) or any((folder / marker).exists() for marker in markers)
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise CheckpointError(
+            f"{folder}: {needed / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free",
+            hint="free disk space, choose another -o/--output, or pass --link to hard-link "
+            "unedited shards",
+        )
+
+
+def _temporary_folder(output: Path) -> Path:
+    """A fresh hidden folder beside `output` (same filesystem, so the final rename is atomic);
+    leftovers of killed runs (their process is gone) are removed first."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(f".{output.name}.swe-*.tmp"):
+        pid = stale.name[len(f".{output.name}.swe-") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    prefix = f".{output.name}.swe-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=output.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(temporary: Path, output: Path, force: bool) -> None:
+    """Rename the finished folder to `output`; an existing output (with --force) is moved aside
+    first and deleted only once the new one is in place."""
+    old = None
+    if output.exists() and force:
+        old = Path(
+            tempfile.mkdtemp(
+                prefix=f".{output.name}.swe-{os.getpid()}-old-", suffix=".tmp", dir=output.parent
+            )
+        )
+        os.rename(output, old / "previous")
+    try:
+        os.rename(temporary, output)
+    except OSError:
+        if old is not None:
+            os.rename(old / "previous", output)
+            shutil.rmtree(old, ignore_errors=True)
+        raise CheckpointError(
+            f"{output}: cannot move the finished folder into place", hint="check permissions"
+        ) from None
+    _fsync_directory(output.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every folder (file contents were fsynced as they were written)."""
+    for directory, _, _ in os.walk(folder):
+        _fsync_directory(Path(directory))
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,324 @@
+"""`swe verify`: check an edited checkpoint against its base, tensor by tensor. Untouched tensors
+(and headers, padding, non-weight files) must be byte-identical, the edited rows must equal
+base + delta cast to the dtype, unedited rows of edited tensors must be unchanged, and the index
+and headers must agree. Content differences are collected as problems, not raised: the report
+says everything that is wrong. Memory stays O(one chunk + edited rows)."""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from swe_cli.checkpoint import (
+    SafetensorsHeader,
+    checkpoint_layout,
+    load_index,
+    read_header,
+)
+from swe_cli.edit import EDIT_FILE, Edit, edit_sha256, load_edit, patched_row_bytes
+from swe_cli.errors import CheckpointError, EditError
+from swe_cli.patch import (
+    COMPARE_CHUNK,
+    EDIT_DIR,
+    PROVENANCE_FILE,
+    REPLACED,
+    MiB,
+    Progress,
+    Target,
+    read_rows,
+    row_blocks,
+    runs,
+    tensor_files,
+)
+
+MAX_PROBLEMS_PER_FILE = 20
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    output: Path
+    base: Path
+    problems: tuple[str, ...]
+    files_checked: int
+    tensors_checked: int
+    tensors_identical: int
+    tensors_edited: int
+    rows_checked: int
+    edit_sha256: str | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "output": str(self.output),
+            "base": str(self.base),
+            "problems": list(self.problems),
+            "files_checked": self.files_checked,
+            "tensors_checked": self.tensors_checked,
+            "tensors_identical": self.tensors_identical,
+            "tensors_edited": self.tensors_edited,
+            "rows_checked": self.rows_checked,
+            "edit_sha256": self.edit_sha256,
+        }
+
+
+@dataclass
+class _Tally:
+    problems: list[str] = field(default_factory=list)
+    files: int = 0
+    tensors: int = 0
+    identical: int = 0
+    edited: int = 0
+    rows: int = 0
+    bytes_done: int = 0
+
+
+def verify_checkpoint(
+    output: Path, base_dir: Path, edit: Edit | None = None, *, progress: Progress | None = None
+) -> VerifyReport:
+    """Check OUT against the base. `edit` None: use the edit stored in OUT/swe_edit/ (and check it
+    against OUT/swe_edit.json). Raises only when OUT or the base cannot be read as checkpoints."""
+    output, base_dir = Path(output), Path(base_dir)
+    tally = _Tally()
+    edit = _edit_for(output, edit, tally)
+    base_layout, out_layout = checkpoint_layout(base_dir), checkpoint_layout(output)
+    base_headers = {name: read_header(base_dir / name) for name in base_layout.weights}
+    where = tensor_files(base_layout, base_headers)
+    _check_files(base_layout.weights, out_layout.weights, tally)
+    if base_layout.index != out_layout.index:
+        tally.problems.append(
+            f"{output}: index layout differs (base {base_layout.index}, output {out_layout.index})"
+        )
+    out_headers = _out_headers(output, out_layout.weights, tally)
+    _check_index(output, out_layout.index, out_headers, base_layout.index, base_dir, tally)
+    targets = _targets(edit, base_headers, where, tally)
+    total = sum((output / name).stat().st_size for name in out_headers)
+    for name, out_header in out_headers.items():
+        if name not in base_headers:
+            continue
+        file_targets = {t.item.name: t for t in targets if t.file == name}
+        _compare_file(out_header, base_headers[name], file_targets, tally)
+        tally.files += 1
+        if progress:
+            progress("verify (MiB)", tally.bytes_done // MiB, total // MiB)
+    _check_other_files(base_dir, output, base_layout.others, tally)
+    return VerifyReport(
+        output=output,
+        base=base_dir,
+        problems=tuple(tally.problems),
+        files_checked=tally.files,
+        tensors_checked=tally.tensors,
+        tensors_identical=tally.identical,
+        tensors_edited=tally.edited,
+        rows_checked=tally.rows,
+        edit_sha256=edit_sha256(edit),
+    )
+
+
+def _edit_for(output: Path, edit: Edit | None, tally: _Tally) -> Edit:
+    """The edit to check against, and a consistency check of what OUT says about its edit."""
+    stored_file = output / EDIT_DIR / EDIT_FILE
+    stored = load_edit(stored_file) if stored_file.exists() else None
+    if edit is None and stored is None:
+        raise EditError(
+            f"{output}: no {EDIT_DIR}/{EDIT_FILE} and no edit given",
+            hint="pass -w WS, the workspace whose edit made this checkpoint",
+        )
+    edit = edit if edit is not None else stored
+    assert edit is not None
+    expected = edit_sha256(edit)
+    if stored is not None and edit_sha256(stored) != expected:
+        tally.problems.append(f"{stored_file}: not the edit given (sha256 differs)")
+    provenance_file = output / PROVENANCE_FILE
+    if provenance_file.exists():
+        try:
+            recorded = json.loads(provenance_file.read_text(encoding="utf-8"))["edit"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            tally.problems.append(f"{provenance_file}: unreadable or has no edit.sha256")
+        else:
+            if recorded != expected:
+                tally.problems.append(f"{provenance_file}: records another edit (sha256 differs)")
+    return edit
+
+
+def _check_files(base: tuple[str, ...], out: tuple[str, ...], tally: _Tally) -> None:
+    for name in sorted(set(base) - set(out)):
+        tally.problems.append(f"weight file {name} of the base is missing from the output")
+    for name in sorted(set(out) - set(base)):
+        tally.problems.append(f"weight file {name} of the output is not in the base")
+
+
+def _out_headers(
+    output: Path, names: tuple[str, ...], tally: _Tally
+) -> dict[str, SafetensorsHeader]:
+    headers = {}
+    for name in names:
+        try:
+            headers[name] = read_header(output / name)
+        except CheckpointError as error:
+            tally.problems.append(error.message)
+    return headers
+
+
+def _check_index(
+    output: Path,
+    out_index: str | None,
+    out_headers: dict[str, SafetensorsHeader],
+    base_index: str | None,
+    base_dir: Path,
+    tally: _Tally,
+) -> None:
+    """The output's index must be the base's and must agree with the output's own headers."""
+    if not out_index:
+        return
+    try:
+        index = load_index(output)
+    except CheckpointError as error:
+        tally.problems.append(error.message)
+        return
+    if base_index and index != load_index(base_dir):
+        tally.problems.append(f"{output / out_index}: weight map differs from the base's")
+    stored = {name: file for file, h in out_headers.items() for name in h.tensors}
+    for name in sorted(set(index) | set(stored)):
+        if index.get(name) != stored.get(name):
+            tally.problems.append(
+                f"{output / out_index}: '{name}' indexed in {index.get(name)}, "
+                f"stored in {stored.get(name)}"
+            )
+            break
+
+
+def _targets(
+    edit: Edit, headers: dict[str, SafetensorsHeader], where: dict[str, str], tally: _Tally
+) -> list[Target]:
+    """The edited tensors located in the base; a base that is not the edit's is a problem."""
+    targets = []
+    for item in edit.tensors:
+        if item.name not in where:
+            tally.problems.append(f"edited tensor '{item.name}' is not in the base")
+            continue
+        entry = headers[where[item.name]].tensors[item.name]
+        if entry.shape != tuple(item.shape) or entry.dtype != item.dtype:
+            tally.problems.append(
+                f"edited tensor '{item.name}' is {entry.dtype} {list(entry.shape)} in the base, "
+                f"the edit expects {item.dtype} {list(item.shape)}"
+            )
+            continue
+        target = Target(item, entry, where[item.name])
+        digest = hashlib.sha256()
+        rows = item.rows.tolist()
+        with entry.file.open("rb") as handle:
+            for start, stop in row_blocks(target):
+                digest.update(read_rows(handle.fileno(), entry, rows[start:stop]))
+        if digest.hexdigest() != item.base_sha256:
+            tally.problems.append(
+                f"{entry.file}: rows of '{item.name}' are not the edit's base rows "
+                "(this base is not the model the edit was made for)"
+            )
+            continue
+        targets.append(target)
+    return targets
+
+
+def _compare_file(
+    out: SafetensorsHeader, base: SafetensorsHeader, targets: dict[str, Target], tally: _Tally
+) -> None:
+    problems_before = len(tally.problems)
+    tally.tensors += len(out.tensors)
+    if os.path.samefile(out.path, base.path):  # hard-linked by `apply --link`
+        tally.identical += len(out.tensors) - len(targets)
+        for name in targets:
+            tally.problems.append(f"{out.path}: '{name}' is edited but the shard is the base file")
+        return
+    size, base_size = out.path.stat().st_size, base.path.stat().st_size
+    if size != base_size:
+        tally.problems.append(f"{out.path}: {size} bytes, the base shard has {base_size}")
+        return
+    with out.path.open("rb") as out_file, base.path.open("rb") as base_file:
+        pair = (out_file.fileno(), base_file.fileno())
+        if not _same(*pair, 0, base.data_start, tally):
+            tally.problems.append(f"{out.path}: header differs from the base shard")
+            return
+        cursor = base.data_start
+        for entry in sorted(base.tensors.values(), key=lambda e: e.begin):
+            if not _same(*pair, cursor, entry.begin, tally):
+                tally.problems.append(f"{out.path}: padding before '{entry.name}' differs")
+            cursor = entry.end
+            if entry.name in targets:
+                _compare_edited(*pair, targets[entry.name], out.path, tally)
+            elif _same(*pair, entry.begin, entry.end, tally):
+                tally.identical += 1
+            else:
+                tally.problems.append(f"{out.path}: untouched tensor '{entry.name}' differs")
+            if len(tally.problems) - problems_before >= MAX_PROBLEMS_PER_FILE:
+                tally.problems.append(f"{out.path}: more differences not listed")
+                return
+        if not _same(*pair, cursor, base_size, tally):
+            tally.problems.append(f"{out.path}: bytes after the last tensor differ")
+
+
+def _compare_edited(out: int, base: int, target: Target, path: Path, tally: _Tally) -> None:
+    """Unedited rows byte-identical, edited rows equal to base + delta cast to the dtype."""
+    entry, item = target.entry, target.item
+    tally.edited += 1
+    rows = item.rows.tolist()
+    size = entry.row_bytes
+    untouched_ok = True
+    cursor = 0
+    for _, first, length in runs(sorted(rows)):
+        untouched_ok &= _same(
+            out, base, entry.begin + cursor * size, entry.begin + first * size, tally
+        )
+        cursor = first + length
+    untouched_ok &= _same(out, base, entry.begin + cursor * size, entry.end, tally)
+    if not untouched_ok:
+        tally.problems.append(f"{path}: unedited rows of '{entry.name}' differ from the base")
+    out_entry = replace(entry, file=path)
+    for start, stop in row_blocks(target):
+        old = read_rows(base, entry, rows[start:stop])
+        expected = patched_row_bytes(item.block(start, stop), old, "cpu")
+        actual = read_rows(out, out_entry, rows[start:stop])
+        tally.rows += stop - start
+        if actual != expected:
+            bad = next(
+                rows[start + i]
+                for i in range(stop - start)
+                if actual[i * size : (i + 1) * size] != expected[i * size : (i + 1) * size]
+            )
+            tally.problems.append(f"{path}: '{entry.name}' row {bad} is not base + delta")
+            return
+
+
+def _same(out: int, base: int, start: int, stop: int, tally: _Tally) -> bool:
+    """Byte equality of [start, stop) in two open files, read in chunks."""
+    offset = start
+    while offset < stop:
+        count = min(COMPARE_CHUNK, stop - offset)
+        if os.pread(out, count, offset) != os.pread(base, count, offset):
+            return False
+        offset += count
+        tally.bytes_done += count
+    return True
+
+
+def _check_other_files(
+    base_dir: Path, output: Path, others: tuple[str, ...], tally: _Tally
+) -> None:
+    """Config, tokenizer, chat template, ... must be copied unchanged (README and swe's own
+    files excepted)."""
+    for name in others:
+        if name in REPLACED or name.startswith(f"{EDIT_DIR}/"):
+            continue
+        target = output / name
+        if not target.is_file():
+            tally.problems.append(f"{target}: missing (the base has it)")
+        elif not filecmp.cmp(base_dir / name, target, shallow=False):
+            tally.problems.append(f"{target}: differs from the base's {name}")
