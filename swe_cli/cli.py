@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from swe_cli import __version__
 from swe_cli.errors import SweError
@@ -630,9 +631,13 @@ def main() -> None:
     except SweError as error:
         if STATE["debug"]:
             raise
-        err.print(f"[bold red]error:[/bold red] {error.message}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/bold red] {escape(error.message)}", highlight=False, soft_wrap=True
+        )
         if error.hint:
-            err.print(f"[yellow]hint:[/yellow] {error.hint}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[yellow]hint:[/yellow] {escape(error.hint)}", highlight=False, soft_wrap=True
+            )
         sys.exit(1)
     except KeyboardInterrupt:
         err.print(
@@ -652,7 +657,7 @@ def main() -> None:
         if STATE["debug"]:
             raise
         err.print(
-            f"[bold red]error:[/bold red] unexpected {type(error).__name__}: {error}",
+            f"[bold red]error:[/bold red] unexpected {type(error).__name__}: {escape(str(error))}",
             highlight=False,
         )
         err.print(
