@@ -10,10 +10,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swe_cli.errors import CheckpointError, EditError
 from swe_cli.workspace import load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EDIT_FILE = "edit.safetensors"
 EDIT_FORMAT = "swe-edit/1"
@@ -86,12 +89,15 @@ def save_edit(edit: Edit, directory: Path) -> Path:
     return path
 
 
-def load_edit(directory_or_file: Path) -> Edit:
-    """Read an edit from a folder (edit.safetensors inside) or from the file itself."""
+def load_edit(directory_or_file: Path, framework: str = "pt") -> Edit:
+    """Read an edit from a folder (edit.safetensors inside) or from the file itself.
+
+    framework "pt" gives torch tensors; "np" numpy arrays, without importing torch (apply and
+    verify on the CPU use this)."""
     path = Path(directory_or_file)
     if path.is_dir():
         path = path / EDIT_FILE
-    tensors, metadata = load_tensors(path)
+    tensors, metadata = load_tensors(path) if framework == "pt" else _load_numpy(path)
     if metadata.get("format") != EDIT_FORMAT:
         raise EditError(
             f"{path}: not a swe edit (format {metadata.get('format')!r})",
@@ -135,23 +141,112 @@ def validate_edit(edit: Edit, source: Path | str) -> None:
 
 def edit_sha256(edit: Edit) -> str:
     """Content hash of an edit (names, indices, deltas, base hashes); stable across writes."""
+    import numpy as np
+
     digest = hashlib.sha256()
     for item in sorted(edit.tensors, key=lambda t: t.name):
         digest.update(item.name.encode())
         digest.update(item.base_sha256.encode())
-        digest.update(item.rows.contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(as_numpy(item.rows), dtype=np.int64).tobytes())
         if item.cols is not None:
-            digest.update(item.cols.contiguous().numpy().tobytes())
-        digest.update(item.delta.contiguous().numpy().tobytes())
+            digest.update(np.ascontiguousarray(as_numpy(item.cols), dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(as_numpy(item.delta), dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def _load_numpy(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = handle.metadata() or {}
+            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata  # noqa: SIM118
+    except FileNotFoundError:
+        raise EditError(f"{path}: missing", hint="run `swe solve` or pass an edit folder") from None
+    except Exception as error:  # noqa: BLE001 - any decoding failure means a damaged file
+        raise EditError(
+            f"{path}: unreadable or truncated ({type(error).__name__})",
+            hint="the edit file is damaged; re-run `swe solve` or re-export it",
+        ) from None
+
+
+EDITABLE_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors -> raw numpy dtype
 
 
 def patched_row_bytes(item: TensorEdit, base_bytes: bytes, device: str = "cpu") -> bytes:
     """Raw bytes of the edited rows (rows in the order of `item.rows`): base rows in fp32 plus the
-    delta, cast to the tensor dtype. Columns outside `cols` keep their base bytes exactly.
+    delta, cast to the tensor dtype with round-to-nearest-even. Columns outside `cols` keep their
+    base bytes exactly. On "cpu" this is numpy (no torch import: apply and verify stay light);
+    any other device computes with torch there; both give the same bytes.
 
     Raises EditError when the result is not finite where the base was (the delta overflows the
     dtype, or is itself NaN/inf)."""
+    import numpy as np
+
+    if item.dtype not in EDITABLE_DTYPES:
+        raise EditError(
+            f"'{item.name}' has dtype {item.dtype}, which cannot be edited",
+            hint="supported: " + ", ".join(EDITABLE_DTYPES),
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        if device == "cpu":
+            new, before, after = _patch_numpy(item, base_bytes)
+        else:
+            new, before, after = _patch_torch(item, base_bytes, device)
+        overflow = np.isfinite(before) & ~np.isfinite(after)
+    if overflow.any():
+        raise EditError(
+            f"edit of '{item.name}' is not finite in {item.dtype} at {int(overflow.sum())} entries",
+            hint="the delta overflows the tensor dtype or holds NaN/inf; re-run `swe solve`",
+        )
+    return new
+
+
+def as_numpy(values: Any) -> np.ndarray:
+    """A numpy view of a torch tensor or array-like (edits may hold either)."""
+    import numpy as np
+
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _patch_numpy(item: TensorEdit, base_bytes: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """(new row bytes, edited entries before in fp32, edited entries after in fp32)."""
+    import numpy as np
+
+    storage = EDITABLE_DTYPES[item.dtype]
+
+    def to_float32(raw: np.ndarray) -> np.ndarray:
+        if item.dtype == "BF16":  # bf16 is the upper half of a float32
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)
+
+    def from_float32(values: np.ndarray) -> np.ndarray:
+        if item.dtype != "BF16":
+            return values.astype(storage)
+        # round to nearest even, as torch does; NaN -> 0xFFFF like torch's vectorised cast
+        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+        rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+        return np.where(np.isnan(values), np.uint16(0xFFFF), rounded)
+
+    raw = np.frombuffer(base_bytes, dtype=storage).reshape(len(item.rows), -1)
+    delta = as_numpy(item.delta).astype(np.float32, copy=False)
+    if item.cols is None:
+        before = to_float32(raw)
+        new = changed = from_float32(before + delta)
+    else:
+        cols = as_numpy(item.cols)
+        before = to_float32(raw[:, cols])
+        changed = from_float32(before + delta)
+        new = raw.copy()
+        new[:, cols] = changed
+    return new.astype(storage, copy=False).tobytes(), before, to_float32(changed)
+
+
+def _patch_torch(
+    item: TensorEdit, base_bytes: bytes, device: str
+) -> tuple[bytes, np.ndarray, np.ndarray]:
     import torch
 
     from swe_cli.checkpoint import torch_dtype_of
@@ -159,26 +254,19 @@ def patched_row_bytes(item: TensorEdit, base_bytes: bytes, device: str = "cpu") 
     dtype = torch_dtype_of(item.dtype)
     count = len(item.rows)
     base = torch.frombuffer(bytearray(base_bytes), dtype=dtype).reshape(count, -1).to(device)
-    delta = item.delta.to(device=device, dtype=torch.float32)
+    delta = torch.as_tensor(item.delta).to(device=device, dtype=torch.float32)
     if item.cols is None:
         before = base.to(torch.float32)
-        after = before + delta
-        new = after.to(dtype)
+        new = (before + delta).to(dtype)
+        changed = new
     else:
-        cols = item.cols.to(device)
+        cols = torch.as_tensor(item.cols).to(device)
         before = base[:, cols].to(torch.float32)
-        after = before + delta
+        changed = (before + delta).to(dtype)
         new = base.clone()
-        new[:, cols] = after.to(dtype)
-    overflow = torch.isfinite(before) & ~torch.isfinite(
-        (new if item.cols is None else new[:, cols]).to(torch.float32)
-    )
-    if bool(overflow.any()):
-        raise EditError(
-            f"edit of '{item.name}' is not finite in {dtype} at {int(overflow.sum())} entries",
-            hint="the delta overflows the tensor dtype or holds NaN/inf; re-run `swe solve`",
-        )
-    return new.cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        new[:, cols] = changed
+    data = new.cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return data, before.cpu().numpy(), changed.to(torch.float32).cpu().numpy()
 
 
 def tensor_edit_from_base(

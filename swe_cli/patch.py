@@ -2,8 +2,9 @@
 into a temporary folder next to the output; only the edited rows are rewritten in place, at byte
 offsets computed from the safetensors header; the written rows are read back and checked; the
 folder is renamed into place. Memory is O(edited rows), never O(model), and the base is only
-ever opened for reading. The copy starts before torch is imported and the edit is loaded, so for
-large checkpoints the run takes about as long as a plain file copy."""
+ever opened for reading. The copy runs in the kernel (copy_file_range) and starts before the edit
+is loaded; rows are computed with numpy on the CPU (torch only for a GPU), so a run takes about as
+long as a plain file copy and needs tens of megabytes."""
 
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ from swe_cli.checkpoint import (
     load_index,
     read_header,
     resolve_model,
-    torch_dtype_of,
 )
 from swe_cli.edit import (
     EDIT_FILE,
+    EDITABLE_DTYPES,
     Edit,
     TensorEdit,
     edit_file_of,
@@ -101,7 +102,7 @@ class ApplyResult:
 @dataclass(frozen=True)
 class EditSource:
     """An edit already in memory, or an edit file still to load: planning needs only its header,
-    so the copy can start before torch is imported."""
+    so the copy can start before the deltas are read."""
 
     file: Path | None = None
     edit: Edit | None = None
@@ -112,11 +113,11 @@ class EditSource:
         assert self.file is not None
         return sorted(edit_layout(self.file))
 
-    def load(self) -> Edit:
+    def load(self, framework: str = "np") -> Edit:
         if self.edit is not None:
             return self.edit
         assert self.file is not None
-        return load_edit(self.file)
+        return load_edit(self.file, framework=framework)
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     manifest = workspace.load()
     workspace.require_stage("solve")
     edit_file = workspace.edit_dir / EDIT_FILE
-    edit = load_edit(edit_file)
+    edit = load_edit(edit_file, framework="np")
     provenance = complete_provenance(
         workspace_provenance(manifest, _read_yaml(workspace.edit_dir / "edit.yaml")),
         edit,
@@ -297,8 +298,8 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
 
 
 def workspace_edit(workspace: Workspace) -> Edit:
-    """The edit computed in a workspace (for `swe verify OUT --base MODEL -w WS`)."""
-    return load_edit(workspace.edit_dir / EDIT_FILE)
+    """The edit computed in a workspace (for `swe verify OUT --base MODEL -w WS`), as numpy."""
+    return load_edit(workspace.edit_dir / EDIT_FILE, framework="np")
 
 
 def workspace_base(model: dict[str, Any]) -> Path:
@@ -317,11 +318,18 @@ def eval_report(workspace: Workspace) -> str | None:
 
 
 def resolve_device(device: str) -> str:
-    """ "auto" -> cuda when available, else cpu; an unavailable cuda is an error, not a fallback."""
+    """The device rows are computed on. cpu: numpy, torch is not even imported; auto: cuda when
+    a GPU and a CUDA build of torch are present, else cpu; cuda, cuda:N: must be usable."""
+    if device == "cpu":
+        return device
+    if device in ("", "auto"):
+        if not _gpu_present():
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
     import torch
 
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SweError(
             f"--device {device} asked for, but torch sees no CUDA device",
@@ -334,6 +342,11 @@ def resolve_device(device: str) -> str:
             f"device '{device}' is not usable ({error})", hint="use cpu, cuda or cuda:N"
         ) from None
     return device
+
+
+def _gpu_present() -> bool:
+    """Cheap check before importing torch: an NVIDIA driver or a ROCm device node."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
 
 
 # -- the apply pipeline -------------------------------------------------------------------------
@@ -378,7 +391,7 @@ def _apply(
                 n: transfer.copy(base_dir / n, temporary / n) for n in copied if n not in futures
             }
             device = resolve_device(device)
-            edit = source.load()
+            edit = source.load("np" if device == "cpu" else "pt")
             targets = locate_targets(edit, headers, where)
             for target in targets:
                 check_base_rows(target)
@@ -471,10 +484,11 @@ def locate_targets(
             )
         if len(entry.shape) != 2:
             raise EditError(f"'{item.name}' is not a matrix", hint="only 2-D weights are edited")
-        try:
-            torch_dtype_of(entry.dtype)
-        except CheckpointError as error:
-            raise EditError(error.message, hint=error.hint) from None
+        if entry.dtype not in EDITABLE_DTYPES:
+            raise EditError(
+                f"{entry.file}: '{item.name}' is {entry.dtype}, which cannot be edited",
+                hint="supported: " + ", ".join(EDITABLE_DTYPES),
+            )
         targets.append(Target(item, entry, where[item.name]))
     return targets
 

@@ -126,7 +126,7 @@ def verify_checkpoint(
 def _edit_for(output: Path, edit: Edit | None, tally: _Tally) -> Edit:
     """The edit to check against, and a consistency check of what OUT says about its edit."""
     stored_file = output / EDIT_DIR / EDIT_FILE
-    stored = load_edit(stored_file) if stored_file.exists() else None
+    stored = load_edit(stored_file, framework="np") if stored_file.exists() else None
     if edit is None and stored is None:
         raise EditError(
             f"{output}: no {EDIT_DIR}/{EDIT_FILE} and no edit given",

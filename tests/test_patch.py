@@ -581,3 +581,58 @@ def test_index_that_disagrees_with_shards_is_refused(bases_root: Path, tmp_path:
     (base / INDEX_NAME).write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="indexed in"):
         apply_edit(make_edit(base, "llama"), base, tmp_path / "out", provenance={}, device="cpu")
+
+
+# -- the row arithmetic -------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+def test_numpy_rows_equal_torch_rows(dtype: str) -> None:
+    """The CPU path (numpy) and the device path (torch) give the same bytes, ties, subnormals,
+    signed zeros and values next to the dtype's limits included."""
+    from swe_cli.checkpoint import torch_dtype_of
+    from swe_cli.edit import patched_row_bytes
+
+    torch_dtype = torch_dtype_of(dtype)
+    generator = torch.Generator().manual_seed(0)
+    base = (torch.randn(64, 96, generator=generator) * 0.05).to(torch_dtype)
+    tiny = torch.finfo(torch_dtype).tiny
+    base[0, :8] = torch.tensor([0.0, -0.0, tiny, -tiny, tiny / 4, 1.0, -1.0, 3.0]).to(torch_dtype)
+    base[1, :4] = torch.finfo(torch_dtype).max / 2
+    delta = torch.randn(64, 96, generator=generator) * 0.01
+    delta[0, :8] = torch.tensor([0.0, 0.0, -tiny, tiny, tiny / 8, 2.0**-9, -(2.0**-9), 2.0**-8])
+    delta[2] = 2.0**-12 * torch.arange(96)  # many exact ties once rounded
+    rows = torch.arange(64).flip(0)
+    data = base[rows].contiguous().view(torch.uint8).numpy().tobytes()
+    for cols in (None, torch.tensor([5, 1, 90, 3])):
+        item = TensorEdit(
+            name="w",
+            rows=rows,
+            delta=delta[rows] if cols is None else delta[rows][:, cols],
+            base_sha256="",
+            shape=(64, 96),
+            dtype=dtype,
+            cols=cols,
+        )
+        on_cpu = patched_row_bytes(item, data, "cpu")
+        with_torch = patched_row_bytes(item, data, "cpu:0")  # any device but "cpu" is torch
+        assert on_cpu == with_torch
+        expected = expected_tensor(base, TensorEdit(**{**item.__dict__, "rows": rows}))
+        assert on_cpu == raw(expected[rows])
+
+
+def test_cpu_apply_does_not_import_torch(bases_root: Path, tmp_path: Path) -> None:
+    """Apply and verify on the CPU are numpy only: tens of megabytes, no torch start-up."""
+    import subprocess
+    import sys
+
+    base = base_checkpoint("llama", bases_root)
+    save_edit(make_edit(base, "llama"), tmp_path / "edit")
+    script = (
+        "import sys\n"
+        "from swe_cli.patch import apply_edit_artifact\n"
+        "from swe_cli.verify import verify_checkpoint\n"
+        "apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device='cpu')\n"
+        "assert verify_checkpoint(sys.argv[3], sys.argv[2]).ok\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path / "edit"), str(base), str(tmp_path / "o")]
+    subprocess.run(command, check=True)
