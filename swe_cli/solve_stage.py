@@ -4,7 +4,7 @@ diagnostics (WS/edit/). Methods are pluggable by name in METHODS."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,16 +50,27 @@ class LayerData:
     a_safe: Any  # [N_s, f] harmless neuron activations (all languages)
 
 
-def layer_data(workspace: Workspace, layer: int, hrl: str, langs: Sequence[str]) -> LayerData:
+def layer_data(
+    workspace: Workspace,
+    layer: int,
+    hrl: str,
+    langs: Sequence[str],
+    ids: Collection[str] | None = None,
+) -> LayerData:
+    """ids: keep only these prompt ids, harmful and harmless (None keeps every probed prompt)."""
     import torch
 
     hrl_acts, hrl_ids = load_acts(workspace, layer, "harmful", hrl)
-    position = {prompt_id: index for index, prompt_id in enumerate(hrl_ids)}
+    position = {
+        prompt_id: index
+        for index, prompt_id in enumerate(hrl_ids)
+        if ids is None or prompt_id in ids
+    }
     low: dict[str, list[Any]] = {"x": [], "a": [], "r": [], "x_hrl": [], "r_hrl": []}
     for lang in langs:
-        acts, ids = load_acts(workspace, layer, "harmful", lang)
-        keep = [index for index, prompt_id in enumerate(ids) if prompt_id in position]
-        paired = [position[ids[index]] for index in keep]
+        acts, lang_ids = load_acts(workspace, layer, "harmful", lang)
+        keep = [index for index, prompt_id in enumerate(lang_ids) if prompt_id in position]
+        paired = [position[lang_ids[index]] for index in keep]
         if not keep:
             raise SolveError(
                 f"no harmful prompt of '{lang}' has an HRL translation", hint="check the prompt ids"
@@ -70,9 +81,12 @@ def layer_data(workspace: Workspace, layer: int, hrl: str, langs: Sequence[str])
         low["r_hrl"].append(hrl_acts["r"][paired, -1, :])
     safe_x, safe_a = [], []
     for lang in [hrl, *langs]:
-        acts, _ = load_acts(workspace, layer, "harmless", lang)
-        safe_x.append(acts["x"][:, -1, :])
-        safe_a.append(acts["a"][:, -1, :])
+        acts, safe_ids = load_acts(workspace, layer, "harmless", lang)
+        kept = [
+            index for index, prompt_id in enumerate(safe_ids) if ids is None or prompt_id in ids
+        ]
+        safe_x.append(acts["x"][kept, -1, :])
+        safe_a.append(acts["a"][kept, -1, :])
     return LayerData(
         x_low=torch.cat(low["x"]),
         x_hrl=torch.cat(low["x_hrl"]),
@@ -166,8 +180,6 @@ def solve_residual_method(context: Context, config: SolveConfig) -> MethodResult
     order (MEMIT): each layer takes its share of what the earlier layers' predicted outputs left."""
     import torch
 
-    from swe_cli.solve import solve_residual
-
     adapter = adapter_for(context.model_type)
     layers = sorted(config.layers) if config.layers else default_residual_layers(context)
     last = layer_data(context.workspace, layers[-1], context.hrl, context.langs)
@@ -190,21 +202,7 @@ def solve_residual_method(context: Context, config: SolveConfig) -> MethodResult
                     f"layer {layer} has no HRL safety neurons", hint="lower the localize thresholds"
                 )
             K, Kn, C0 = K[columns], Kn[columns], C0[columns][:, columns]
-        share = remaining / (len(layers) - position)
-        solution = solve_residual(
-            K,
-            share,
-            C0=C0,
-            Kn=Kn,
-            alpha=config.alpha,
-            beta=config.beta,
-            lam=config.lam,
-            hard=config.hard,
-            threshold=config.threshold,
-            rank=config.rank,
-            device=config.device,
-        )
-        remaining = remaining - solution.delta.to(torch.float64) @ K.to(torch.float64)
+        solution, remaining = residual_step(K, Kn, C0, remaining, len(layers) - position, config)
         name, _ = adapter.tensor(layer, "down", context.intermediate_size)
         shape = _shape_of(context, name)
         rows = list(range(shape[0]))
@@ -222,6 +220,32 @@ def solve_residual_method(context: Context, config: SolveConfig) -> MethodResult
         )
         report[layer] = {"neurons": K.shape[0], "down": solution.diagnostics}
     return edits, report
+
+
+def residual_step(
+    K: Any, Kn: Any, C0: Any, remaining: Any, layers_left: int, config: SolveConfig
+) -> tuple[Any, Any]:
+    """One MEMIT spreading step: this layer solves for remaining / layers_left (its share) and
+    returns its solution and the target its predicted output dW K leaves to the later layers."""
+    import torch
+
+    from swe_cli.solve import solve_residual
+
+    solution = solve_residual(
+        K,
+        remaining / layers_left,
+        C0=C0,
+        Kn=Kn,
+        alpha=config.alpha,
+        beta=config.beta,
+        lam=config.lam,
+        hard=config.hard,
+        threshold=config.threshold,
+        rank=config.rank,
+        device=config.device,
+    )
+    remaining = remaining - solution.delta.to(torch.float64) @ K.to(torch.float64)
+    return solution, remaining
 
 
 METHODS: dict[str, Callable[[Context, SolveConfig], MethodResult]] = {
