@@ -2,14 +2,15 @@
 
 For each size it builds a random Llama-architecture bf16 checkpoint (sharded, with config and
 index), an edit of a few hundred gate/up rows over several layers, and measures, each in its own
-subprocess (wall time, and peak RSS from os.wait4):
+subprocess (wall time and peak RSS):
 
-  cp     `cp -r BASE OUT`
-  swe    apply the edit artifact (the code behind `swe apply --edit EDIT --base BASE -o OUT`),
-         durable by default: every file fsynced before the final rename
-  naive  transformers from_pretrained, edit the rows in memory, save_pretrained
+  cp         `cp -r BASE OUT`
+  swe        apply the edit artifact (the code behind `swe apply --edit EDIT --base BASE -o OUT`)
+  cp+sync    `cp -r` then `sync` of the copied files (written to disk, not just to page cache)
+  swe+fsync  the same apply with sync=True: every file fsynced before the final rename
+  naive      transformers from_pretrained, edit the rows in memory, save_pretrained
 
-The base is read once beforehand so all three start from a warm page cache, every output is
+The base is read once beforehand so every method starts from a warm page cache, every output is
 deleted (and its dirty pages flushed, untimed) before the next run, and each measurement is the
 median of --repeats runs. The swe output is then checked with verify_checkpoint. Synthetic
 checkpoints are deleted at the end unless --keep.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -46,7 +48,7 @@ def layer_bytes() -> int:
 
 def layers_for(gigabytes: float) -> int:
     fixed = 2 * (2 * VOCAB * HIDDEN + HIDDEN)
-    return max(4, round((gigabytes * 1e9 - fixed) / layer_bytes()))
+    return max(4, math.ceil((gigabytes * 1e9 - fixed) / layer_bytes()))
 
 
 def tensor_shapes(num_layers: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -137,7 +139,7 @@ def build_edit(base: Path, edit_dir: Path, num_layers: int) -> int:
 SWE = """
 import sys
 from swe_cli.patch import apply_edit_artifact
-apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu")
+apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu", sync=sys.argv[4] == "1")
 """
 
 NAIVE = """
@@ -198,15 +200,18 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
     size = sum(p.stat().st_size for p in base.iterdir())
     shards = len(list(base.glob("*.safetensors")))
     out = root / "out"
-    runs: dict[str, list[tuple[float, float]]] = {"cp": [], "swe": [], "naive": []}
+    swe = [sys.executable, "-c", SWE, str(edit_dir), str(base), str(out)]
     commands = {
         "cp": ["cp", "-r", str(base), str(out)],
-        "swe": [sys.executable, "-c", SWE, str(edit_dir), str(base), str(out)],
+        "swe": [*swe, "0"],
+        "cp+sync": ["sh", "-c", f'cp -r "{base}" "{out}" && sync "{out}"/* "{out}"'],
+        "swe+fsync": [*swe, "1"],
         "naive": [sys.executable, "-c", NAIVE, str(edit_dir), str(base), str(out)],
     }
+    runs: dict[str, list[tuple[float, float]]] = {method: [] for method in commands}
     warm(base)
     for repeat in range(repeats):
-        for method in ("cp", "swe", "naive"):
+        for method in commands:
             if method == "naive" and repeat >= naive_repeats:
                 continue
             flush(out)
@@ -221,6 +226,7 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
         result[f"{method}_s"] = round(statistics.median(v[0] for v in values), 2)
         result[f"{method}_rss_mb"] = round(max(v[1] for v in values))
     result["swe_over_cp"] = round(result["swe_s"] / result["cp_s"], 2)
+    result["durable_swe_over_cp"] = round(result["swe+fsync_s"] / result["cp+sync_s"], 2)
     result["naive_over_swe"] = round(result["naive_s"] / result["swe_s"], 1)
     return result
 
@@ -243,13 +249,17 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(args.root, ignore_errors=True)
-    header = "| size | shards | rows | cp | swe | naive | swe/cp | naive/swe | peak RSS cp / swe / naive |"
-    print("\n" + header + "\n|" + "---|" * 9)
+    header = (
+        "| size | shards | rows | cp | swe | swe/cp | cp+sync | swe --fsync | ratio | naive "
+        "| naive/swe | peak RSS cp / swe / naive |"
+    )
+    print("\n" + header + "\n|" + "---|" * 12)
     for r in results:
         print(
             f"| {r['gigabytes']} GB | {r['shards']} | {r['rows']} | {r['cp_s']} s | {r['swe_s']} s "
-            f"| {r['naive_s']} s | {r['swe_over_cp']} | {r['naive_over_swe']} | "
-            f"{r['cp_rss_mb']} / {r['swe_rss_mb']} / {r['naive_rss_mb']} MB |"
+            f"| {r['swe_over_cp']} | {r['cp+sync_s']} s | {r['swe+fsync_s']} s "
+            f"| {r['durable_swe_over_cp']} | {r['naive_s']} s | {r['naive_over_swe']} "
+            f"| {r['cp_rss_mb']} / {r['swe_rss_mb']} / {r['naive_rss_mb']} MB |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -345,11 +345,43 @@ def resolve_device(device: str) -> str:
 
 
 def _gpu_present() -> bool:
-    """Cheap check before importing torch: an NVIDIA driver or a ROCm device node."""
-    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
+    """Cheap check before importing torch: an NVIDIA driver or device node, or ROCm's."""
+    markers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+    return any(Path(marker).exists() for marker in markers)
 
 
 # -- the apply pipeline -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Which base files are patched (copied, then rows rewritten), hard-linked or copied."""
+
+    layout: CheckpointLayout
+    headers: dict[str, SafetensorsHeader]
+    where: dict[str, str]  # tensor name -> shard file
+    patched: list[str]
+    linked: list[str]
+    copied: list[str]  # unchanged copies, patched shards included
+    bytes_to_copy: int
+
+
+def plan_apply(base_dir: Path, tensor_names: list[str], link: bool) -> Plan:
+    """Read and check every shard header (never the weights) and decide what happens to each file."""
+    layout = checkpoint_layout(base_dir)
+    headers = {name: read_header(base_dir / name) for name in layout.weights}
+    where = tensor_files(layout, headers)
+    unknown = [name for name in tensor_names if name not in where]
+    if unknown:
+        raise EditError(
+            f"{base_dir}: tensor '{unknown[0]}' of the edit is not in this checkpoint",
+            hint="the edit was made for another architecture; apply it to its own base model",
+        )
+    patched = sorted({where[name] for name in tensor_names})
+    linked = [name for name in layout.weights if link and name not in patched]
+    copied = [name for name in (*layout.weights, *_carried(layout)) if name not in linked]
+    size = sum((base_dir / name).stat().st_size for name in copied)
+    return Plan(layout, headers, where, patched, linked, copied, size)
+
+
 def _apply(
     source: EditSource,
     base_dir: Path,
@@ -366,75 +398,62 @@ def _apply(
 ) -> ApplyResult:
     started = time.perf_counter()
     _check_output(output, base_dir, force)
-    layout = checkpoint_layout(base_dir)
-    headers = {name: read_header(base_dir / name) for name in layout.weights}
-    where = tensor_files(layout, headers)
-    names = source.tensor_names()
-    unknown = [name for name in names if name not in where]
-    if unknown:
-        raise EditError(
-            f"{base_dir}: tensor '{unknown[0]}' of the edit is not in this checkpoint",
-            hint="the edit was made for another architecture; apply it to its own base model",
-        )
-    patched = sorted({where[name] for name in names})
-    linked = [] if not link else [name for name in layout.weights if name not in patched]
-    copied = [name for name in (*layout.weights, *_carried(layout)) if name not in linked]
-    to_copy = sum((base_dir / name).stat().st_size for name in copied)
-    _check_space(output.parent, to_copy)
+    plan = plan_apply(base_dir, source.tensor_names(), link)
+    _check_space(output.parent, plan.bytes_to_copy)
     temporary = _temporary_folder(output)
-    transfer = Transfer(COPY_WORKERS, sync)
     try:
-        with transfer:
-            futures = {name: transfer.copy(base_dir / name, temporary / name) for name in patched}
-            futures |= {n: transfer.link(base_dir / n, temporary / n) for n in linked}
+        with Transfer(COPY_WORKERS, sync) as transfer:
+            # patched shards first, so patching can start while the rest is still copying
+            futures = {
+                name: transfer.copy(base_dir / name, temporary / name) for name in plan.patched
+            }
+            futures |= {n: transfer.link(base_dir / n, temporary / n) for n in plan.linked}
             futures |= {
-                n: transfer.copy(base_dir / n, temporary / n) for n in copied if n not in futures
+                n: transfer.copy(base_dir / n, temporary / n)
+                for n in plan.copied
+                if n not in futures
             }
             device = resolve_device(device)
             edit = source.load("np" if device == "cpu" else "pt")
-            targets = locate_targets(edit, headers, where)
+            targets = locate_targets(edit, plan.headers, plan.where)
             for target in targets:
                 check_base_rows(target)
-            rows_total = sum(len(t.item.rows) for t in targets)
-            rows_done = 0
-            for name in patched:
+            for name in plan.patched:
                 transfer.wait([futures[name]])
-                file_targets = [t for t in targets if t.file == name]
-                rows_done += patch_file(temporary / name, file_targets, device, sync)
+                patch_file(temporary / name, [t for t in targets if t.file == name], device, sync)
                 if progress:
-                    progress("patch (rows)", rows_done, rows_total)
-            edit_hash = edit_sha256(edit)
+                    progress("patch (files)", plan.patched.index(name) + 1, len(plan.patched))
             final = complete_provenance(
-                {k: v for k, v in provenance.items() if k in CALLER_KEYS or k == "applied_to"},
+                {k: v for k, v in provenance.items() if k in (*CALLER_KEYS, "applied_to")},
                 edit,
-                edit_hash,
-                {"apply": {"device": device, "linked": bool(linked), "patched": patched}},
+                edit_sha256(edit),
+                {"apply": {"device": device, "linked": bool(plan.linked), "patched": plan.patched}},
             )
             _write_metadata(temporary, source, edit, final, card, base_dir)
-            transfer.wait(list(futures.values()), progress, to_copy)
-        fell_back = [name for name in linked if not futures[name].result()]
-        checked = check_written(temporary, layout, headers, targets)
+            transfer.wait(list(futures.values()), progress, plan.bytes_to_copy)
+        checked = check_written(temporary, plan.layout, plan.headers, targets)
         if sync:
             _sync_tree(temporary)
         _move_into_place(temporary, output, force)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    fell_back = {name for name in plan.linked if not futures[name].result()}
     notes = list(warnings or [])
     if fell_back:
         notes.append(f"{len(fell_back)} shard(s) copied instead of hard-linked (other filesystem)")
     return ApplyResult(
         output=output,
         base=base_dir,
-        copied=tuple(sorted({*copied, *fell_back})),
-        linked=tuple(sorted(set(linked) - set(fell_back))),
-        patched=tuple(patched),
-        skipped=layout.skipped,
+        copied=tuple(sorted({*plan.copied, *fell_back})),
+        linked=tuple(sorted(set(plan.linked) - fell_back)),
+        patched=tuple(plan.patched),
+        skipped=plan.layout.skipped,
         tensors_edited=len(targets),
-        rows_edited=rows_total,
+        rows_edited=edit.num_rows,
         rows_checked=checked,
         bytes_copied=transfer.done,
-        edit_sha256=edit_hash,
+        edit_sha256=final["edit"]["sha256"],
         device=device,
         seconds=time.perf_counter() - started,
         warnings=tuple(notes),

@@ -184,7 +184,7 @@ def test_apply_is_byte_exact_and_loads(name: str, bases_root: Path, tmp_path: Pa
     assert isinstance(result, ApplyResult)
     assert set(result.patched) == edited_files
     assert result.rows_edited == result.rows_checked == edit.num_rows
-    assert {label for label, _, _ in calls} >= {"patch (rows)", "copy (MiB)"}
+    assert {label for label, _, _ in calls} >= {"patch (files)", "copy (MiB)"}
 
     # non-weight files and the index: byte-identical; unedited shards: byte-identical files
     for other in layout.others:
@@ -310,7 +310,8 @@ def test_cuda_rows_equal_cpu_rows(bases_root: Path, tmp_path: Path) -> None:
     for name in ("llama", "qwen2", "gemma2"):
         base = base_checkpoint(name, bases_root)
         edit = make_edit(base, name)
-        apply_edit(edit, base, tmp_path / f"{name}-gpu", provenance={}, device="cuda")
+        on_gpu = apply_edit(edit, base, tmp_path / f"{name}-gpu", provenance={}, device="auto")
+        assert on_gpu.device == "cuda" and on_gpu.rows_checked == edit.num_rows
         apply_edit(edit, base, tmp_path / f"{name}-cpu", provenance={}, device="cpu")
         for file in checkpoint_layout(base).weights:
             gpu = (tmp_path / f"{name}-gpu" / file).read_bytes()
@@ -584,23 +585,29 @@ def test_index_that_disagrees_with_shards_is_refused(bases_root: Path, tmp_path:
 
 
 # -- the row arithmetic -------------------------------------------------------------------------
+TORCH_DEVICES = ["cpu:0", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
-def test_numpy_rows_equal_torch_rows(dtype: str) -> None:
-    """The CPU path (numpy) and the device path (torch) give the same bytes, ties, subnormals,
-    signed zeros and values next to the dtype's limits included."""
+def test_numpy_rows_equal_torch_rows(dtype: str, device: str) -> None:
+    """The CPU path (numpy) and the device path (torch; any device name but "cpu") give the same
+    bytes: ties, subnormals, signed zeros, values near the dtype's limits and a wide range of
+    magnitudes included."""
     from swe_cli.checkpoint import torch_dtype_of
     from swe_cli.edit import patched_row_bytes
 
     torch_dtype = torch_dtype_of(dtype)
     generator = torch.Generator().manual_seed(0)
-    base = (torch.randn(64, 96, generator=generator) * 0.05).to(torch_dtype)
+    magnitude = 10.0 ** (torch.rand(256, 96, generator=generator) * 8 - 6)  # 1e-6 .. 1e2
+    base = (torch.randn(256, 96, generator=generator) * magnitude).to(torch_dtype)
     tiny = torch.finfo(torch_dtype).tiny
     base[0, :8] = torch.tensor([0.0, -0.0, tiny, -tiny, tiny / 4, 1.0, -1.0, 3.0]).to(torch_dtype)
     base[1, :4] = torch.finfo(torch_dtype).max / 2
-    delta = torch.randn(64, 96, generator=generator) * 0.01
+    delta = torch.randn(256, 96, generator=generator) * magnitude / 10
     delta[0, :8] = torch.tensor([0.0, 0.0, -tiny, tiny, tiny / 8, 2.0**-9, -(2.0**-9), 2.0**-8])
     delta[2] = 2.0**-12 * torch.arange(96)  # many exact ties once rounded
-    rows = torch.arange(64).flip(0)
+    rows = torch.arange(256).flip(0)
     data = base[rows].contiguous().view(torch.uint8).numpy().tobytes()
     for cols in (None, torch.tensor([5, 1, 90, 3])):
         item = TensorEdit(
@@ -608,15 +615,13 @@ def test_numpy_rows_equal_torch_rows(dtype: str) -> None:
             rows=rows,
             delta=delta[rows] if cols is None else delta[rows][:, cols],
             base_sha256="",
-            shape=(64, 96),
+            shape=(256, 96),
             dtype=dtype,
             cols=cols,
         )
         on_cpu = patched_row_bytes(item, data, "cpu")
-        with_torch = patched_row_bytes(item, data, "cpu:0")  # any device but "cpu" is torch
-        assert on_cpu == with_torch
-        expected = expected_tensor(base, TensorEdit(**{**item.__dict__, "rows": rows}))
-        assert on_cpu == raw(expected[rows])
+        assert on_cpu == patched_row_bytes(item, data, device)
+        assert on_cpu == raw(expected_tensor(base, item)[rows])
 
 
 def test_cpu_apply_does_not_import_torch(bases_root: Path, tmp_path: Path) -> None:
