@@ -157,10 +157,11 @@ model.save_pretrained(out, max_shard_size="500MB")
 """
 
 
-def measure(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one subprocess. Peak RSS comes from GNU time when present
-    (a fork of this process would count its pages until exec), else from os.wait4."""
-    gnu_time = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+def measure(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MB) of one subprocess. CPU time (user + system)
+    does not depend on what else runs on the machine. GNU time reports peak RSS when present (a
+    fork of this process would count this process's pages until exec), else os.wait4."""
+    gnu_time = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
         prefix = [gnu_time, "-f", "%M", "-o", report.name] if gnu_time else []
         started = time.perf_counter()
@@ -170,7 +171,7 @@ def measure(command: list[str]) -> tuple[float, float]:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"failed: {' '.join(command)}")
         peak_kb = float(report.read().split()[-1]) if gnu_time else usage.ru_maxrss
-    return elapsed, peak_kb / 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, peak_kb / 1024
 
 
 def flush(folder: Path) -> None:
@@ -208,7 +209,7 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
         "swe+fsync": [*swe, "1"],
         "naive": [sys.executable, "-c", NAIVE, str(edit_dir), str(base), str(out)],
     }
-    runs: dict[str, list[tuple[float, float]]] = {method: [] for method in commands}
+    runs: dict[str, list[tuple[float, float, float]]] = {method: [] for method in commands}
     warm(base)
     for repeat in range(repeats):
         for method in commands:
@@ -216,7 +217,8 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
                 continue
             flush(out)
             runs[method].append(measure(commands[method]))
-            print(f"  {method:5s} {runs[method][-1][0]:7.2f} s  {runs[method][-1][1]:7.0f} MB")
+            wall, cpu, rss = runs[method][-1]
+            print(f"  {method:10s} {wall:6.2f} s wall {cpu:6.2f} s CPU {rss:7.0f} MB", flush=True)
             if method == "swe" and repeat == 0:
                 report = verify_checkpoint(out, base)
                 assert report.ok, report.problems
@@ -224,10 +226,12 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
     result: dict[str, Any] = {"gigabytes": round(size / 1e9, 2), "shards": shards, "rows": rows}
     for method, values in runs.items():
         result[f"{method}_s"] = round(statistics.median(v[0] for v in values), 2)
-        result[f"{method}_rss_mb"] = round(max(v[1] for v in values))
+        result[f"{method}_cpu_s"] = round(statistics.median(v[1] for v in values), 2)
+        result[f"{method}_rss_mb"] = round(max(v[2] for v in values))
     result["swe_over_cp"] = round(result["swe_s"] / result["cp_s"], 2)
     result["durable_swe_over_cp"] = round(result["swe+fsync_s"] / result["cp+sync_s"], 2)
     result["naive_over_swe"] = round(result["naive_s"] / result["swe_s"], 1)
+    result["load_average"] = round(os.getloadavg()[0], 1)
     return result
 
 
@@ -250,16 +254,18 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.root, ignore_errors=True)
     header = (
-        "| size | shards | rows | cp | swe | swe/cp | cp+sync | swe --fsync | ratio | naive "
-        "| naive/swe | peak RSS cp / swe / naive |"
+        "| size | shards | rows | cp | swe | swe/cp | cp+sync | swe+fsync | ratio | naive "
+        "| naive/swe | CPU s cp / swe / naive | peak RSS cp / swe / naive | load |"
     )
-    print("\n" + header + "\n|" + "---|" * 12)
+    print("\n" + header + "\n|" + "---|" * 14)
     for r in results:
         print(
             f"| {r['gigabytes']} GB | {r['shards']} | {r['rows']} | {r['cp_s']} s | {r['swe_s']} s "
             f"| {r['swe_over_cp']} | {r['cp+sync_s']} s | {r['swe+fsync_s']} s "
             f"| {r['durable_swe_over_cp']} | {r['naive_s']} s | {r['naive_over_swe']} "
-            f"| {r['cp_rss_mb']} / {r['swe_rss_mb']} / {r['naive_rss_mb']} MB |"
+            f"| {r['cp_cpu_s']} / {r['swe_cpu_s']} / {r['naive_cpu_s']} "
+            f"| {r['cp_rss_mb']} / {r['swe_rss_mb']} / {r['naive_rss_mb']} MB "
+            f"| {r['load_average']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

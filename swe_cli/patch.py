@@ -141,13 +141,17 @@ def apply_edit(
     link: bool = False,
     force: bool = False,
     progress: Progress | None = None,
-    sync: bool = True,
+    sync: bool = False,
 ) -> ApplyResult:
     """Write `output`: the checkpoint in `base_dir` with `edit` applied, plus README.md (card;
     default built from `provenance`), swe_edit.json (provenance) and swe_edit/edit.safetensors.
 
     device: "auto" (cuda when present), "cpu", "cuda" or "cuda:N". link: hard-link shards with no
-    edited tensor. force: replace an existing output folder. sync: fsync before the rename."""
+    edited tensor. force: replace an existing output folder (only one that holds a model or an
+    edit). sync: also fsync every file and folder before the final rename, so the output survives
+    a power loss (costs the time to write the checkpoint to disk; `cp` and save_pretrained don't).
+    Without it the output still appears only complete: after every byte is written and the
+    edited rows are read back and checked."""
     return _apply(
         EditSource(edit=edit),
         Path(base_dir),
@@ -170,7 +174,7 @@ def apply_workspace(
     link: bool = False,
     force: bool = False,
     progress: Progress | None = None,
-    sync: bool = True,
+    sync: bool = False,
 ) -> ApplyResult:
     """`swe apply -w WS -o OUT`: apply the workspace's edit to the model it was computed on,
     with the provenance and eval table of the workspace, and record the apply stage."""
@@ -219,7 +223,7 @@ def apply_edit_artifact(
     link: bool = False,
     force: bool = False,
     progress: Progress | None = None,
-    sync: bool = True,
+    sync: bool = False,
 ) -> ApplyResult:
     """`swe apply --edit EDIT --base MODEL -o OUT`. EDIT is a folder written by `--edit-only`, a
     checkpoint written by `apply` (its swe_edit/), an edit.safetensors, or a Hub repo id of

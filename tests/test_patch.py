@@ -265,6 +265,15 @@ def test_link_hard_links_unedited_shards(bases_root: Path, tmp_path: Path) -> No
     assert verify_checkpoint(tmp_path / "out", base).ok
 
 
+def test_fsync_option_writes_the_same_checkpoint(bases_root: Path, tmp_path: Path) -> None:
+    base = base_checkpoint("llama", bases_root)
+    edit = make_edit(base, "llama")
+    apply_edit(edit, base, tmp_path / "plain", provenance={}, device="cpu")
+    apply_edit(edit, base, tmp_path / "durable", provenance={}, device="cpu", sync=True)
+    assert weights_bytes(tmp_path / "durable") == weights_bytes(tmp_path / "plain")
+    assert verify_checkpoint(tmp_path / "durable", base).ok
+
+
 def test_existing_output_needs_force(bases_root: Path, tmp_path: Path) -> None:
     base = base_checkpoint("llama", bases_root)
     edit = make_edit(base, "llama")
