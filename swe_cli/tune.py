@@ -636,6 +636,7 @@ def _record(
         "fit_ids": list(result.fit_ids),
         "validation_ids": list(result.validation_ids),
         "seconds": round(sum(c.seconds for c in result.candidates), 4),
+        "grid_edge": edge_axes(result),
         "candidates": [_candidate_row(c) for c in result.candidates],
     }
     path = workspace.edit_dir / TUNE_FILE
@@ -658,7 +659,13 @@ def candidates_table(result: TuneResult) -> Any:
     from rich.table import Table
 
     method = result.best.method
-    table = Table(title=f"--tune: {len(result.candidates)} candidates ({method})")
+    choice = ", ".join(f"{key}={_cell(getattr(result.best, key))}" for key in GRID_KEYS[method])
+    edges = edge_axes(result)
+    edge_note = f"; at the grid edge in {', '.join(edges)}: widen the grid" if edges else ""
+    table = Table(
+        title=f"--tune: {len(result.candidates)} candidates ({method})",
+        caption=f"choice (*): {choice}{edge_note}; score = val res + leak weight x val leak",
+    )
     table.add_column("", justify="center")
     for key in GRID_KEYS[method]:
         table.add_column(key, justify="right")
@@ -681,6 +688,20 @@ def candidates_table(result: TuneResult) -> Any:
         cells.append(f"{candidate.seconds * 1000:.0f}")
         table.add_row(*cells, style="bold green" if mark else None)
     return table
+
+
+def edge_axes(result: TuneResult) -> list[str]:
+    """Coefficient axes on which the choice is the smallest or largest value tried: the optimum
+    may lie outside the grid."""
+    edges = []
+    for key in GRID_KEYS[result.best.method]:
+        if key == "layers":
+            continue
+        tried = {getattr(c.config, key) for c in result.candidates} - {None}
+        value = getattr(result.best, key)
+        if len(tried) > 1 and value in (min(tried), max(tried)):
+            edges.append(key)
+    return edges
 
 
 def _cell(value: Any) -> str:

@@ -218,9 +218,9 @@ def _small_grid(method: str) -> dict[str, list[Any]]:
     return SMALL_PAPER_GRID if method == "paper" else {"alpha": [1.0], "beta": [0.1, 10.0]}
 
 
-@pytest.mark.parametrize("method", ["paper", "residual"])
+@pytest.mark.parametrize(("method", "top"), [("paper", 2), ("residual", 1)])
 def test_confirm_checks_the_best_few_and_restores_the_model(
-    workspace: Workspace, method: str, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, method: str, top: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
@@ -238,12 +238,12 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 
     monkeypatch.setattr(evaluate, "generate", spy)
     result = tune(workspace, SolveConfig(method=method), grid=_small_grid(method))
-    rows = confirm(workspace, result, top=2, max_new_tokens=4)
-    assert len(rows) == 3 and rows[0].config is None
+    rows = confirm(workspace, result, top=top, max_new_tokens=4)
+    assert len(rows) == top + 1 and rows[0].config is None
     ranked = sorted(result.candidates, key=lambda c: c.score)
-    assert [row.config for row in rows[1:]] == [c.config for c in ranked[:2]]
+    assert [row.config for row in rows[1:]] == [c.config for c in ranked[:top]]
     assert all(0.0 <= row.refusal_rate <= 1.0 and 0.0 <= row.over_refusal <= 1.0 for row in rows)
-    assert confirmed_choice(rows) in [c.config for c in ranked[:2]]
+    assert confirmed_choice(rows) in [c.config for c in ranked[:top]]
     assert isinstance(rows[1], Confirmation)
     # only validation prompts (fit split) were asked
     texts = {
@@ -254,11 +254,10 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
     }
     assert asked and set(asked) <= texts
     # the edit is applied for the candidates and removed after each: baseline weights return
-    first_language_calls = len(weights) // 3
-    baseline, edited = weights[0], weights[first_language_calls]
+    baseline, edited = weights[0], weights[len(weights) // (top + 1)]
     assert any(not torch.equal(baseline[k], edited[k]) for k in baseline)
     document = yaml.safe_load((workspace.edit_dir / "tune.yaml").read_text())
-    assert len(document["confirmation"]) == 3
+    assert len(document["confirmation"]) == top + 1
 
 
 def test_patched_weights_are_restored_exactly() -> None:
@@ -280,3 +279,15 @@ def test_patched_weights_are_restored_exactly() -> None:
         assert torch.allclose(down[:, columns], before[1][:, columns] + 1.5)
         assert torch.allclose(down[:, 1:5], before[1][:, 1:5] + 0.5)
     assert torch.equal(gate, before[0]) and torch.equal(down, before[1])
+
+
+def test_edge_axes_name_the_coefficients_chosen_at_a_grid_end(workspace: Workspace) -> None:
+    from swe_cli.tune import edge_axes
+
+    result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "lam": [0.1]})
+    edges = edge_axes(result)
+    assert "lam" not in edges and "layers" not in edges  # one value tried / not a coefficient
+    gammas = sorted({c.config.gamma for c in result.candidates})
+    assert ("gamma" in edges) == (result.best.gamma in (gammas[0], gammas[-1]))
+    document = yaml.safe_load((workspace.edit_dir / "tune.yaml").read_text())
+    assert document["grid_edge"] == edges
