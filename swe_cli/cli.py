@@ -443,6 +443,180 @@ def show_solve(summary: dict[str, Any]) -> None:
     err.print(table)
 
 
+# -- apply / verify -------------------------------------------------------------------------------
+@app.command()
+def apply(
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Output folder (model, or edit with --edit-only)."),
+    ],
+    workspace: Annotated[
+        Path | None, typer.Option("-w", "--workspace", help="Workspace whose edit is applied.")
+    ] = None,
+    edit: Annotated[
+        str | None,
+        typer.Option(
+            "--edit", help="Apply a saved edit (folder, file or Hub repo) instead of a workspace."
+        ),
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model for --edit (local folder or Hub id).")
+    ] = None,
+    edit_only: Annotated[
+        bool,
+        typer.Option("--edit-only", help="Write only the edit artifact (kilobytes to megabytes)."),
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="Where edited rows are computed: auto, cpu, cuda, cuda:N."),
+    ] = "auto",
+    link: Annotated[
+        bool, typer.Option("--link", help="Hard-link shards that hold no edited tensor.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder.")
+    ] = False,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="fsync every file before the final rename.")
+    ] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", help="Upload the output to this Hub repo.")
+    ] = None,
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the Hub repo as private.")
+    ] = False,
+    hub_revision: Annotated[
+        str | None, typer.Option("--hub-revision", help="Hub branch to upload to.")
+    ] = None,
+    revision: Revision_ = None,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Write the edited checkpoint (streaming copy, only edited rows rewritten) or the edit alone."""
+    STATE["quiet"] = quiet or as_json
+    emit(
+        do_apply(output, workspace, edit, base, edit_only, device, link, force, sync, revision),
+        as_json and not push_to_hub,
+    )
+    if push_to_hub:
+        summary = do_push(output, push_to_hub, private, hub_revision)
+        emit(summary, as_json)
+
+
+def do_apply(
+    output: Path,
+    workspace: Path | None,
+    edit: str | None,
+    base: str | None,
+    edit_only: bool,
+    device: str,
+    link: bool,
+    force: bool,
+    sync: bool,
+    revision: str | None,
+) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.patch import apply_edit_artifact, apply_workspace, export_edit
+    from swe_cli.workspace import Workspace
+
+    if edit is not None:
+        if base is None:
+            raise SweError(
+                "--edit needs --base MODEL", hint="pass the base model the edit was computed on"
+            )
+        with progress_bar() as update:
+            result = apply_edit_artifact(
+                edit,
+                resolve_model(base, revision),
+                output,
+                device=device,
+                link=link,
+                force=force,
+                progress=update,
+                sync=sync,
+            )
+    elif workspace is None:
+        raise SweError("nothing to apply", hint="pass -w WORKSPACE, or --edit EDIT --base MODEL")
+    elif edit_only:
+        path = export_edit(Workspace(workspace), output, force=force)
+        info(f"[green]edit written[/green] to {path}")
+        return {"output": str(path), "edit_only": True}
+    else:
+        with progress_bar() as update:
+            result = apply_workspace(
+                Workspace(workspace),
+                output,
+                device=device,
+                link=link,
+                force=force,
+                progress=update,
+                sync=sync,
+            )
+    for warning in result.warnings:
+        info(f"[yellow]warning:[/yellow] {warning}")
+    info(
+        f"[green]wrote[/green] {result.output}: {result.rows_edited} rows in {result.tensors_edited} tensors patched, "
+        f"{len(result.copied)} files copied, {len(result.linked)} linked, rows verified ({result.seconds:.1f} s)"
+    )
+    return result.summary()
+
+
+def do_push(folder: Path, repo: str, private: bool, revision: str | None) -> dict[str, Any]:
+    import os
+
+    from swe_cli.hub import push_to_hub
+
+    url = push_to_hub(
+        folder, repo, private=private, revision=revision, token=os.environ.get("HF_TOKEN")
+    )
+    info(f"[green]uploaded[/green] {folder} to {url}")
+    return {"output": str(folder), "pushed_to": url}
+
+
+@app.command()
+def verify(
+    output: Annotated[Path, typer.Argument(help="Checkpoint written by `swe apply`.")],
+    base: Annotated[str, typer.Option("--base", help="Base model (local folder or Hub id).")],
+    workspace: Annotated[
+        Path | None, typer.Option("-w", "--workspace", help="Check against this workspace's edit.")
+    ] = None,
+    revision: Revision_ = None,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Check every tensor of OUT against the base: untouched bytes identical, edited rows exact."""
+    STATE["quiet"] = quiet or as_json
+    summary = do_verify(output, base, workspace, revision)
+    emit(summary, as_json)
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
+def do_verify(
+    output: Path, base: str, workspace: Path | None, revision: str | None
+) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.patch import workspace_edit
+    from swe_cli.verify import verify_checkpoint
+    from swe_cli.workspace import Workspace
+
+    edit = workspace_edit(Workspace(workspace)) if workspace is not None else None
+    with progress_bar() as update:
+        report = verify_checkpoint(
+            output, resolve_model(base, revision).path, edit, progress=update
+        )
+    summary = report.summary()
+    if report.ok:
+        info(
+            f"[green]verified[/green] {output}: {report.tensors_identical} tensors byte-identical, "
+            f"{report.tensors_edited} edited ({report.rows_checked} rows exact)"
+        )
+    else:
+        for problem in report.problems:
+            err.print(f"mismatch: {problem}", style="bold red", highlight=False, markup=False)
+    return summary
+
+
 # -- eval -----------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_command(
@@ -622,6 +796,421 @@ def do_eval(
     if not STATE["quiet"]:
         err.print(rich_table(report))
     return report
+
+
+# -- align / demo ---------------------------------------------------------------------------------
+def default_workspace(model: str, langs: list[str]) -> Path:
+    """A cache folder keyed by model and languages, so a re-run resumes."""
+    import hashlib
+    import os
+
+    cache = Path(os.environ.get("SWE_CACHE", Path.home() / ".cache" / "swe"))
+    slug = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in Path(model).name or model)[
+        :60
+    ]
+    key = hashlib.sha256(
+        f"{Path(model).resolve() if Path(model).exists() else model}|{','.join(langs)}".encode()
+    ).hexdigest()[:10]
+    return cache / "workspaces" / f"{slug}-{'-'.join(langs)}-{key}"
+
+
+def builtin_data(name: str) -> str:
+    from importlib import resources
+
+    return str(resources.files("swe_cli") / "data" / name)
+
+
+def pick_recipe(model_dir: Path, recipe_file: Path | None, overrides: dict[str, Any]) -> Any:
+    from swe_cli.architectures import model_shape
+    from swe_cli.checkpoint import load_config
+    from swe_cli.recipe import apply_overrides, load_recipe, select_recipe
+
+    shape = model_shape(load_config(model_dir))
+    if recipe_file is not None:
+        recipe = load_recipe(recipe_file)
+        reason = f"from {recipe_file}"
+    else:
+        recipe = select_recipe(shape.model_type, shape.num_layers, shape.hidden_size)
+        reason = f"picked for model_type={shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}"
+    recipe = apply_overrides(recipe, overrides)
+    info(
+        f"recipe [bold]{recipe.name}[/bold] ({reason}){' — ' + recipe.validated if recipe.validated else ''}"
+    )
+    return recipe
+
+
+def solve_config_from(recipe: Any, device: str) -> Any:
+    from swe_cli.solve_stage import SolveConfig
+
+    settings = recipe.solve
+    return SolveConfig(
+        method=settings.method,
+        layers=parse_layers(settings.layers),
+        rank=settings.rank,
+        gamma=settings.gamma,
+        lam=settings.lam,
+        alpha=settings.alpha,
+        beta=settings.beta,
+        hard=settings.hard,
+        threshold=settings.threshold,
+        projections=tuple(split_list(settings.projections)),
+        sparse=settings.sparse,
+        device="cpu" if device in ("auto", "") else device,
+    )
+
+
+@app.command()
+def align(
+    model: Annotated[str, typer.Argument(help="Hub model id or local model folder.")],
+    langs: Langs_,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder for the aligned checkpoint.")
+    ],
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "-w",
+            "--workspace",
+            help="Workspace [default: a cache folder keyed by model and languages].",
+        ),
+    ] = None,
+    harmful: Annotated[
+        str,
+        typer.Option("--harmful", help="Harmful prompts (MultiJail CSV, CSV/JSONL, Hub dataset)."),
+    ] = "DAMO-NLP-SG/MultiJail",
+    harmless: Annotated[
+        str | None,
+        typer.Option("--harmless", help="Harmless prompts [default: built-in 10-language set]."),
+    ] = None,
+    general: Annotated[
+        str | None,
+        typer.Option("--general", help="General text for the moments [default: built-in]."),
+    ] = None,
+    hrl: Hrl_ = "en",
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", help="Recipe YAML [default: picked from the model's config]."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a recipe field, e.g. --set solve.rank=16 (repeatable)."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="Override solve.method (paper, residual).")
+    ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="Choose layers and coefficients on a validation split of the fit prompts.",
+        ),
+    ] = False,
+    run_eval: Annotated[
+        bool, typer.Option("--eval", help="Evaluate base vs aligned on the held-out prompts.")
+    ] = False,
+    patterns: Annotated[
+        list[Path] | None, typer.Option("--patterns", help="Extra refusal patterns for eval.")
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="Device for probe/solve/eval (cpu, cuda); apply uses auto."),
+    ] = "cpu",
+    dtype: Dtype_ = "auto",
+    device_map: Annotated[
+        str | None,
+        typer.Option("--device-map", help="accelerate device map for probing large models."),
+    ] = None,
+    revision: Revision_ = None,
+    link: Annotated[bool, typer.Option("--link", help="Hard-link unedited shards.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (recipe, stages) and write nothing.")
+    ] = False,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option("--push-to-hub", help="Upload the aligned folder to this Hub repo."),
+    ] = None,
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the Hub repo as private.")
+    ] = False,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """probe -> localize -> solve -> apply (-> eval) in one workspace; resumable."""
+    STATE["quiet"] = quiet or as_json
+    summary = do_align(
+        model,
+        split_list(langs),
+        output,
+        workspace,
+        harmful,
+        harmless,
+        general,
+        hrl,
+        recipe,
+        set_ or [],
+        method,
+        tune,
+        run_eval,
+        patterns or [],
+        device,
+        dtype,
+        device_map,
+        revision,
+        link,
+        force,
+        dry_run,
+    )
+    if push_to_hub and not dry_run:
+        summary["push"] = do_push(output, push_to_hub, private, None)
+    emit(summary, as_json)
+
+
+def do_align(
+    model: str,
+    langs: list[str],
+    output: Path,
+    workspace: Path | None,
+    harmful: str,
+    harmless: str | None,
+    general: str | None,
+    hrl: str,
+    recipe_file: Path | None,
+    sets: list[str],
+    method: str | None,
+    tune: bool,
+    run_eval: bool,
+    patterns: list[Path],
+    device: str,
+    dtype: str,
+    device_map: str | None,
+    revision: str | None,
+    link: bool,
+    force: bool,
+    dry_run: bool,
+) -> dict[str, Any]:
+    import time
+
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.recipe import parse_set_options
+
+    if not langs:
+        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    if output.exists() and not force and not dry_run:
+        raise SweError(
+            f"output {output} already exists",
+            hint="choose another -o or pass --force to replace it",
+        )
+    overrides = parse_set_options(sets)
+    if method:
+        overrides["solve.method"] = method
+    resolved = resolve_model(model, revision)
+    recipe = pick_recipe(resolved.path, recipe_file, overrides)
+    workspace = workspace or default_workspace(model, langs)
+    harmless = harmless or builtin_data("harmless.jsonl")
+    general = general if general is not None else builtin_data("general.jsonl")
+    plan = {
+        "model": model,
+        "langs": langs,
+        "hrl": hrl,
+        "workspace": str(workspace),
+        "output": str(output),
+        "recipe": recipe.to_dict(),
+        "harmful": harmful,
+        "harmless": harmless,
+        "general": general,
+        "stages": [
+            "probe",
+            "localize",
+            *(["tune"] if tune else []),
+            "solve",
+            "apply",
+            *(["eval"] if run_eval else []),
+        ],
+    }
+    if dry_run:
+        info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {output}")
+        return {"dry_run": True, **plan}
+    info(f"workspace {workspace}")
+    timings: dict[str, float] = {}
+    probe_settings, solve_config = recipe.probe, solve_config_from(recipe, device)
+    stats_layers = parse_layers(probe_settings.stats_layers)
+    if stats_layers is None and solve_config.method == "residual" and solve_config.layers:
+        stats_layers = solve_config.layers
+    start = time.perf_counter()
+    do_probe(
+        model,
+        workspace,
+        langs,
+        harmful,
+        harmless,
+        general,
+        hrl,
+        parse_layers(probe_settings.layers),
+        stats_layers,
+        probe_settings.positions,
+        probe_settings.heldout_fraction,
+        probe_settings.max_prompts,
+        probe_settings.batch_size,
+        device,
+        dtype,
+        device_map,
+        revision,
+    )
+    timings["probe"] = time.perf_counter() - start
+    start = time.perf_counter()
+    do_localize(workspace, recipe.localize.tau_mag, recipe.localize.tau_stat)
+    timings["localize"] = time.perf_counter() - start
+    if tune:
+        start = time.perf_counter()
+        solve_config = do_tune(workspace, solve_config)
+        timings["tune"] = time.perf_counter() - start
+    start = time.perf_counter()
+    solved = do_solve(workspace, solve_config)
+    timings["solve"] = time.perf_counter() - start
+    start = time.perf_counter()
+    applied = do_apply(output, workspace, None, None, False, "auto", link, force, False, revision)
+    timings["apply"] = time.perf_counter() - start
+    summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
+    if run_eval:
+        start = time.perf_counter()
+        sets_ = load_eval_sets(
+            harmful,
+            harmless,
+            general,
+            [hrl, *langs],
+            probe_settings.heldout_fraction,
+            probe_settings.max_prompts,
+        )
+        report = do_eval(
+            str(output),
+            model,
+            sets_,
+            [hrl, *langs],
+            "heldout",
+            recipe.eval.judge,
+            patterns,
+            recipe.eval.max_new_tokens,
+            recipe.eval.batch_size,
+            device,
+            dtype,
+            revision,
+            workspace / "eval",
+            workspace,
+        )
+        refresh_card(output, workspace)
+        summary["eval"] = report.to_dict()
+        timings["eval"] = time.perf_counter() - start
+    summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+    show_timings(timings, output)
+    return summary
+
+
+def do_tune(workspace: Path, base: Any) -> Any:
+    from swe_cli.tune import candidates_table, tune
+    from swe_cli.workspace import Workspace
+
+    result = tune(Workspace(workspace), base)
+    if not STATE["quiet"]:
+        err.print(candidates_table(result))
+    return result.best
+
+
+def refresh_card(output: Path, workspace: Path) -> None:
+    """Rewrite OUT/README.md with the eval table once eval has run."""
+    from swe_cli.hub import ModelCard
+    from swe_cli.patch import CARD_FILE, PROVENANCE_FILE, eval_report, workspace_base
+    from swe_cli.workspace import Workspace, atomic_write_text
+
+    space = Workspace(workspace)
+    provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    atomic_write_text(output / CARD_FILE, card.render(provenance))
+
+
+def show_timings(timings: dict[str, float], output: Path) -> None:
+    from rich.table import Table
+
+    if STATE["quiet"]:
+        return
+    table = Table(title=f"swe align -> {output}")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in timings.items():
+        table.add_row(stage, f"{seconds:.1f}")
+    table.add_row("total", f"{sum(timings.values()):.1f}")
+    err.print(table)
+
+
+@app.command()
+def demo(
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Demo folder (aligned model, workspace, report).")
+    ] = Path("swe-demo"),
+    seed: Annotated[
+        int, typer.Option("--seed", help="Organism seed (each seed is built once and cached).")
+    ] = 0,
+    method: Annotated[
+        str | None, typer.Option("--method", help="Override the organism recipe's solve.method.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe field (repeatable).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing demo folder.")
+    ] = False,
+    quiet: Quiet_ = False,
+    as_json: Json_ = False,
+) -> None:
+    """Build (or reuse) the model organism, align it for its low-resource languages, and evaluate."""
+    STATE["quiet"] = quiet or as_json
+    emit(do_demo(output, seed, method, set_ or [], force), as_json)
+
+
+def do_demo(
+    output: Path, seed: int, method: str | None, sets: list[str], force: bool
+) -> dict[str, Any]:
+    import shutil
+
+    from swe_cli.organism import cached_organism
+
+    if output.exists() and not force:
+        raise SweError(
+            f"demo folder {output} already exists", hint="choose another -o or pass --force"
+        )
+    info("model organism: building or reusing the cached one (about 3 minutes the first time)")
+    organism = cached_organism(seed)
+    info(f"organism at {organism.path}: HRL {organism.hrl}, LRLs {', '.join(organism.lrls)}")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    return do_align(
+        str(organism.model_dir),
+        list(organism.lrls),
+        output / "aligned",
+        output / "workspace",
+        str(organism.harmful),
+        str(organism.harmless),
+        str(organism.general),
+        organism.hrl,
+        None,
+        sets,
+        method,
+        False,
+        True,
+        [organism.refusal_patterns],
+        "cpu",
+        "float32",
+        None,
+        None,
+        False,
+        False,
+        False,
+    )
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ def _coerce(value: Any, annotation: str, key: str, source: str) -> Any:
                 raise ValueError
             return str(value)
         if base.startswith("tuple"):
-            items = value if isinstance(value, list) else str(value).split(",")
+            items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
             inner = int if "int" in base else str
             return tuple(inner(item) for item in items)
     except (TypeError, ValueError):
