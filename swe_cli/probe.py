@@ -113,7 +113,9 @@ def load_model(
     if not device_map:
         model.to(device)
     model.eval()
+    # left padding and left truncation: the last prompt positions are the last columns of a batch
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -209,26 +211,44 @@ def probe_chunks(
     config: ProbeConfig,
     progress: Progress | None,
 ) -> tuple[int, int]:
-    """Record one (set, language) in fixed chunks; finished chunks are skipped on a re-run."""
+    """Record one (set, language) in fixed chunks; finished chunks (same ids, texts and settings)
+    are skipped on a re-run, and chunks beyond the current count are removed."""
+    import hashlib
+
     written = skipped = 0
     chunks = list(batches(prompts, CHUNK_SIZE))
     for number, chunk in enumerate(chunks):
         paths = [workspace.shard_path(layer, prompt_set, lang, number) for layer in layers]
         ids = [prompt.id for prompt in chunk]
-        if all(valid_tensor_file(path) and _shard_ids(path) == ids for path in paths):
+        texts = [chat_text(tokenizer, prompt.text) for prompt in chunk]
+        metadata = {
+            "ids": "\n".join(ids),
+            "texts_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest(),
+            "lang": lang,
+            "set": prompt_set,
+            **_settings(config),
+        }
+        if all(_is_current(path, metadata) for path in paths):
             skipped += 1
         else:
-            texts = [chat_text(tokenizer, prompt.text) for prompt in chunk]
             values = forward_last_positions(model, tokenizer, recorder, texts, config)
             for layer, path in zip(layers, paths, strict=True):
                 tensors = {key: values[(layer, key)] for key in ("x", "a", "r")}
-                save_tensors(
-                    path, tensors, {"ids": "\n".join(ids), "lang": lang, "set": prompt_set}
-                )
+                save_tensors(path, tensors, metadata)
             written += 1
         if progress:
             progress(f"{prompt_set} {lang}", number + 1, len(chunks))
+    for layer in layers:  # left by an earlier run over more prompts
+        for stale in _shard_paths(workspace, layer, prompt_set, lang)[len(chunks) :]:
+            stale.unlink()
     return written, skipped
+
+
+def _shard_paths(workspace: Workspace, layer: int, prompt_set: str, lang: str) -> list[Path]:
+    """The chunk files of one (layer, set, language) in order; the 5-digit pattern keeps 'zh'
+    from matching 'zh-TW'."""
+    pattern = f"{prompt_set}-{lang}-{'[0-9]' * 5}.safetensors"
+    return sorted(workspace.layer_dir(layer).glob(pattern))
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -237,8 +257,21 @@ def _metadata(path: Path) -> dict[str, str]:
     return read_header(path).metadata
 
 
-def _shard_ids(path: Path) -> list[str]:
-    return _metadata(path).get("ids", "").split("\n")
+def _settings(config: ProbeConfig) -> dict[str, str]:
+    """The options that change recorded values: a file recorded under other ones is re-recorded
+    (an interrupted run with other settings leaves such files behind)."""
+    return {
+        "positions": str(config.positions),
+        "dtype": config.dtype,
+        "max_length": str(config.max_length),
+    }
+
+
+def _is_current(path: Path, expected: dict[str, str]) -> bool:
+    if not valid_tensor_file(path):
+        return False
+    metadata = _metadata(path)
+    return all(metadata.get(key) == value for key, value in expected.items())
 
 
 def stream_moments(
@@ -259,7 +292,9 @@ def stream_moments(
 
     texts_sha = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
     paths = [workspace.stats_path(layer) for layer in stats_layers]
-    if all(valid_tensor_file(p) and _metadata(p).get("texts_sha256") == texts_sha for p in paths):
+    metadata = {"texts": str(len(texts)), "texts_sha256": texts_sha, **_settings(config)}
+    metadata.pop("positions")  # moments cover every position
+    if all(_is_current(path, metadata) for path in paths):
         return
 
     sums: dict[tuple[int, str], Any] = {}
@@ -298,7 +333,7 @@ def stream_moments(
                 "aa": sums[(layer, "a")].cpu(),
                 "count": torch.tensor([count], dtype=torch.int64),
             },
-            {"texts": str(len(texts)), "texts_sha256": texts_sha},
+            metadata,
         )
 
 
@@ -442,7 +477,7 @@ def load_acts(
     """All recorded shards of one (layer, set, language), concatenated in id order."""
     import torch
 
-    paths = sorted(workspace.layer_dir(layer).glob(f"{prompt_set}-{lang}-*.safetensors"))
+    paths = _shard_paths(workspace, layer, prompt_set, lang)
     if not paths:
         raise WorkspaceError(
             f"no activations for layer {layer}, set '{prompt_set}', language '{lang}' in {workspace.root}",

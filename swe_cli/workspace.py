@@ -5,6 +5,7 @@ interrupted stage never leaves a half-written file that a later stage would read
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import os
 import tempfile
@@ -227,7 +228,8 @@ class Workspace:
             "outputs": outputs,
         }
         manifest.setdefault("stages", {})[stage] = record
-        manifest.setdefault("history", []).append({"stage": stage, **record})
+        # a copy, so YAML writes plain values instead of &anchors/*aliases shared with `stages`
+        manifest.setdefault("history", []).append({"stage": stage, **copy.deepcopy(record)})
         self.save(manifest)
 
     def invalidate_after(self, stage: str) -> None:
