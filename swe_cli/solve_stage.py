@@ -13,7 +13,7 @@ import yaml
 
 from swe_cli import __version__
 from swe_cli.architectures import adapter_for
-from swe_cli.checkpoint import read_rows
+from swe_cli.checkpoint import fingerprint, read_rows
 from swe_cli.edit import Edit, TensorEdit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
 from swe_cli.localize import load_selected
@@ -302,6 +302,12 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
     workspace.require_stage("localize")
     manifest = workspace.load()
     model = manifest["model"]
+    if fingerprint(Path(model["path"])) != model["fingerprint"]:  # the rows are read from there
+        raise WorkspaceError(
+            f"the model at {model['path']} is not the one workspace {workspace.root} was probed "
+            f"with ('{model['id']}')",
+            hint="restore that model there, or probe this model into another -w/--workspace",
+        )
     context = Context(
         workspace=workspace,
         model_dir=Path(model["path"]),

@@ -276,3 +276,19 @@ def test_solve_before_localize_fails(probed_workspace: Path, tmp_path: Path) -> 
     shutil.copytree(probed_workspace, tmp_path / "ws")
     with pytest.raises(WorkspaceError, match="'localize' has not finished"):
         run_solve(Workspace(tmp_path / "ws"), SolveConfig())
+
+
+def test_solve_refuses_a_replaced_base_model(
+    workspace: Workspace, tiny_checkpoint: Any, tmp_path: Path
+) -> None:
+    """The rows are read from the model folder the workspace remembers: if another model now
+    lives there, the edit would be computed against the wrong base."""
+    replaced = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint("qwen2"), replaced)  # same tensor names and shapes
+    manifest = workspace.load()
+    manifest["model"]["path"] = str(replaced)
+    workspace.save(manifest)
+    with pytest.raises(WorkspaceError) as caught:
+        run_solve(workspace, SolveConfig())
+    assert str(replaced) in caught.value.message
+    assert not (workspace.edit_dir / "edit.safetensors").exists()
