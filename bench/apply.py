@@ -225,12 +225,16 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
     flush(out)
     result: dict[str, Any] = {"gigabytes": round(size / 1e9, 2), "shards": shards, "rows": rows}
     for method, values in runs.items():
+        if not values:  # --naive-repeats 0
+            result[f"{method}_s"] = result[f"{method}_cpu_s"] = result[f"{method}_rss_mb"] = None
+            continue
         result[f"{method}_s"] = round(statistics.median(v[0] for v in values), 2)
         result[f"{method}_cpu_s"] = round(statistics.median(v[1] for v in values), 2)
         result[f"{method}_rss_mb"] = round(max(v[2] for v in values))
     result["swe_over_cp"] = round(result["swe_s"] / result["cp_s"], 2)
     result["durable_swe_over_cp"] = round(result["swe+fsync_s"] / result["cp+sync_s"], 2)
-    result["naive_over_swe"] = round(result["naive_s"] / result["swe_s"], 1)
+    naive = result["naive_s"]
+    result["naive_over_swe"] = round(naive / result["swe_s"], 1) if naive else None
     result["load_average"] = round(os.getloadavg()[0], 1)
     return result
 
