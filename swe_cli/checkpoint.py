@@ -309,16 +309,33 @@ def load_config(model_dir: Path) -> dict[str, Any]:
         ) from None
 
 
+FINGERPRINT_SAMPLE_BYTES = 4096
+
+
 def fingerprint(model_dir: Path) -> str:
-    """sha256 over the canonical config and the weight map (names, dtypes, shapes): cheap, and
-    different for any other model or architecture."""
+    """sha256 over the canonical config, the weight map (names, dtypes, shapes) and the first
+    4 KiB of every tensor's data: cheap (kilobytes read per tensor), and different for another
+    architecture and for another model of the same architecture (a fine-tune, another seed)."""
     digest = hashlib.sha256()
     config = load_config(model_dir)
     for volatile in ("_name_or_path", "transformers_version"):
         config.pop(volatile, None)
     digest.update(json.dumps(config, sort_keys=True).encode())
-    for name, entry in sorted(tensor_index(model_dir).items()):
-        digest.update(f"{name}|{entry.dtype}|{list(entry.shape)}\n".encode())
+    entries = sorted(tensor_index(model_dir).items())
+    handles: dict[Path, Any] = {}
+    try:
+        for name, entry in entries:
+            digest.update(f"{name}|{entry.dtype}|{list(entry.shape)}\n".encode())
+            handle = handles.get(entry.file) or handles.setdefault(
+                entry.file, entry.file.open("rb")
+            )
+            handle.seek(entry.begin)
+            digest.update(handle.read(min(FINGERPRINT_SAMPLE_BYTES, entry.end - entry.begin)))
+    except OSError as error:
+        raise CheckpointError(f"{model_dir}: cannot read weights ({error.strerror})") from None
+    finally:
+        for handle in handles.values():
+            handle.close()
     return digest.hexdigest()
 
 
