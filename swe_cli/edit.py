@@ -291,9 +291,15 @@ def tensor_edit_from_base(
 
 
 def edit_file_of(path: Path) -> Path:
-    """The edit.safetensors of an edit folder, of an output folder (swe_edit/), or the file itself."""
+    """The edit.safetensors of an edit folder, an output folder (swe_edit/), a workspace (edit/),
+    or the file itself."""
     path = Path(path)
-    for candidate in (path, path / EDIT_FILE, path / "swe_edit" / EDIT_FILE):
+    for candidate in (
+        path,
+        path / EDIT_FILE,
+        path / "swe_edit" / EDIT_FILE,
+        path / "edit" / EDIT_FILE,
+    ):
         if candidate.is_file():
             return candidate
     raise EditError(

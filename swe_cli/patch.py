@@ -406,7 +406,7 @@ def _apply(
     _check_space(output.parent, plan.bytes_to_copy)
     temporary = _temporary_folder(output)
     try:
-        with Transfer(COPY_WORKERS, sync) as transfer:
+        with Transfer(COPY_WORKERS) as transfer:
             # patched shards first, so patching can start while the rest is still copying
             futures = {
                 name: transfer.copy(base_dir / name, temporary / name) for name in plan.patched
@@ -424,7 +424,7 @@ def _apply(
                 check_base_rows(target)
             for name in plan.patched:
                 transfer.wait([futures[name]])
-                patch_file(temporary / name, [t for t in targets if t.file == name], device, sync)
+                patch_file(temporary / name, [t for t in targets if t.file == name], device)
                 if progress:
                     progress("patch (files)", plan.patched.index(name) + 1, len(plan.patched))
             final = complete_provenance(
@@ -580,7 +580,7 @@ def write_rows(descriptor: int, entry: TensorEntry, rows: Sequence[int], data: b
             chunk, offset = chunk[written:], offset + written
 
 
-def patch_file(path: Path, targets: list[Target], device: str, sync: bool) -> int:
+def patch_file(path: Path, targets: list[Target], device: str) -> int:
     """Rewrite the edited rows of one copied shard in place; returns the rows written."""
     descriptor = os.open(path, os.O_RDWR)
     written = 0
@@ -594,8 +594,6 @@ def patch_file(path: Path, targets: list[Target], device: str, sync: bool) -> in
                     new = patched_row_bytes(block, old, device)
                     write_rows(descriptor, target.entry, rows[start:stop], new)
                     written += stop - start
-        if sync:
-            os.fsync(descriptor)
     finally:
         os.close(descriptor)
     return written
@@ -646,9 +644,8 @@ class Transfer:
     """Copies and hard-links files on a small thread pool (the copy runs in the kernel, with
     copy_file_range, outside the GIL), counts bytes for progress, and stops early on failure."""
 
-    def __init__(self, workers: int, sync: bool) -> None:
+    def __init__(self, workers: int) -> None:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swe-copy")
-        self.sync = sync
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.done = 0
@@ -696,8 +693,6 @@ class Transfer:
         target.parent.mkdir(parents=True, exist_ok=True)
         with source.open("rb") as reader, target.open("xb") as writer:
             copy_stream(reader.fileno(), writer.fileno(), self.stop, self._advance)
-            if self.sync:
-                os.fsync(writer.fileno())
         return True
 
 
@@ -875,9 +870,21 @@ def _move_into_place(temporary: Path, output: Path, force: bool) -> None:
 
 
 def _sync_tree(folder: Path) -> None:
-    """fsync every folder (file contents were fsynced as they were written)."""
+    """fsync every file, then every folder. Writeback has been running since the first byte was
+    copied; several fsyncs in flight keep the disk's queue full, as one `sync` would."""
+    files = [Path(d) / name for d, _, names in os.walk(folder) for name in names]
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="swe-fsync") as pool:
+        list(pool.map(_fsync_file, files))
     for directory, _, _ in os.walk(folder):
         _fsync_directory(Path(directory))
+
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_directory(path: Path) -> None:

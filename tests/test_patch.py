@@ -388,10 +388,12 @@ def test_damaged_shard_is_a_clear_error(kind: str, bases_root: Path, tmp_path: P
     edit = make_edit(base, "llama")
     shard = base / sorted(checkpoint_layout(base).weights)[-1]
     _corrupt(shard, kind)
+    damaged = snapshot(base)
     with pytest.raises(CheckpointError) as caught:
         apply_edit(edit, base, tmp_path / "out", provenance={}, device="cpu")
     assert shard.name in caught.value.message and caught.value.hint
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    assert snapshot(base) == damaged
 
 
 # -- failures mid-write -------------------------------------------------------------------------
@@ -564,6 +566,32 @@ def test_workspace_apply_export_and_reapply(bases_root: Path, tmp_path: Path) ->
     with pytest.raises(EditError, match="do not match"):
         apply_edit_artifact(edit_dir, other, tmp_path / "wrong", device="cpu")
     assert not (tmp_path / "wrong").exists()
+
+
+def test_workspace_base_from_the_hub_when_its_folder_is_gone(
+    bases_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace made on a Hub model whose snapshot folder was cleaned up fetches it again."""
+    import swe_cli.patch as patch
+    from swe_cli.checkpoint import ResolvedModel
+
+    base = base_checkpoint("llama", bases_root)
+    workspace = make_workspace(tmp_path / "ws", base, "llama", with_eval=False)
+    manifest = workspace.load()
+    manifest["model"].update(id="org/tiny", path=str(tmp_path / "gone"), commit="abc123")
+    workspace.save(manifest)
+    asked = []
+
+    def fake_resolve(model: str, revision: str | None = None) -> ResolvedModel:
+        asked.append((model, revision))
+        return ResolvedModel(model, base, revision, revision)
+
+    monkeypatch.setattr(patch, "resolve_model", fake_resolve)
+    apply_workspace(workspace, tmp_path / "out", device="cpu")
+    assert asked == [("org/tiny", "abc123")]
+    assert verify_checkpoint(tmp_path / "out", base).ok
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "base_model: org/tiny" in card and "base_model_relation: finetune" in card
 
 
 def test_workspace_of_a_changed_base_is_refused(bases_root: Path, tmp_path: Path) -> None:
