@@ -1216,7 +1216,7 @@ def do_demo(
 def main() -> None:
     """Console entry point: run the app, turning SweError into one red line and exit code 1."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except SweError as error:
         if STATE["debug"]:
             raise
@@ -1254,6 +1254,8 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
+    # standalone_mode=False returns the code of a typer.Exit instead of raising it
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
