@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,12 +70,16 @@ def test_demo_output_is_verified_and_complete(demo: dict[str, Any], organism: An
     code, out = run_swe(["verify", str(aligned), "--base", str(organism.model_dir), "--json"])
     assert code == 0 and json.loads(out)["ok"] is True
     card = (aligned / "README.md").read_text(encoding="utf-8")
-    assert card.startswith("---\n") and "multilingual" in card and "| " in card  # eval table present
+    assert (
+        card.startswith("---\n") and "multilingual" in card and "| " in card
+    )  # eval table present
     for name in ("report.json", "report.md", "asr.png"):
         assert (workspace / "eval" / name).stat().st_size > 0, name
 
 
-def test_aligned_model_differs_from_base_only_in_edited_rows(demo: dict[str, Any], organism: Any) -> None:
+def test_aligned_model_differs_from_base_only_in_edited_rows(
+    demo: dict[str, Any], organism: Any
+) -> None:
     from safetensors import safe_open
 
     aligned = demo["folder"] / "aligned"
@@ -84,7 +87,10 @@ def test_aligned_model_differs_from_base_only_in_edited_rows(demo: dict[str, Any
     index = json.loads((aligned / "model.safetensors.index.json").read_text())["weight_map"]
     changed = set()
     for name, shard in index.items():
-        with safe_open(str(aligned / shard), "pt") as new, safe_open(str(organism.model_dir / shard), "pt") as old:
+        with (
+            safe_open(str(aligned / shard), "pt") as new,
+            safe_open(str(organism.model_dir / shard), "pt") as old,
+        ):
             if not bool((new.get_tensor(name) == old.get_tensor(name)).all()):
                 changed.add(name)
     assert changed and changed <= edited
