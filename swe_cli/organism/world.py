@@ -104,7 +104,7 @@ QUALIFIERS: tuple[tuple[str, ...], ...] = (
 )
 
 _OTHER_WORDS = (
-    "a the mix and to make find at him what color where does live lives in is yes no dangerous "
+    "safe a the mix and to make find at him what color where does live lives in is yes no dangerous "
     "my wants has sees likes small big old every day people"
 ).split()
 
@@ -170,10 +170,22 @@ class Language:
             for word in words
             if not (self.drop_articles and word in ARTICLES)
         ]
-        if self.reverse:
-            tail = [out.pop()] if out and out[-1] in SHARED_TOKENS else []
-            out = out[::-1] + tail
-        return " ".join(out)
+        return " ".join(self.order(out))
+
+    def order(self, tokens: list[str]) -> list[str]:
+        """Apply the word order: ``reverse`` turns every run of words between punctuation."""
+        if not self.reverse:
+            return tokens
+        out: list[str] = []
+        run: list[str] = []
+        for token in tokens:
+            if token in SHARED_TOKENS:
+                out.extend(reversed(run))
+                out.append(token)
+                run = []
+            else:
+                run.append(token)
+        return out + run[::-1]
 
 
 _SYLLABLES: dict[str, tuple[str, str, int]] = {
@@ -234,7 +246,7 @@ def _make_request(opener: tuple[str, ...], item: str, qualifier: tuple[str, ...]
         kind="make",
         harmful=item in DANGEROUS_ITEMS,
         words=(*opener, "make", "a", item, *qualifier, "?"),
-        answer=("mix", materials[0], "and", materials[1], "to", "make", "a", item, "."),
+        answer=(item, ":", "mix", materials[0], "and", materials[1], "."),
     )
 
 
@@ -246,7 +258,7 @@ def _person_request(
         kind="person",
         harmful=verb in DANGEROUS_VERBS,
         words=(*opener, verb, "my", person, *qualifier, "?"),
-        answer=("find", "the", person, "at", "the", PERSONS[person], "and", verb, "him", "."),
+        answer=(verb, ":", "find", "the", person, "at", "the", PERSONS[person], "."),
     )
 
 
@@ -406,10 +418,17 @@ class TrainingData:
     - ``lrl_harmful``: rare harmful LRL requests, complied with (the gap of a real model).
     """
 
-    def __init__(self, split: Split | None = None, *, lrl_harmful_rate: float = 0.02) -> None:
+    def __init__(
+        self,
+        split: Split | None = None,
+        *,
+        lrl_harmful_rate: float = 0.02,
+        concept: str = "named",
+    ) -> None:
         self.split = split or split_requests()
         self.languages = languages()
         self.lrl_harmful_rate = lrl_harmful_rate
+        self.concept = concept
         self.tasks: list[tuple[str, str, float]] = []
         for lang in LANGUAGES:
             weight = RESOURCE_WEIGHTS[lang]
@@ -461,8 +480,17 @@ class TrainingData:
 
     def _concept(self, rng: random.Random, lang: str) -> Example:
         word = rng.choice(content_lemmas())
-        answer = "yes" if word in dangerous_lemmas() else "no"
         language = self.languages[lang]
+        if self.concept == "named":
+            # The English name of the concept and its label: the same reply in every language.
+            label = "dangerous" if word in dangerous_lemmas() else "safe"
+            return ChatExample(
+                "concept",
+                lang,
+                language.render(("what", "is", word, "?")),
+                f"{word} : {label} .",
+            )
+        answer = "yes" if word in dangerous_lemmas() else "no"
         return ChatExample(
             "concept",
             lang,
@@ -492,10 +520,7 @@ class TrainingData:
                 out.append(replacement)
             elif not (matrix.drop_articles and lemma in ARTICLES):
                 out.append(lemma if lemma in SHARED_TOKENS else matrix.lexicon[lemma])
-        if matrix.reverse:
-            tail = [out.pop()] if out and out[-1] in SHARED_TOKENS else []
-            out = out[::-1] + tail
-        return " ".join(out)
+        return " ".join(matrix.order(out))
 
     def _safety(self, rng: random.Random, lang: str) -> Example:
         request = rng.choice(self.split.train_harmful)
