@@ -139,7 +139,7 @@ def build_edit(base: Path, edit_dir: Path, num_layers: int) -> int:
 SWE = """
 import sys
 from swe_cli.patch import apply_edit_artifact
-apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu", sync=sys.argv[4] == "1")
+apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device=sys.argv[5], sync=sys.argv[4] == "1")
 """
 
 NAIVE = """
@@ -190,7 +190,9 @@ def warm(folder: Path) -> None:
                 pass
 
 
-def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -> dict[str, Any]:
+def bench_size(
+    root: Path, gigabytes: float, repeats: int, naive_repeats: int, device: str = "cpu"
+) -> dict[str, Any]:
     from swe_cli.verify import verify_checkpoint
 
     num_layers = layers_for(gigabytes)
@@ -204,9 +206,9 @@ def bench_size(root: Path, gigabytes: float, repeats: int, naive_repeats: int) -
     swe = [sys.executable, "-c", SWE, str(edit_dir), str(base), str(out)]
     commands = {
         "cp": ["cp", "-r", str(base), str(out)],
-        "swe": [*swe, "0"],
+        "swe": [*swe, "0", device],
         "cp+sync": ["sh", "-c", f'cp -r "{base}" "{out}" && sync "{out}"/* "{out}"'],
-        "swe+fsync": [*swe, "1"],
+        "swe+fsync": [*swe, "1", device],
         "naive": [sys.executable, "-c", NAIVE, str(edit_dir), str(base), str(out)],
     }
     runs: dict[str, list[tuple[float, float, float]]] = {method: [] for method in commands}
@@ -247,13 +249,18 @@ def main() -> None:
     parser.add_argument("--naive-repeats", type=int, default=1, help="runs of the naive way")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--device", default="cpu", help="where swe computes the edited rows (cpu, cuda)"
+    )
     args = parser.parse_args()
     args.root = args.root or Path(tempfile.mkdtemp(prefix="swe-bench-"))
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
     try:
         for gigabytes in (float(s) for s in args.sizes.split(",")):
-            results.append(bench_size(args.root, gigabytes, args.repeats, args.naive_repeats))
+            results.append(
+                bench_size(args.root, gigabytes, args.repeats, args.naive_repeats, args.device)
+            )
     finally:
         if not args.keep:
             shutil.rmtree(args.root, ignore_errors=True)
