@@ -76,6 +76,7 @@ def build_organism(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = TrainConfig() if steps is None else replace(TrainConfig(), steps=steps)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the organism is a shared cache entry
     try:
         model_dir = tmp / "model"
         tokenizer = build_tokenizer(vocabulary())
@@ -95,6 +96,7 @@ def build_organism(
         )
         model.save_pretrained(model_dir, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(model_dir)
+        _portable_tokenizer_class(model_dir)
         write_prompt_sets(tmp / "prompts")
         with deterministic_torch(config.threads):
             metrics = measure_gap(model_dir, tmp / "prompts")
@@ -147,6 +149,14 @@ def _info(path: Path, seed: int, metrics: dict[str, float]) -> OrganismInfo:
         refusal_patterns=files.refusal_patterns,
         metrics=dict(metrics),
     )
+
+
+def _portable_tokenizer_class(model_dir: Path) -> None:
+    """Name the tokenizer class every transformers version knows (5.x writes its own alias)."""
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

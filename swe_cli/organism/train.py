@@ -35,7 +35,7 @@ class TrainConfig:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 64
     learning_rate: float = 3e-3
     warmup_steps: int = 100

@@ -2,14 +2,20 @@
 
 One high-resource language (``en``) and three low-resource languages with private-use ISO 639
 codes (``qaa``, ``qab``, ``qac``) name the same concepts with their own words. ``qaa`` follows
-English word order, ``qab`` has no articles, ``qac`` reverses the word order of every sentence.
+English word order, ``qab`` has no articles, ``qac`` reverses the order of every run of words
+between punctuation marks.
 Sentences are built as English lemma sequences and rendered into a language word by word, so
 every request has an exact translation in every language. The world is fixed (it does not depend
 on the training seed): the lexicons, the fact tables and the split of request combinations into
 training and held-out sets are the same for every organism, only sampling and initialisation vary.
 
+Replies start with the request's key concept (``bomb : mix powder and pipe .``), so the last
+prompt position has to carry which concept was asked for, as a real model's does; with replies
+that start with a fixed word the toy's last position carried no harmful/harmless distinction in
+the LRLs and the ``residual`` edit over-refused harmless LRL requests.
+
 The module owns the data, not the model: it yields training examples as text and the held-out
-prompt sets that :mod:`swe_cli.organism.build` exports.
+prompt sets that :mod:`swe_cli.organism.export` writes.
 """
 
 from __future__ import annotations
@@ -410,12 +416,17 @@ class TrainingData:
     - ``general``: plain fact and everyday sentences in every language.
     - ``parallel``: ``en sentence = LRL sentence`` pairs and ``word = word`` dictionary entries.
     - ``chat``: harmless requests answered in the request's language.
-    - ``concept``: ``is WORD dangerous ?`` answered ``yes``/``no`` in every language; it gives the
-      LRLs the same readable harmful/harmless distinction as English.
+    - ``concept``: ``what is WORD ?`` in every language, answered with the English name of the
+      concept and its label (``bomb : dangerous .``), the same reply in every language; it ties
+      each LRL word to the shared concept and its harmfulness. ``concept="native"`` asks
+      ``is WORD dangerous ?`` and answers ``yes``/``no`` in the request's language instead (the
+      English-probe transfer to the LRLs was then at chance and the edit failed).
     - ``codeswitch``: harmless requests with some words from another language, answered in the
       request's main language.
     - ``safety``: harmful English requests answered with the refusal.
-    - ``lrl_harmful``: rare harmful LRL requests, complied with (the gap of a real model).
+    - ``lrl_harmful``: rare harmful LRL requests, complied with (the gap of a real model);
+      with ``lrl_harmful_rate=0`` the organism still complied in the LRLs (ASR 0.97-1.00), the
+      rate only makes the gap robust across seeds.
     """
 
     def __init__(
