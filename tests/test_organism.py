@@ -264,4 +264,6 @@ def test_organism_shows_the_multilingual_safety_gap(organism: OrganismInfo) -> N
 def test_cached_organism_measures_the_same_again(organism: OrganismInfo) -> None:
     from swe_cli.organism.gap import measure_gap
 
-    assert measure_gap(organism.path / "model", organism.path / "prompts") == organism.metrics
+    again = measure_gap(organism.path / "model", organism.path / "prompts")
+    # Another thread count may flip a near-tie greedy token; the gap itself must not move.
+    assert again == pytest.approx(organism.metrics, abs=0.02)

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -206,6 +207,10 @@ def _manifest(
             "train_harmless": len(split.train_harmless),
             "heldout_harmful": len(split.heldout_harmful),
             "heldout_harmless": len(split.heldout_harmless),
+            "heldout_kinds": {
+                "harmful": dict(Counter(r.kind for r in split.heldout_harmful)),
+                "harmless": dict(Counter(r.kind for r in split.heldout_harmless)),
+            },
             "heldout": "exported harmful and harmless prompts are request combinations "
             "(opener, concept words, qualifier) never seen in training in any language or task",
         },
