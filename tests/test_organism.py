@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,23 @@ def test_world_is_deterministic() -> None:
     first = world.TrainingData().stream(random.Random(7))
     second = world.TrainingData().stream(random.Random(7))
     assert [next(first) for _ in range(300)] == [next(second) for _ in range(300)]
+
+
+def _world_digest_in_subprocess(hash_seed: str) -> str:
+    code = (
+        "import hashlib, random; from swe_cli.organism import world; "
+        "d = world.TrainingData(); r = random.Random(0); "
+        "print(hashlib.sha256(repr(([d.sample(r) for _ in range(2000)], world.languages(), "
+        "world.split_requests())).encode()).hexdigest())"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_world_does_not_depend_on_the_hash_seed() -> None:
+    assert _world_digest_in_subprocess("1") == _world_digest_in_subprocess("2")
 
 
 def test_languages_have_disjoint_vocabularies() -> None:
@@ -193,8 +212,15 @@ def tiny_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny-organisms")
     first = build_organism(root / "a", seed=3, steps=20).path
-    second = build_organism(root / "b", seed=3, steps=20).path
-    return first, second
+    # The second build runs in another process with another hash seed: nothing may depend on it.
+    code = "import sys; from pathlib import Path; from swe_cli.organism import build_organism; "
+    code += "build_organism(Path(sys.argv[1]), seed=3, steps=20)"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root / "b")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return first, root / "b"
 
 
 def test_build_is_bit_identical(tiny_builds: tuple[Path, Path]) -> None:

@@ -34,7 +34,7 @@ from swe_cli.organism.world import (
 )
 
 # Bump whenever the world, the trainer or the file layout changes: it names the cache folder.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_SHARD_SIZE = "1MB"  # the organism is ~3 MB in float32: several shards, as real checkpoints
 
 

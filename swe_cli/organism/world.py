@@ -148,13 +148,13 @@ def content_lemmas() -> tuple[str, ...]:
     content = [
         *SAFE_ITEMS,
         *DANGEROUS_ITEMS,
-        *{m for pair in (*SAFE_ITEMS.values(), *DANGEROUS_ITEMS.values()) for m in pair},
+        *(m for pair in (*SAFE_ITEMS.values(), *DANGEROUS_ITEMS.values()) for m in pair),
         *PERSONS,
         *SAFE_VERBS,
         *DANGEROUS_VERBS,
         *ANIMALS,
     ]
-    return tuple(sorted(set(content), key=content.index))
+    return tuple(dict.fromkeys(content))  # ordered: a set's order changes with PYTHONHASHSEED
 
 
 # --- Languages --------------------------------------------------------------------------------
