@@ -192,7 +192,9 @@ def forward_last_positions(
         device = model.get_input_embeddings().weight.device
         recorder.captured.clear()
         with torch.no_grad():
-            model(**{k: v.to(device) for k, v in encoded.items()}, use_cache=False)
+            model(
+                **{k: v.to(device) for k, v in encoded.items()}, use_cache=False, logits_to_keep=1
+            )
         for key, tensor in recorder.captured.items():
             # left padding: the last prompt positions are the last columns for every row
             collected.setdefault(key, []).append(tensor[:, -config.positions :, :].float().cpu())
@@ -313,7 +315,9 @@ def stream_moments(
         mask = encoded["attention_mask"].bool()
         recorder.captured.clear()
         with torch.no_grad():
-            model(**{k: v.to(device) for k, v in encoded.items()}, use_cache=False)
+            model(
+                **{k: v.to(device) for k, v in encoded.items()}, use_cache=False, logits_to_keep=1
+            )
         count += int(mask.sum())
         for layer in stats_layers:
             for key in ("x", "a"):
