@@ -152,3 +152,23 @@ def write_prompt_files(
                     + "\n"
                 )
     return {"harmful": harmful, "harmless": harmless}
+
+
+def run_swe(*args: str) -> tuple[int, str]:
+    """Run `swe ARGS` in-process through the console entry point: (exit code, stdout)."""
+    import contextlib
+    import io
+    import sys
+
+    import pytest
+
+    from swe_cli.cli import main
+
+    argv, buffer = sys.argv, io.StringIO()
+    sys.argv = ["swe", *args]
+    try:
+        with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit) as done:
+            main()
+    finally:
+        sys.argv = argv
+    return int(done.value.code or 0), buffer.getvalue()

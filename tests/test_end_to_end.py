@@ -6,10 +6,10 @@ over-refusal within +5 points in every language; the aligned folder passes `swe 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
+from common import run_swe
 
 pytestmark = pytest.mark.slow
 
@@ -21,26 +21,10 @@ def organism() -> Any:
     return cached_organism(0)
 
 
-def run_swe(args: list[str]) -> tuple[int, str]:
-    import contextlib
-    import io
-
-    from swe_cli.cli import main
-
-    argv, buffer = sys.argv, io.StringIO()
-    sys.argv = ["swe", *args]
-    try:
-        with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit) as done:
-            main()
-    finally:
-        sys.argv = argv
-    return int(done.value.code or 0), buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def demo(organism: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("demo") / "demo"
-    code, out = run_swe(["demo", "-o", str(folder), "--json"])
+    code, out = run_swe("demo", "-o", str(folder), "--json")
     assert code == 0
     return {"folder": folder, "summary": json.loads(out)}
 
@@ -67,7 +51,7 @@ def test_demo_closes_the_gap(demo: dict[str, Any], organism: Any) -> None:
 def test_demo_output_is_verified_and_complete(demo: dict[str, Any], organism: Any) -> None:
     folder = demo["folder"]
     aligned, workspace = folder / "aligned", folder / "workspace"
-    code, out = run_swe(["verify", str(aligned), "--base", str(organism.model_dir), "--json"])
+    code, out = run_swe("verify", str(aligned), "--base", str(organism.model_dir), "--json")
     assert code == 0 and json.loads(out)["ok"] is True
     card = (aligned / "README.md").read_text(encoding="utf-8")
     assert (

@@ -113,14 +113,15 @@ def build_organism(
 def cached_organism(seed: int = 0, cache_dir: Path | None = None) -> OrganismInfo:
     """The organism of ``seed``, built on first use under the cache and reused afterwards.
 
-    Default location: ``$SWE_CACHE/organism/v<FORMAT_VERSION>-seed<seed>``, with ``SWE_CACHE``
+    Default location: ``$SWE_CACHE/organism/v<FORMAT_VERSION>-<source digest>-seed<seed>``, with ``SWE_CACHE``
     defaulting to ``~/.cache/swe``. With ``cache_dir`` the folder is
-    ``<cache_dir>/v<FORMAT_VERSION>-seed<seed>``.
+    ``<cache_dir>/v<FORMAT_VERSION>-<source digest>-seed<seed>``. The digest covers the source of
+    the world, tokenizer, export and trainer, so a changed organism never reuses a stale build.
     """
     if cache_dir is None:
         root = Path(os.environ.get("SWE_CACHE", Path.home() / ".cache" / "swe"))
         cache_dir = root / "organism"
-    path = Path(cache_dir) / f"v{FORMAT_VERSION}-seed{seed}"
+    path = Path(cache_dir) / f"v{FORMAT_VERSION}-{source_digest()}-seed{seed}"
     if not (path / "organism.json").is_file():
         try:
             build_organism(path, seed)
@@ -129,6 +130,16 @@ def cached_organism(seed: int = 0, cache_dir: Path | None = None) -> OrganismInf
             if not (path / "organism.json").is_file():
                 raise
     return load_organism(path)
+
+
+def source_digest() -> str:
+    """Short sha256 of the modules that determine the organism's data and weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("world.py", "tokenizer.py", "export.py", "train.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def load_organism(path: Path) -> OrganismInfo:
