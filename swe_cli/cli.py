@@ -388,11 +388,11 @@ def solve(
 ) -> None:
     """Compute the closed-form edit from the workspace and write WS/edit/."""
     STATE["quiet"] = quiet or as_json
-    from swe_cli.solve_stage import SolveConfig
+    from swe_cli.recipe import SolveSettings
 
-    config = SolveConfig(
+    settings = SolveSettings(
         method=method,
-        layers=parse_layers(layers),
+        layers=layers,
         rank=rank or None,
         gamma=gamma,
         lam=lam,
@@ -400,10 +400,10 @@ def solve(
         beta=beta,
         hard=hard,
         threshold=threshold,
-        projections=tuple(split_list(projections)),
+        projections=projections,
         sparse=sparse,
-        device=device,
     )
+    config = solve_config_from(settings, device)
     emit(do_solve(workspace, config), as_json)
 
 
@@ -839,10 +839,10 @@ def pick_recipe(model_dir: Path, recipe_file: Path | None, overrides: dict[str, 
     return recipe
 
 
-def solve_config_from(recipe: Any, device: str) -> Any:
+def solve_config_from(settings: Any, device: str) -> Any:
+    """The solver configuration from recipe solve settings (layers and projections as text)."""
     from swe_cli.solve_stage import SolveConfig
 
-    settings = recipe.solve
     return SolveConfig(
         method=settings.method,
         layers=parse_layers(settings.layers),
@@ -1037,7 +1037,7 @@ def do_align(
         return {"dry_run": True, **plan}
     info(f"workspace {workspace}")
     timings: dict[str, float] = {}
-    probe_settings, solve_config = recipe.probe, solve_config_from(recipe, device)
+    probe_settings, solve_config = recipe.probe, solve_config_from(recipe.solve, device)
     stats_layers = parse_layers(probe_settings.stats_layers)
     if stats_layers is None and solve_config.method == "residual" and solve_config.layers:
         stats_layers = solve_config.layers
