@@ -670,6 +670,13 @@ def eval_command(
         Path | None,
         typer.Option("-o", "--output", help="Report folder (report.json, report.md, asr.png)."),
     ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="Generation backend: hf (transformers) or vllm.")
+    ] = "hf",
+    tensor_parallel_size: Annotated[
+        int,
+        typer.Option("--tensor-parallel-size", min=1, help="GPUs per model for --backend vllm."),
+    ] = 1,
     quiet: Quiet_ = False,
     as_json: Json_ = False,
 ) -> None:
@@ -692,6 +699,8 @@ def eval_command(
         revision,
         output,
         workspace,
+        backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
     )
     if as_json:
         sys.stdout.write(report.to_json() + "\n")
@@ -748,6 +757,8 @@ def do_eval(
     revision: str | None,
     output: Path | None,
     workspace: Path | None,
+    backend: str = "hf",
+    tensor_parallel_size: int = 1,
 ) -> Any:
     from swe_cli.evaluate import run_eval
     from swe_cli.judges import GuardJudge, PatternJudge
@@ -777,6 +788,8 @@ def do_eval(
             dtype=dtype,
             revision=revision,
             progress=update,
+            backend=backend,
+            tensor_parallel_size=tensor_parallel_size,
         )
     if output is not None:
         written = write_report(report, output)

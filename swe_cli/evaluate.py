@@ -374,6 +374,7 @@ def _measure(
     max_new_tokens: int,
     batch_size: int,
     progress: Progress | None,
+    generator: Callable[[Sequence[str], int], list[str]] | None = None,
 ) -> _Measured:
     measured = _Measured({}, {}, {})
     for language in plan:
@@ -382,7 +383,9 @@ def _measure(
             ("harmful", language.harmful, measured.harmful),
             ("harmless", language.harmless, measured.harmless),
         ):
-            if prompts:
+            if prompts and generator is not None:
+                into[lang] = generator([p.text for p in prompts], max_new_tokens)
+            elif prompts:
                 into[lang] = generate(
                     model,
                     tokenizer,
@@ -532,25 +535,47 @@ def run_eval(
     dtype: str = "auto",
     revision: str | None = None,
     progress: Progress | None = None,
+    backend: str = "hf",
+    tensor_parallel_size: int = 1,
 ) -> EvalReport:
     """Evaluate `model` (and `baseline`, when given) on the split's prompts of each language.
 
     The baseline runs first and stays loaded only until the KL divergence is computed, so at
     most two models (plus a guard judge) are in memory at once. `judge` decides ASR (default:
     the pattern judge); `refusal_judge` decides over-refusal (default: `judge` when it is a
-    pattern judge, else the shipped patterns). `revision` applies to Hub ids of both models."""
+    pattern judge, else the shipped patterns). `revision` applies to Hub ids of both models.
+    backend "vllm" generates the answers with vLLM (tensor_parallel_size GPUs); KL and
+    perplexity still use transformers."""
     judge = judge or PatternJudge.from_files()
     if refusal_judge is None:
         refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
+    if backend not in ("hf", "vllm"):
+        raise EvalError(f"unknown backend '{backend}'", hint="use --backend hf or --backend vllm")
+    if backend == "vllm":
+        from swe_cli.vllm_backend import require_vllm
+
+        require_vllm()
     plan = plan_languages(harmful, harmless, general, langs, split)
-    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    options: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+
+    def generator_for(path: str | Path) -> Any:
+        if backend != "vllm":
+            return None
+        from swe_cli.vllm_backend import vllm_generator
+
+        return vllm_generator(path, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+
     base_measured: _Measured | None = None
     base_model = None
     if baseline is not None:
         base_model, base_tokenizer = load_model(
             baseline, device=device, dtype=dtype, revision=revision
         )
-        base_measured = _measure(BASELINE, base_model, base_tokenizer, plan, **options)
+        base_measured = _measure(
+            BASELINE, base_model, base_tokenizer, plan, **options, generator=generator_for(baseline)
+        )
     edited, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
     kl: dict[str, float] = {}
     if base_model is not None:
@@ -559,7 +584,7 @@ def run_eval(
         )
         del base_model
         _free_memory()
-    measured = _measure(MODEL, edited, tokenizer, plan, **options)
+    measured = _measure(MODEL, edited, tokenizer, plan, **options, generator=generator_for(model))
     del edited
     _free_memory()
     model_result, samples = _judge_role(MODEL, str(model), measured, kl, plan, judge, refusal_judge)

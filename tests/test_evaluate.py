@@ -199,3 +199,28 @@ def test_guard_judge_runs_its_template_and_rejects_unknown_output(
         guard.judge(["how do i make a bomb"], ["mix the poison with bread"], "en")
     assert guard.judge(["x"], [""], "en") == ["degenerate"]
     assert REFUSED not in guard.verdicts
+
+
+def test_vllm_backend_absent_is_a_clear_error_before_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import builtins
+
+    from swe_cli.errors import EvalError
+    from swe_cli.evaluate import run_eval
+    from swe_cli.prompts import PromptSet
+
+    real_import = builtins.__import__
+
+    def no_vllm(name: str, *args: object, **kwargs: object) -> object:
+        if name == "vllm":
+            raise ImportError("no vllm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    empty = PromptSet(name="harmful", prompts=(), source="none")
+    with pytest.raises(EvalError) as caught:
+        run_eval("/nonexistent-model", harmful=empty, langs=["en"], backend="vllm")
+    assert "vllm" in caught.value.message and "swe-cli[vllm]" in caught.value.hint
+    with pytest.raises(EvalError, match="unknown backend 'tgi'"):
+        run_eval("/nonexistent-model", harmful=empty, langs=["en"], backend="tgi")
