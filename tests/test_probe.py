@@ -311,3 +311,17 @@ def test_truncation_keeps_the_last_prompt_positions(
         torch.testing.assert_close(
             acts["r"][row, -1], output.hidden_states[1][0, -1], atol=ATOL, rtol=1e-4
         )
+
+
+def test_device_map_auto_records_the_same_values(
+    probed_workspace: Path, tiny_llama: Path, prompt_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """--device-map auto (accelerate, for models larger than one device) gives the same shards."""
+    pytest.importorskip("accelerate")
+    expected = _all_shards(probed_workspace)
+    probe_workspace(tmp_path / "mapped", tiny_llama, prompt_files, device_map="auto")
+    got = _all_shards(tmp_path / "mapped")
+    assert got.keys() == expected.keys()
+    for shard, tensors in expected.items():
+        for key in ("x", "a", "r"):
+            torch.testing.assert_close(got[shard][key], tensors[key], atol=ATOL, rtol=0)
