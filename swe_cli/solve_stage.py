@@ -13,7 +13,7 @@ import yaml
 
 from swe_cli import __version__
 from swe_cli.architectures import adapter_for
-from swe_cli.checkpoint import fingerprint, read_rows
+from swe_cli.checkpoint import fingerprint, locate, read_row_bytes, read_rows, rows_sha256
 from swe_cli.edit import Edit, TensorEdit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
 from swe_cli.localize import load_selected
@@ -113,11 +113,38 @@ PAPER_RANK = 32  # paper default: ASR is flat for r in 4..512
 MethodResult = tuple[list[TensorEdit], dict[int, dict[str, Any]]]
 
 
+def paper_solution(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
+    """The paper's closed form (soft gamma penalty, or the hard null-space variant) for one
+    projection's W_S = G[S,:]^T; shared by solve and tune."""
+    from swe_cli.solve import solve_paper, solve_paper_hard
+
+    rank = config.rank or PAPER_RANK
+    if config.hard:
+        return solve_paper_hard(
+            data.x_low,
+            data.x_hrl,
+            data.x_safe,
+            W_S,
+            rank=rank,
+            lam=config.lam,
+            threshold=config.threshold,
+            device=config.device,
+        )
+    return solve_paper(
+        data.x_low,
+        data.x_hrl,
+        data.x_safe,
+        W_S,
+        rank=rank,
+        gamma=config.gamma,
+        lam=config.lam,
+        device=config.device,
+    )
+
+
 def solve_paper_method(context: Context, config: SolveConfig) -> MethodResult:
     """Paper Algorithm 1 on the gate (and optionally up) rows of the HRL safety neurons."""
     import torch
-
-    from swe_cli.solve import solve_paper, solve_paper_hard
 
     adapter = adapter_for(context.model_type)
     layers = list(config.layers) if config.layers else [default_paper_layer(context)]
@@ -137,28 +164,7 @@ def solve_paper_method(context: Context, config: SolveConfig) -> MethodResult:
             rows = (neurons + offset).tolist()
             weights, dtype, sha = read_rows(context.model_dir, name, rows)
             W_S = weights.T  # d x m, paper notation
-            if config.hard:
-                solution = solve_paper_hard(
-                    data.x_low,
-                    data.x_hrl,
-                    data.x_safe,
-                    W_S,
-                    rank=config.rank or PAPER_RANK,
-                    lam=config.lam,
-                    threshold=config.threshold,
-                    device=config.device,
-                )
-            else:
-                solution = solve_paper(
-                    data.x_low,
-                    data.x_hrl,
-                    data.x_safe,
-                    W_S,
-                    rank=config.rank or PAPER_RANK,
-                    gamma=config.gamma,
-                    lam=config.lam,
-                    device=config.device,
-                )
+            solution = paper_solution(data, W_S, config)
             edits.append(
                 TensorEdit(
                     name=name,
@@ -204,9 +210,10 @@ def solve_residual_method(context: Context, config: SolveConfig) -> MethodResult
             K, Kn, C0 = K[columns], Kn[columns], C0[columns][:, columns]
         solution, remaining = residual_step(K, Kn, C0, remaining, len(layers) - position, config)
         name, _ = adapter.tensor(layer, "down", context.intermediate_size)
-        shape = _shape_of(context, name)
+        entry = locate(context.model_dir, name)  # every row: hash the bytes, no float copy
+        shape, dtype = entry.shape, entry.dtype
         rows = list(range(shape[0]))
-        _, dtype, sha = read_rows(context.model_dir, name, rows)
+        sha = rows_sha256(read_row_bytes(entry, rows))
         edits.append(
             TensorEdit(
                 name=name,

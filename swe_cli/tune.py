@@ -31,6 +31,7 @@ from swe_cli.solve_stage import (
     SolveConfig,
     layer_data,
     load_moment,
+    paper_solution,
     residual_step,
 )
 from swe_cli.workspace import Workspace, atomic_write_text
@@ -428,7 +429,7 @@ def _score_paper(
     for config in configs:
         start = time.perf_counter()
         try:
-            solutions = [_solve_paper(fit, W_S, config) for W_S in weights]
+            solutions = [paper_solution(fit, W_S, config) for W_S in weights]
         except SolveError:
             candidates.append(_failed(config, time.perf_counter() - start))
             continue
@@ -452,33 +453,6 @@ def _score_paper(
             )
         )
     return candidates
-
-
-def _solve_paper(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
-    from swe_cli.solve import solve_paper, solve_paper_hard
-
-    rank = config.rank or PAPER_RANK
-    if config.hard:
-        return solve_paper_hard(
-            data.x_low,
-            data.x_hrl,
-            data.x_safe,
-            W_S,
-            rank=rank,
-            lam=config.lam,
-            threshold=config.threshold,
-            device=config.device,
-        )
-    return solve_paper(
-        data.x_low,
-        data.x_hrl,
-        data.x_safe,
-        W_S,
-        rank=rank,
-        gamma=config.gamma,
-        lam=config.lam,
-        device=config.device,
-    )
 
 
 def _gate_weights(
@@ -830,7 +804,7 @@ def _weight_changes(model: Any, loader: _Loader, config: SolveConfig) -> list[We
         fit, _ = loader.pair(layer)
         weights = loader.weights(layer, config.projections)
         for projection, W_S in zip(config.projections, weights, strict=True):
-            delta = _solve_paper(fit, W_S, config).delta  # d x m: G[S,:] += delta^T
+            delta = paper_solution(fit, W_S, config).delta  # d x m: G[S,:] += delta^T
             parameter, offset = _module_weight(model, adapter, layer, projection, context)
             changes.append((parameter, neurons + offset, None, delta.T))
         return changes
