@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from swe_cli.solve import solve_paper, solve_residual
+from swe_cli.methods.linalg import solve_paper, solve_residual
 
 
 def timed(function: Callable[[], object], device: str, repeats: int) -> float:

@@ -86,8 +86,8 @@ def probe_workspace(
 ) -> object:
     """run_probe on the fixture prompt sets (all layers, en + es, sw unless overridden)."""
     from swe_cli.checkpoint import resolve_model
-    from swe_cli.probe import ProbeConfig, run_probe
     from swe_cli.prompts import load_prompt_set
+    from swe_cli.stages.probe import ProbeConfig, run_probe
     from swe_cli.workspace import Workspace
 
     harmful = load_prompt_set(prompt_files["harmful"], "harmful", list(LANGS))

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from swe_cli.errors import EvalError
-from swe_cli.evaluate import (
+from swe_cli.judges import REFUSED, GuardJudge
+from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
+from swe_cli.stages.evaluate import (
     answer_matches,
     format_chat,
     generate,
@@ -19,8 +21,6 @@ from swe_cli.evaluate import (
     plan_languages,
     run_eval,
 )
-from swe_cli.judges import REFUSED, GuardJudge
-from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import make_tiny_checkpoint  # noqa: E402
@@ -207,8 +207,8 @@ def test_vllm_backend_absent_is_a_clear_error_before_loading(
     import builtins
 
     from swe_cli.errors import EvalError
-    from swe_cli.evaluate import run_eval
     from swe_cli.prompts import PromptSet
+    from swe_cli.stages.evaluate import run_eval
 
     real_import = builtins.__import__
 

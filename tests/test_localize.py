@@ -12,7 +12,7 @@ import torch
 from conftest import LANGS
 
 from swe_cli.errors import WorkspaceError
-from swe_cli.localize import (
+from swe_cli.stages.localize import (
     LocalizeConfig,
     NeuronScores,
     jaccard,
@@ -22,7 +22,7 @@ from swe_cli.localize import (
     run_localize,
     select_neurons,
 )
-from swe_cli.probe import load_acts
+from swe_cli.stages.probe import load_acts
 from swe_cli.workspace import Workspace, load_tensors
 
 PLANTED = [3, 41, 77, 150, 199]
@@ -156,12 +156,12 @@ def test_run_localize_writes_all_scores_and_jaccard(workspace_copy: Path) -> Non
 def test_relocalize_with_other_thresholds_needs_no_reprobe(
     workspace_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import swe_cli.probe
+    import swe_cli.stages.probe
 
     def no_model(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("localize must not load the model")
 
-    monkeypatch.setattr(swe_cli.probe, "load_model", no_model)
+    monkeypatch.setattr(swe_cli.stages.probe, "load_model", no_model)
     workspace = Workspace(workspace_copy)
     acts_mtimes = {p: p.stat().st_mtime_ns for p in workspace.acts_dir.rglob("*.safetensors")}
     strict = run_localize(workspace, LocalizeConfig(tau_mag=3.0, tau_stat=3.0))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swe_cli.errors import SolveError
-from swe_cli.solve import (
+from swe_cli.methods.linalg import (
     Solution,
     nullspace_projector,
     relative_residual,

@@ -19,9 +19,9 @@ from conftest import LANGS, TARGETS
 from safetensors import safe_open
 
 from swe_cli.errors import SolveError, WorkspaceError
-from swe_cli.localize import LocalizeConfig, run_localize
-from swe_cli.probe import load_acts
-from swe_cli.solve_stage import SolveConfig, run_solve
+from swe_cli.stages.localize import LocalizeConfig, run_localize
+from swe_cli.stages.probe import load_acts
+from swe_cli.stages.solve import SolveConfig, run_solve
 from swe_cli.workspace import Workspace, load_tensors
 
 HIDDEN, INTERMEDIATE = 32, 48
@@ -173,7 +173,7 @@ RESIDUAL_VARIANTS = {
 
 def _record_r(model: Any, tokenizer: Any, layer: int, texts: list[str]) -> torch.Tensor:
     from swe_cli.architectures import adapter_for
-    from swe_cli.probe import ProbeConfig, Recorder, chat_text, forward_last_positions
+    from swe_cli.stages.probe import ProbeConfig, Recorder, chat_text, forward_last_positions
 
     recorder = Recorder(model, adapter_for("llama"), [layer])
     try:
@@ -196,7 +196,7 @@ def _fit_texts(workspace: Workspace, lang: str) -> list[str]:
 def test_residual_edit_artifact_and_effect(
     variant: str, workspace: Workspace, tiny_llama: Path
 ) -> None:
-    from swe_cli.probe import load_model as load_probe_model
+    from swe_cli.stages.probe import load_model as load_probe_model
 
     config = RESIDUAL_VARIANTS[variant]
     summary = run_solve(workspace, config)

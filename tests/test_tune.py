@@ -14,8 +14,8 @@ import yaml
 from common import make_tiny_checkpoint, write_prompt_files
 
 from swe_cli.prompts import FIT, HELDOUT, PromptSet
-from swe_cli.solve_stage import SolveConfig
-from swe_cli.tune import Candidate, TuneResult, candidates_table, default_bands, tune
+from swe_cli.stages.solve import SolveConfig
+from swe_cli.stages.tune import Candidate, TuneResult, candidates_table, default_bands, tune
 from swe_cli.workspace import Workspace
 
 LANGS = ("en", "es", "sw")
@@ -25,9 +25,9 @@ LANGS = ("en", "es", "sw")
 def tuned_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace probed on every layer of the tiny llama and localized (read-only)."""
     from swe_cli.checkpoint import resolve_model
-    from swe_cli.localize import LocalizeConfig, run_localize
-    from swe_cli.probe import ProbeConfig, run_probe
     from swe_cli.prompts import load_prompt_set
+    from swe_cli.stages.localize import LocalizeConfig, run_localize
+    from swe_cli.stages.probe import ProbeConfig, run_probe
 
     root = tmp_path_factory.mktemp("tune")
     model = make_tiny_checkpoint(root / "model", "llama")
@@ -102,7 +102,7 @@ def test_residual_grid_tunes_layer_bands() -> None:
 def test_tune_never_reads_the_heldout_split(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import swe_cli.solve_stage as solve_stage
+    import swe_cli.stages.solve as solve_stage
 
     read: dict[str, set[str]] = {"harmful": set(), "harmless": set()}
     original = solve_stage.load_acts
@@ -166,9 +166,9 @@ def test_validation_scores_are_what_the_solver_edit_does_on_validation_rows(
     import torch
 
     from swe_cli.checkpoint import read_rows
-    from swe_cli.localize import load_selected
-    from swe_cli.solve import solve_paper
-    from swe_cli.solve_stage import layer_data
+    from swe_cli.methods.linalg import solve_paper
+    from swe_cli.stages.localize import load_selected
+    from swe_cli.stages.solve import layer_data
 
     result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "rank": [4]})
     candidate: Candidate = result.candidates[0]
@@ -207,7 +207,7 @@ def test_grid_errors_are_clear(workspace: Workspace) -> None:
 
 @pytest.mark.parametrize("method", ["paper", "residual"])
 def test_the_choice_runs_through_swe_solve(workspace: Workspace, method: str) -> None:
-    from swe_cli.solve_stage import run_solve
+    from swe_cli.stages.solve import run_solve
 
     result = tune(workspace, SolveConfig(method=method), grid=_small_grid(method))
     summary = run_solve(workspace, result.best)
@@ -224,8 +224,8 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 ) -> None:
     import torch
 
-    import swe_cli.evaluate as evaluate
-    from swe_cli.tune import Confirmation, confirm, confirmed_choice
+    import swe_cli.stages.evaluate as evaluate
+    from swe_cli.stages.tune import Confirmation, confirm, confirmed_choice
 
     asked: list[str] = []
     weights: list[dict[str, torch.Tensor]] = []
@@ -263,7 +263,7 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 def test_patched_weights_are_restored_exactly() -> None:
     import torch
 
-    from swe_cli.tune import _patched
+    from swe_cli.stages.tune import _patched
 
     gate = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.bfloat16), requires_grad=False)
     down = torch.nn.Parameter(torch.randn(4, 6), requires_grad=False)
@@ -282,7 +282,7 @@ def test_patched_weights_are_restored_exactly() -> None:
 
 
 def test_edge_axes_name_the_coefficients_chosen_at_a_grid_end(workspace: Workspace) -> None:
-    from swe_cli.tune import edge_axes
+    from swe_cli.stages.tune import edge_axes
 
     result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "lam": [0.1]})
     edges = edge_axes(result)

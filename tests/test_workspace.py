@@ -166,8 +166,8 @@ def test_manifest_records_provenance(probed_workspace: Path, tiny_llama: Path) -
 
 
 def test_every_stage_records_its_params(workspace_copy: Path) -> None:
-    from swe_cli.localize import LocalizeConfig, run_localize
-    from swe_cli.solve_stage import SolveConfig, run_solve
+    from swe_cli.stages.localize import LocalizeConfig, run_localize
+    from swe_cli.stages.solve import SolveConfig, run_solve
 
     workspace = Workspace(workspace_copy)
     run_localize(workspace, LocalizeConfig(tau_mag=1.5, tau_stat=0.5))
@@ -252,7 +252,7 @@ def test_not_a_workspace(tmp_path: Path) -> None:
 def test_prompts_with_the_same_ids_but_other_texts_are_rerecorded(
     workspace_copy: Path, tiny_llama: Path, prompt_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    from swe_cli.probe import load_acts
+    from swe_cli.stages.probe import load_acts
 
     edited = write_varied_prompts(tmp_path / "edited", seed=1)  # same ids, other texts
     result = probe_workspace(workspace_copy, tiny_llama, edited)
@@ -271,10 +271,10 @@ def test_fewer_prompts_on_rerun_leave_no_stale_chunks(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import swe_cli.probe
-    from swe_cli.probe import load_acts
+    import swe_cli.stages.probe
+    from swe_cli.stages.probe import load_acts
 
-    monkeypatch.setattr(swe_cli.probe, "CHUNK_SIZE", 3)
+    monkeypatch.setattr(swe_cli.stages.probe, "CHUNK_SIZE", 3)
     many = probe_workspace(workspace_copy, tiny_llama, prompt_files)
     assert many.shards_written > SHARDS_PER_LAYER  # type: ignore[attr-defined]
     few_files = write_varied_prompts(tmp_path / "few", count=4)
@@ -293,7 +293,7 @@ def test_fewer_prompts_on_rerun_leave_no_stale_chunks(
 
 
 def test_language_codes_sharing_a_prefix_are_kept_apart(tmp_path: Path) -> None:
-    from swe_cli.probe import load_acts
+    from swe_cli.stages.probe import load_acts
 
     workspace = Workspace(tmp_path)
     for lang, rows in (("zh", 2), ("zh-TW", 3)):

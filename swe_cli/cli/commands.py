@@ -217,8 +217,8 @@ def do_probe(
     revision: str | None,
 ) -> dict[str, Any]:
     from swe_cli.checkpoint import resolve_model
-    from swe_cli.probe import ProbeConfig, run_probe
     from swe_cli.prompts import load_prompt_set
+    from swe_cli.stages.probe import ProbeConfig, run_probe
     from swe_cli.workspace import Workspace
 
     if not langs:
@@ -307,7 +307,7 @@ def localize(
 
 
 def do_localize(workspace: Path, tau_mag: float, tau_stat: float) -> dict[str, Any]:
-    from swe_cli.localize import LocalizeConfig, run_localize
+    from swe_cli.stages.localize import LocalizeConfig, run_localize
     from swe_cli.workspace import Workspace
 
     summary = run_localize(Workspace(workspace), LocalizeConfig(tau_mag=tau_mag, tau_stat=tau_stat))
@@ -408,7 +408,7 @@ def solve(
 
 
 def do_solve(workspace: Path, config: Any) -> dict[str, Any]:
-    from swe_cli.solve_stage import run_solve
+    from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
 
     bad = [p for p in config.projections if p not in {"gate", "up"}]
@@ -760,9 +760,9 @@ def do_eval(
     backend: str = "hf",
     tensor_parallel_size: int = 1,
 ) -> Any:
-    from swe_cli.evaluate import run_eval
     from swe_cli.judges import GuardJudge, PatternJudge
     from swe_cli.report import rich_table, write_report
+    from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
 
     refusal_judge = PatternJudge.from_files(patterns)
@@ -854,7 +854,7 @@ def pick_recipe(model_dir: Path, recipe_file: Path | None, overrides: dict[str, 
 
 def solve_config_from(settings: Any, device: str) -> Any:
     """The solver configuration from recipe solve settings (layers and projections as text)."""
-    from swe_cli.solve_stage import SolveConfig
+    from swe_cli.stages.solve import SolveConfig
 
     return SolveConfig(
         method=settings.method,
@@ -1124,7 +1124,7 @@ def do_align(
 
 
 def do_tune(workspace: Path, base: Any) -> Any:
-    from swe_cli.tune import candidates_table, tune
+    from swe_cli.stages.tune import candidates_table, tune
     from swe_cli.workspace import Workspace
 
     result = tune(Workspace(workspace), base)

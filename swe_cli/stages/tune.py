@@ -22,9 +22,9 @@ import yaml
 from swe_cli.architectures import adapter_for
 from swe_cli.checkpoint import read_header, read_rows
 from swe_cli.errors import SolveError
-from swe_cli.localize import load_selected
 from swe_cli.prompts import HELDOUT, sort_ids, split_of
-from swe_cli.solve_stage import (
+from swe_cli.stages.localize import load_selected
+from swe_cli.stages.solve import (
     PAPER_RANK,
     Context,
     LayerData,
@@ -417,7 +417,7 @@ def _score_paper(
     ||X_safe dW|| / ||X_safe W_S||, both on validation rows (means over the edited projections)."""
     import torch
 
-    from swe_cli.solve import relative_residual
+    from swe_cli.methods.linalg import relative_residual
 
     (layer,) = layers
     fit, val = loader.pair(layer)
@@ -712,8 +712,8 @@ def confirm(
     with the refusal-pattern judge. The first row is the unedited model. Adds the rows to
     WS/edit/tune.yaml under `confirmation`; choosing among them is the caller's (see
     `confirmed_choice`)."""
-    from swe_cli.evaluate import load_model
     from swe_cli.judges import PatternJudge
+    from swe_cli.stages.evaluate import load_model
 
     setup = _setup(workspace)
     context = setup.context
@@ -773,8 +773,8 @@ def _refusal_rate(
     max_new_tokens: int,
     batch_size: int,
 ) -> float:
-    from swe_cli.evaluate import generate
     from swe_cli.judges import REFUSED
+    from swe_cli.stages.evaluate import generate
 
     refused = total = 0
     for lang, texts in prompts.items():

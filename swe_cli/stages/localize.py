@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swe_cli.errors import WorkspaceError
-from swe_cli.probe import load_acts
+from swe_cli.stages.probe import load_acts
 from swe_cli.workspace import Workspace, load_tensors, save_tensors
 
 

@@ -16,8 +16,8 @@ from swe_cli.architectures import adapter_for
 from swe_cli.checkpoint import fingerprint, locate, read_row_bytes, read_rows, rows_sha256
 from swe_cli.edit import Edit, TensorEdit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
-from swe_cli.localize import load_selected
-from swe_cli.probe import load_acts
+from swe_cli.stages.localize import load_selected
+from swe_cli.stages.probe import load_acts
 from swe_cli.workspace import Workspace, atomic_write_text, load_tensors
 
 
@@ -116,7 +116,7 @@ MethodResult = tuple[list[TensorEdit], dict[int, dict[str, Any]]]
 def paper_solution(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
     """The paper's closed form (soft gamma penalty, or the hard null-space variant) for one
     projection's W_S = G[S,:]^T; shared by solve and tune."""
-    from swe_cli.solve import solve_paper, solve_paper_hard
+    from swe_cli.methods.linalg import solve_paper, solve_paper_hard
 
     rank = config.rank or PAPER_RANK
     if config.hard:
@@ -236,7 +236,7 @@ def residual_step(
     returns its solution and the target its predicted output dW K leaves to the later layers."""
     import torch
 
-    from swe_cli.solve import solve_residual
+    from swe_cli.methods.linalg import solve_residual
 
     solution = solve_residual(
         K,

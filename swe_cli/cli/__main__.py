@@ -1,0 +1,3 @@
+from swe_cli.cli import main
+
+main()

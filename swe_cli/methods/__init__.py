@@ -1,0 +1,1 @@
+"""Edit methods: the closed-form solvers and, per method, how it reads the workspace."""
