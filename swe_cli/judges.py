@@ -307,7 +307,7 @@ class GuardJudge:
     ) -> GuardJudge:
         """Load a guard model; failing to load is an EvalError (never a silent fallback)."""
         from swe_cli.errors import SweError
-        from swe_cli.stages.evaluate import load_model
+        from swe_cli.models import load_model
 
         try:
             guard, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
@@ -328,13 +328,13 @@ class GuardJudge:
 
     def conversation_text(self, prompt: str, response: str) -> str:
         """The guard's own template over the conversation; it appends its assistant header."""
-        from swe_cli.stages.evaluate import format_chat
+        from swe_cli.models import format_chat
 
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return format_chat(self.tokenizer, messages, add_generation_prompt=False)
 
     def labels(self, prompts: Sequence[str], responses: Sequence[str]) -> list[GuardLabel]:
-        from swe_cli.stages.evaluate import generate_from_texts
+        from swe_cli.models import generate_from_texts
 
         texts = [self.conversation_text(p, r) for p, r in zip(prompts, responses, strict=True)]
         outputs = generate_from_texts(

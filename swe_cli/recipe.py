@@ -1,134 +1,31 @@
 """Recipes: the per-family, per-size settings of every stage, as data (recipes/*.yaml), picked from
-a model's config and overridable field by field from the command line."""
+a model's config and overridable field by field from the command line. The fields, their
+defaults and their validation are the settings models of swe_cli/settings.py."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from swe_cli.errors import RecipeError
+from swe_cli.settings import SECTIONS, Recipe, Settings
+
+__all__ = [
+    "Recipe",
+    "apply_overrides",
+    "builtin_recipes",
+    "load_recipe",
+    "parse_set_options",
+    "recipe_from_dict",
+    "select_recipe",
+]
 
 
-@dataclass(frozen=True)
-class ProbeSettings:
-    layers: str = "all"  # all | 3 | 1,2,5 | 1-3
-    stats_layers: str | None = None  # default: the edited layers
-    positions: int = 1
-    batch_size: int = 8
-    max_length: int = 512
-    max_prompts: int | None = None
-    heldout_fraction: float = 0.5
-
-
-@dataclass(frozen=True)
-class LocalizeSettings:
-    tau_mag: float = 2.0
-    tau_stat: float = 1.0
-
-
-@dataclass(frozen=True)
-class SolveSettings:
-    method: str = "paper"
-    layers: str | None = None  # None: the method's default
-    rank: int | None = None
-    gamma: float = 1.0
-    lam: float = 0.1
-    alpha: float = 1.0
-    beta: float = 1.0
-    hard: bool = False
-    threshold: float = 0.01
-    projections: str = "gate"
-    sparse: bool = False
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    judge: str = "pattern"
-
-
-@dataclass(frozen=True)
-class Match:
-    model_types: tuple[str, ...] = ()
-    num_layers: tuple[int, ...] = ()  # empty: any depth
-    hidden_sizes: tuple[int, ...] = ()  # empty: any width
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    description: str = ""
-    validated: str = ""  # what this recipe was measured on, or why it is a starting point
-    match: Match = field(default_factory=Match)
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
-    localize: LocalizeSettings = field(default_factory=LocalizeSettings)
-    solve: SolveSettings = field(default_factory=SolveSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-SECTIONS: dict[str, type] = {
-    "match": Match,
-    "probe": ProbeSettings,
-    "localize": LocalizeSettings,
-    "solve": SolveSettings,
-    "eval": EvalSettings,
-}
-
-
-def _coerce(value: Any, annotation: str, key: str, source: str) -> Any:
-    """Check and convert one field value by its annotation (as written in the dataclass)."""
-    optional = "None" in annotation
-    if value is None:
-        if optional:
-            return None
-        raise RecipeError(
-            f"{source}: '{key}' must not be empty", hint="give a value or remove the key"
-        )
-    base = annotation.replace(" | None", "").strip()
-    try:
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-                return value.lower() in {"true", "yes", "1"}
-            raise ValueError
-        if base == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base == "str":
-            if isinstance(value, list):
-                return ",".join(str(v) for v in value)
-            if isinstance(value, dict):
-                raise ValueError
-            return str(value)
-        if base.startswith("tuple"):
-            items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
-            inner = int if "int" in base else str
-            return tuple(inner(item) for item in items)
-    except (TypeError, ValueError):
-        raise RecipeError(
-            f"{source}: '{key}' has a bad value {value!r} (expected {annotation})",
-            hint="fix the value in the recipe or the override",
-        ) from None
-    return value
-
-
-def _section(cls: type, data: Any, name: str, source: str) -> Any:
+def _section(cls: type[Settings], data: Any, name: str, source: str) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -136,15 +33,27 @@ def _section(cls: type, data: Any, name: str, source: str) -> Any:
             f"{source}: section '{name}' must be a mapping",
             hint="see recipes/*.yaml for the layout",
         )
-    known = {f.name: f for f in fields(cls)}
+    known = cls.model_fields
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise RecipeError(
             f"{source}: unknown key '{name}.{unknown[0]}'",
             hint=f"valid keys of '{name}': " + ", ".join(sorted(known)),
         )
-    values = {k: _coerce(v, str(known[k].type), f"{name}.{k}", source) for k, v in data.items()}
-    return cls(**values)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        key = str(problem["loc"][0]) if problem["loc"] else "?"
+        value = data.get(key)
+        if value is None and key in data:
+            raise RecipeError(
+                f"{source}: '{name}.{key}' must not be empty", hint="give a value or remove the key"
+            ) from None
+        raise RecipeError(
+            f"{source}: '{name}.{key}' has a bad value {value!r} ({problem['msg']})",
+            hint="fix the value in the recipe or the override",
+        ) from None
 
 
 def recipe_from_dict(data: Any, source: str) -> Recipe:
@@ -226,8 +135,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
         data[section] = {**data[section], name: value}
     source = recipe.source or recipe.name
     data.pop("source", None)
-    updated = recipe_from_dict(data, source)
-    return dataclasses.replace(updated, source=source)
+    return recipe_from_dict(data, source).updated(source=source)
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:

@@ -10,12 +10,10 @@ import torch
 
 from swe_cli.errors import EvalError
 from swe_cli.judges import REFUSED, GuardJudge
+from swe_cli.models import format_chat, generate, load_model
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 from swe_cli.stages.evaluate import (
     answer_matches,
-    format_chat,
-    generate,
-    load_model,
     next_token_kl,
     perplexity,
     plan_languages,

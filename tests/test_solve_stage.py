@@ -19,9 +19,10 @@ from conftest import LANGS, TARGETS
 from safetensors import safe_open
 
 from swe_cli.errors import SolveError, WorkspaceError
-from swe_cli.stages.localize import LocalizeConfig, run_localize
+from swe_cli.settings import LocalizeConfig, SolveConfig
+from swe_cli.stages.localize import run_localize
 from swe_cli.stages.probe import load_acts
-from swe_cli.stages.solve import SolveConfig, run_solve
+from swe_cli.stages.solve import run_solve
 from swe_cli.workspace import Workspace, load_tensors
 
 HIDDEN, INTERMEDIATE = 32, 48
@@ -196,7 +197,7 @@ def _fit_texts(workspace: Workspace, lang: str) -> list[str]:
 def test_residual_edit_artifact_and_effect(
     variant: str, workspace: Workspace, tiny_llama: Path
 ) -> None:
-    from swe_cli.stages.probe import load_model as load_probe_model
+    from swe_cli.models import load_model as load_probe_model
 
     config = RESIDUAL_VARIANTS[variant]
     summary = run_solve(workspace, config)

@@ -14,7 +14,7 @@ import yaml
 from common import make_tiny_checkpoint, write_prompt_files
 
 from swe_cli.prompts import FIT, HELDOUT, PromptSet
-from swe_cli.stages.solve import SolveConfig
+from swe_cli.settings import SolveConfig
 from swe_cli.stages.tune import Candidate, TuneResult, candidates_table, default_bands, tune
 from swe_cli.workspace import Workspace
 
@@ -26,7 +26,8 @@ def tuned_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace probed on every layer of the tiny llama and localized (read-only)."""
     from swe_cli.checkpoint import resolve_model
     from swe_cli.prompts import load_prompt_set
-    from swe_cli.stages.localize import LocalizeConfig, run_localize
+    from swe_cli.settings import LocalizeConfig
+    from swe_cli.stages.localize import run_localize
     from swe_cli.stages.probe import ProbeConfig, run_probe
 
     root = tmp_path_factory.mktemp("tune")
@@ -224,7 +225,7 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 ) -> None:
     import torch
 
-    import swe_cli.stages.evaluate as evaluate
+    import swe_cli.models as evaluate
     from swe_cli.stages.tune import Confirmation, confirm, confirmed_choice
 
     asked: list[str] = []

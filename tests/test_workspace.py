@@ -166,8 +166,9 @@ def test_manifest_records_provenance(probed_workspace: Path, tiny_llama: Path) -
 
 
 def test_every_stage_records_its_params(workspace_copy: Path) -> None:
-    from swe_cli.stages.localize import LocalizeConfig, run_localize
-    from swe_cli.stages.solve import SolveConfig, run_solve
+    from swe_cli.settings import LocalizeConfig, SolveConfig
+    from swe_cli.stages.localize import run_localize
+    from swe_cli.stages.solve import run_solve
 
     workspace = Workspace(workspace_copy)
     run_localize(workspace, LocalizeConfig(tau_mag=1.5, tau_stat=0.5))

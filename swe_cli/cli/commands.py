@@ -388,7 +388,7 @@ def solve(
 ) -> None:
     """Compute the closed-form edit from the workspace and write WS/edit/."""
     STATE["quiet"] = quiet or as_json
-    from swe_cli.recipe import SolveSettings
+    from swe_cli.settings import SolveSettings
 
     settings = SolveSettings(
         method=method,

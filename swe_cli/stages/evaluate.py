@@ -1,4 +1,4 @@
-"""The eval stage: load models, generate answers (batched greedy decoding with left padding),
+"""The eval stage: generate answers (swe_cli/models.py: batched greedy decoding with left padding),
 judge them, and measure utility (over-refusal, harmless answer accuracy, KL(base || edited) of
 next-token distributions, perplexity). ``run_eval`` ties these into an EvalReport
 (swe_cli/report.py); judges live in swe_cli/judges.py. torch/transformers are imported lazily.
@@ -36,179 +36,21 @@ from swe_cli.judges import (
     contains_phrase,
     normalize_text,
 )
+from swe_cli.models import (
+    _batches,
+    _encode,
+    _pad,
+    format_chat,
+    generate,
+    load_model,
+)
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 from swe_cli.report import BASELINE, MODEL, EvalReport, LanguageResult, ModelResult, Sample
 
 # progress(task description, completed, total): called after every batch of every task.
 Progress = Callable[[str, int, int], None]
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 SPLITS = (HELDOUT, FIT, "all")
-
-
-# -- models ------------------------------------------------------------------------------------
-
-
-def load_model(
-    model: str | Path, *, device: str = "cpu", dtype: str = "auto", revision: str | None = None
-) -> tuple[Any, Any]:
-    """(model, tokenizer) from a local folder or a Hub id. ``dtype="auto"`` is float32 on CPU
-    and the checkpoint's dtype elsewhere; ``device="auto"`` spreads the model with accelerate."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from swe_cli.checkpoint import resolve_model
-
-    if dtype not in DTYPES:
-        raise EvalError(f"unknown dtype '{dtype}'", hint=f"use one of {', '.join(DTYPES)}")
-    resolved = resolve_model(str(model), revision)
-    if dtype == "auto":
-        torch_dtype: Any = torch.float32 if device == "cpu" else "auto"
-    else:
-        torch_dtype = getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if device == "auto":
-        kwargs["device_map"] = "auto"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-        loaded = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
-        if device != "auto":
-            loaded = loaded.to(device)
-    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as error:
-        raise EvalError(
-            f"cannot load '{model}' ({type(error).__name__}: {str(error)[:200]})",
-            hint="check the path or Hub id, the device and the dtype",
-        ) from None
-    loaded.eval()
-    return loaded, tokenizer
-
-
-def format_chat(
-    tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
-) -> str:
-    """The conversation rendered by the tokenizer's own chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise EvalError(
-            "the tokenizer has no chat template",
-            hint="evaluate an instruct/chat model whose tokenizer ships a chat template",
-        )
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    return str(text)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token that ends a turn: the generation config's eos ids and the tokenizer's."""
-    ids: list[int] = []
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.append(value)
-        elif isinstance(value, (list, tuple)):
-            ids.extend(int(v) for v in value)
-    if not ids:
-        raise EvalError("the model defines no end-of-sequence token", hint="fix its tokenizer")
-    return list(dict.fromkeys(ids))
-
-
-def _encode(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool) -> list[list[int]]:
-    return [list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"]) for text in texts]
-
-
-def _pad(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[Any, Any]:
-    import torch
-
-    width = max(len(row) for row in rows)
-    ids, mask = [], []
-    for row in rows:
-        padding = [pad_id] * (width - len(row))
-        ids.append(padding + row if left else row + padding)
-        ones, zeros = [1] * len(row), [0] * (width - len(row))
-        mask.append(zeros + ones if left else ones + zeros)
-    return torch.tensor(ids), torch.tensor(mask)
-
-
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), to waste little padding."""
-    if batch_size < 1:
-        raise EvalError(f"batch size must be at least 1, not {batch_size}", hint="--batch-size")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def generate_from_texts(
-    model: Any,
-    tokenizer: Any,
-    texts: Sequence[str],
-    *,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Greedy continuations of already formatted texts, decoded up to the first eos."""
-    import torch
-    from transformers import GenerationConfig
-
-    if max_new_tokens < 1:
-        raise EvalError("max_new_tokens must be at least 1", hint="--max-new-tokens")
-    if not texts:
-        return []
-    eos = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos,
-        pad_token_id=pad_id,
-    )
-    encoded = _encode(tokenizer, texts, special_tokens=False)
-    outputs = [""] * len(texts)
-    done = 0
-    for batch in _batches([len(row) for row in encoded], batch_size):
-        input_ids, attention_mask = _pad([encoded[i] for i in batch], pad_id, left=True)
-        with torch.inference_mode():
-            generated = model.generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                generation_config=config,
-            )
-        for index, row in zip(batch, generated[:, input_ids.shape[1] :].tolist(), strict=True):
-            outputs[index] = tokenizer.decode(_until(row, eos), skip_special_tokens=True).strip()
-        done += len(batch)
-        if on_batch is not None:
-            on_batch(done)
-    return outputs
-
-
-def _until(tokens: list[int], stop: Sequence[int]) -> list[int]:
-    for position, token in enumerate(tokens):
-        if token in stop:
-            return tokens[:position]
-    return tokens
-
-
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Greedy answers to user prompts, each formatted with the chat template and its
-    generation prompt. Results do not depend on batch_size (left padding + attention mask)."""
-    texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    return generate_from_texts(
-        model,
-        tokenizer,
-        texts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        on_batch=on_batch,
-    )
 
 
 # -- utility metrics ---------------------------------------------------------------------------

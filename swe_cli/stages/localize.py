@@ -8,14 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from swe_cli.errors import WorkspaceError
+from swe_cli.settings import LocalizeConfig
 from swe_cli.stages.probe import load_acts
 from swe_cli.workspace import Workspace, load_tensors, save_tensors
-
-
-@dataclass(frozen=True)
-class LocalizeConfig:
-    tau_mag: float = 2.0
-    tau_stat: float = 1.0
 
 
 @dataclass(frozen=True)

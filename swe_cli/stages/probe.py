@@ -14,8 +14,10 @@ from typing import Any
 
 from swe_cli.architectures import Adapter, ModelShape, adapter_for, model_shape
 from swe_cli.checkpoint import ResolvedModel, fingerprint, load_config
-from swe_cli.errors import CheckpointError, SweError, WorkspaceError
+from swe_cli.errors import SweError, WorkspaceError
+from swe_cli.models import chat_text, load_model
 from swe_cli.prompts import FIT, Prompt, PromptSet
+from swe_cli.settings import ProbeConfig
 from swe_cli.workspace import Workspace, load_tensors, save_tensors, valid_tensor_file
 
 Progress = Callable[[str, int, int], None]
@@ -23,20 +25,6 @@ Progress = Callable[[str, int, int], None]
 # Fixed chunking (independent of batch size) so an interrupted probe resumes on the same shards.
 CHUNK_SIZE = 64
 STATS_BUDGET_BYTES = 2 * 1024**3
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    langs: tuple[str, ...]
-    hrl: str = "en"
-    layers: tuple[int, ...] | None = None  # None: every layer
-    stats_layers: tuple[int, ...] | None = None  # None: every recorded layer if it fits the budget
-    positions: int = 1  # record the last N prompt positions
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "auto"
-    max_length: int = 512
-    device_map: str | None = None
 
 
 @dataclass
@@ -77,57 +65,6 @@ def resolve_layers(requested: Sequence[int] | None, num_layers: int) -> list[int
             hint=f"choose layers between 0 and {num_layers - 1} (negative counts from the end)",
         )
     return layers
-
-
-def load_model(
-    path: Path, device: str, dtype: str, device_map: str | None = None
-) -> tuple[Any, Any]:
-    """Model in eval mode and a left-padding tokenizer with a pad token."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SweError(
-            "--device cuda was asked for but no CUDA device is available", hint="use --device cpu"
-        )
-    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if device_map:
-        try:
-            import accelerate  # noqa: F401
-        except ImportError:
-            raise SweError(
-                "--device-map needs the accelerate package", hint="pip install 'swe-cli[scale]'"
-            ) from None
-        kwargs["device_map"] = device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: transformers cannot load the model ({error})".splitlines()[0]
-        ) from None
-    if not device_map:
-        model.to(device)
-    model.eval()
-    # left padding and left truncation: the last prompt positions are the last columns of a batch
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def chat_text(tokenizer: Any, prompt: str, answer: str | None = None) -> str:
-    """The prompt as the model sees it: chat template with the generation prompt (and the answer)."""
-    messages = [{"role": "user", "content": prompt}]
-    if getattr(tokenizer, "chat_template", None) is None:
-        return prompt if answer is None else f"{prompt} {answer}"
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return text if answer is None else text + answer
 
 
 class Recorder:
@@ -405,7 +342,13 @@ def run_probe(
         if prompt_set is not None:
             prompt_set.to_jsonl(workspace.prompts_dir / f"{prompt_set.name}.jsonl")
 
-    model, tokenizer = load_model(resolved.path, config.device, config.dtype, config.device_map)
+    model, tokenizer = load_model(
+        resolved.path,
+        config.device,
+        config.dtype,
+        device_map=config.device_map,
+        float32_on_cpu=False,
+    )
     recorder = Recorder(model, adapter, layers)
     result = ProbeResult(layers, stats_layers, 0, 0)
     try:

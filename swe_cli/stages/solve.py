@@ -5,7 +5,7 @@ diagnostics (WS/edit/). Methods are pluggable by name in METHODS."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +16,10 @@ from swe_cli.architectures import adapter_for
 from swe_cli.checkpoint import fingerprint, locate, read_row_bytes, read_rows, rows_sha256
 from swe_cli.edit import Edit, TensorEdit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.settings import PAPER_RANK, SolveConfig
 from swe_cli.stages.localize import load_selected
 from swe_cli.stages.probe import load_acts
 from swe_cli.workspace import Workspace, atomic_write_text, load_tensors
-
-
-@dataclass(frozen=True)
-class SolveConfig:
-    method: str = "paper"
-    layers: tuple[int, ...] | None = None  # None: method default
-    rank: int | None = None  # None: method default (paper 32, residual uncapped)
-    gamma: float = 1.0  # paper: relative weight of the harmless penalty
-    lam: float = 0.1  # relative ridge term (both methods)
-    alpha: float = 1.0  # residual: relative weight of the all-position preservation moment
-    beta: float = 1.0  # residual: relative weight of harmless last-position keys
-    hard: bool = False  # hard null-space projector instead of the soft penalty
-    threshold: float = 1e-2  # null-space eigenvalue threshold (relative to the largest)
-    projections: tuple[str, ...] = ("gate",)  # paper: which rows to edit (gate, up)
-    sparse: bool = False  # residual: restrict to safety-neuron columns
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -109,7 +94,6 @@ class Context:
     model_type: str
 
 
-PAPER_RANK = 32  # paper default: ASR is flat for r in 4..512
 MethodResult = tuple[list[TensorEdit], dict[int, dict[str, Any]]]
 
 
@@ -330,7 +314,7 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
             f"layer(s) {missing} were not probed", hint="re-run `swe probe` with these --layers"
         )
     tensor_edits, report = METHODS[config.method](context, config)
-    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    params = config.plain()
     edit = Edit(
         tuple(tensor_edits),
         {

@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,11 @@ from swe_cli.architectures import adapter_for
 from swe_cli.checkpoint import read_header, read_rows
 from swe_cli.errors import SolveError
 from swe_cli.prompts import HELDOUT, sort_ids, split_of
+from swe_cli.settings import PAPER_RANK, SolveConfig
 from swe_cli.stages.localize import load_selected
 from swe_cli.stages.solve import (
-    PAPER_RANK,
     Context,
     LayerData,
-    SolveConfig,
     layer_data,
     load_moment,
     paper_solution,
@@ -247,7 +246,7 @@ def _paper_plan(setup: _Setup, base: SolveConfig, grid: dict[str, list[Any]]) ->
         cap = min(setup.hidden_size, neurons)
         ranks = _unique(min(rank or PAPER_RANK, cap) for rank in grid["rank"])
         configs = [
-            replace(base, layers=(layer,), gamma=gamma, lam=lam, rank=rank)
+            base.updated(layers=(layer,), gamma=gamma, lam=lam, rank=rank)
             for gamma, lam, rank in itertools.product(gammas, grid["lam"], ranks)
         ]
         plan.append(((layer,), configs))
@@ -280,7 +279,7 @@ def _residual_plan(setup: _Setup, base: SolveConfig, grid: dict[str, list[Any]])
         (
             band,
             [
-                replace(base, layers=band, alpha=alpha, beta=beta, lam=lam, rank=rank)
+                base.updated(layers=band, alpha=alpha, beta=beta, lam=lam, rank=rank)
                 for alpha, beta, lam, rank in itertools.product(
                     grid["alpha"], grid["beta"], grid["lam"], ranks
                 )
@@ -591,7 +590,7 @@ def _number(value: float) -> float | str:
 
 
 def _plain_config(config: SolveConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    return config.plain()
 
 
 def _record(
@@ -713,7 +712,7 @@ def confirm(
     WS/edit/tune.yaml under `confirmation`; choosing among them is the caller's (see
     `confirmed_choice`)."""
     from swe_cli.judges import PatternJudge
-    from swe_cli.stages.evaluate import load_model
+    from swe_cli.models import load_model
 
     setup = _setup(workspace)
     context = setup.context
@@ -774,7 +773,7 @@ def _refusal_rate(
     batch_size: int,
 ) -> float:
     from swe_cli.judges import REFUSED
-    from swe_cli.stages.evaluate import generate
+    from swe_cli.models import generate
 
     refused = total = 0
     for lang, texts in prompts.items():

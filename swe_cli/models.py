@@ -1,0 +1,213 @@
+"""The one place that loads a causal LM and talks to it: `load_model` (local folder or Hub id,
+dtype and device rules, a left-padding tokenizer), chat formatting, and batched greedy
+generation. Probe, tune, eval and the guard judge all go through here. torch/transformers are
+imported lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from swe_cli.errors import CheckpointError, EvalError, SweError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def load_model(
+    model: str | Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    *,
+    revision: str | None = None,
+    device_map: str | None = None,
+    float32_on_cpu: bool = True,
+) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a local folder or a Hub id.
+
+    dtype "auto" is the checkpoint's dtype, except on the CPU where it is float32 unless
+    float32_on_cpu is False (probe records activations in the checkpoint's own dtype).
+    device "auto" or a device_map spreads the model with accelerate. The tokenizer pads and
+    truncates on the left, so the last prompt positions are the last columns of a batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    from swe_cli.checkpoint import resolve_model
+
+    transformers_logging.disable_progress_bar()
+    if dtype not in DTYPES:
+        raise EvalError(f"unknown dtype '{dtype}'", hint=f"use one of {', '.join(DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SweError(
+            "--device cuda was asked for but no CUDA device is available", hint="use --device cpu"
+        )
+    if dtype != "auto":
+        torch_dtype: Any = getattr(torch, dtype)
+    else:
+        torch_dtype = torch.float32 if device == "cpu" and float32_on_cpu else "auto"
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    device_map = device_map or ("auto" if device == "auto" else None)
+    if device_map:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise SweError(
+                "--device-map needs the accelerate package", hint="pip install 'swe-cli[scale]'"
+            ) from None
+        kwargs["device_map"] = device_map
+    path = resolve_model(str(model), revision).path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if not device_map:
+            loaded = loaded.to(device)
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as error:
+        raise CheckpointError(
+            f"cannot load '{model}' ({type(error).__name__}: {str(error)[:200]})".splitlines()[0],
+            hint="check the path or Hub id, the device and the dtype",
+        ) from None
+    loaded.eval()
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return loaded, tokenizer
+
+
+def chat_text(tokenizer: Any, prompt: str, answer: str | None = None) -> str:
+    """The prompt as the model sees it: chat template with the generation prompt (and the answer).
+    Without a chat template, the raw text (probe records base models too)."""
+    messages = [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None) is None:
+        return prompt if answer is None else f"{prompt} {answer}"
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text if answer is None else text + answer
+
+
+def format_chat(
+    tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+) -> str:
+    """The conversation rendered by the tokenizer's own chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise EvalError(
+            "the tokenizer has no chat template",
+            hint="evaluate an instruct/chat model whose tokenizer ships a chat template",
+        )
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return str(text)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a turn: the generation config's eos ids and the tokenizer's."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.append(value)
+        elif isinstance(value, (list, tuple)):
+            ids.extend(int(v) for v in value)
+    if not ids:
+        raise EvalError("the model defines no end-of-sequence token", hint="fix its tokenizer")
+    return list(dict.fromkeys(ids))
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool) -> list[list[int]]:
+    return [list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"]) for text in texts]
+
+
+def _pad(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids, mask = [], []
+    for row in rows:
+        padding = [pad_id] * (width - len(row))
+        ids.append(padding + row if left else row + padding)
+        ones, zeros = [1] * len(row), [0] * (width - len(row))
+        mask.append(zeros + ones if left else ones + zeros)
+    return torch.tensor(ids), torch.tensor(mask)
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to waste little padding."""
+    if batch_size < 1:
+        raise EvalError(f"batch size must be at least 1, not {batch_size}", hint="--batch-size")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def generate_from_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Greedy continuations of already formatted texts, decoded up to the first eos."""
+    import torch
+    from transformers import GenerationConfig
+
+    if max_new_tokens < 1:
+        raise EvalError("max_new_tokens must be at least 1", hint="--max-new-tokens")
+    if not texts:
+        return []
+    eos = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=pad_id,
+    )
+    encoded = _encode(tokenizer, texts, special_tokens=False)
+    outputs = [""] * len(texts)
+    done = 0
+    for batch in _batches([len(row) for row in encoded], batch_size):
+        input_ids, attention_mask = _pad([encoded[i] for i in batch], pad_id, left=True)
+        with torch.inference_mode():
+            generated = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                generation_config=config,
+            )
+        for index, row in zip(batch, generated[:, input_ids.shape[1] :].tolist(), strict=True):
+            outputs[index] = tokenizer.decode(_until(row, eos), skip_special_tokens=True).strip()
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(done)
+    return outputs
+
+
+def _until(tokens: list[int], stop: Sequence[int]) -> list[int]:
+    for position, token in enumerate(tokens):
+        if token in stop:
+            return tokens[:position]
+    return tokens
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Greedy answers to user prompts, each formatted with the chat template and its
+    generation prompt. Results do not depend on batch_size (left padding + attention mask)."""
+    texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    return generate_from_texts(
+        model,
+        tokenizer,
+        texts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )

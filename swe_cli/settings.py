@@ -1,0 +1,208 @@
+"""The settings of every stage, defined once: one pydantic model per stage with its defaults, help
+text and validation in the fields. Recipes (recipes/*.yaml) load into these models, `--set` and
+the command-line options override them, and the stages receive them. A stage that needs its
+settings in resolved form (layer numbers instead of the text `1-3`, plus run-time fields such as
+the device) gets a subclass that narrows those fields: the other fields are not repeated."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from swe_cli.errors import SweError
+
+
+def split_list(value: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def parse_layers(value: Any) -> tuple[int, ...] | None:
+    """'all' or empty -> None; '3' / '1,2,5' / '1-3' / '-1' / [1, 2] -> layer numbers."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, list | tuple):
+        return tuple(int(item) for item in value)
+    text = str(value)
+    if text.strip().lower() in {"", "all"}:
+        return None
+    layers: list[int] = []
+    try:
+        for part in split_list(text):
+            if "-" in part[1:]:
+                start, end = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                layers.extend(range(int(start), int(end) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise SweError(
+            f"cannot read layers '{value}'", hint="use e.g. 3, 1,2,5, 1-3 or all"
+        ) from None
+    return tuple(layers)
+
+
+def _text(value: Any) -> Any:
+    """YAML gives numbers and lists where the text form is meant: `layers: 16`, `[1, 2]`."""
+    if isinstance(value, bool | dict):
+        return value
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _names(value: Any) -> Any:
+    return tuple(split_list(value)) if isinstance(value, str) else value
+
+
+def _layers(value: Any) -> Any:
+    try:
+        return parse_layers(value)
+    except (SweError, TypeError):
+        raise ValueError(f"cannot read layers {value!r}") from None
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+Layers = Annotated[tuple[int, ...] | None, BeforeValidator(_layers)]
+
+
+class Settings(BaseModel):
+    """Frozen, strict about unknown keys; lax about YAML scalars (1 for 1.0, 'yes' for true)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def updated(self, **changes: Any) -> Any:
+        """A validated copy with some fields changed."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+def field_help(model: type[BaseModel], name: str) -> str:
+    return model.model_fields[name].description or ""
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    return model.model_fields[name].default
+
+
+# -- probe ----------------------------------------------------------------------------------------
+class ProbeSettings(Settings):
+    layers: Text = Field("all", description="Layers to record: all, 3, 1,2,5 or 1-3.")
+    stats_layers: Text | None = Field(
+        None,
+        description="Layers whose all-position moments are streamed (default: all recorded, if they fit in 2 GiB).",
+    )
+    positions: int = Field(1, ge=1, description="Record the last N prompt positions.")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass.")
+    max_length: int = Field(512, ge=1, description="Tokens kept per prompt (left truncation).")
+    max_prompts: int | None = Field(None, description="Use at most N prompt ids per set.")
+    heldout_fraction: float = Field(0.5, description="Share of ids held out for eval.")
+
+
+class ProbeConfig(ProbeSettings):
+    """What the probe stage runs with: layer numbers resolved, plus the run's model settings."""
+
+    langs: Names
+    hrl: str = "en"
+    layers: Layers = None  # type: ignore[assignment]  # None: every layer
+    stats_layers: Layers = None  # type: ignore[assignment]  # None: every recorded layer that fits
+    device: str = "cpu"
+    dtype: str = "auto"
+    device_map: str | None = None
+
+
+# -- localize -------------------------------------------------------------------------------------
+class LocalizeSettings(Settings):
+    tau_mag: float = Field(2.0, description="z-score threshold of the mean difference.")
+    tau_stat: float = Field(1.0, description="Cohen's d threshold.")
+
+
+LocalizeConfig = LocalizeSettings
+
+
+# -- solve ----------------------------------------------------------------------------------------
+PAPER_RANK = 32  # paper default: ASR is flat for r in 4..512
+
+
+class SolveSettings(Settings):
+    method: str = Field("paper", description="Edit method (see `swe solve --help`).")
+    layers: Text | None = Field(None, description="Layers to edit (default: method's choice).")
+    rank: int | None = Field(
+        None,
+        description=f"Rank cap of the edit [default: {PAPER_RANK} for paper, none for residual].",
+    )
+    gamma: float = Field(1.0, description="paper: harmless penalty, relative (x N_h/N_s).")
+    lam: float = Field(0.1, description="Ridge term, relative (x trace(X^T X)/d).")
+    alpha: float = Field(
+        1.0, description="residual: all-position preservation weight, relative (x n)."
+    )
+    beta: float = Field(
+        1.0, description="residual: harmless last-position key weight, relative (x n/n_s)."
+    )
+    hard: bool = Field(False, description="Hard null-space projector instead of the soft penalty.")
+    threshold: float = Field(0.01, description="Null-space eigenvalue threshold (relative).")
+    projections: Text = Field("gate", description="paper: rows to edit, gate and/or up.")
+    sparse: bool = Field(False, description="residual: edit only the safety-neuron columns.")
+
+    def resolve(self, device: str = "cpu") -> SolveConfig:
+        """The stage form: layer numbers and projection names parsed, the device added."""
+        values = self.model_dump()
+        return SolveConfig.model_validate(
+            {**values, "device": "cpu" if device in ("auto", "") else device}
+        )
+
+
+class SolveConfig(SolveSettings):
+    """What the solve stage and the methods run with."""
+
+    layers: Layers = None  # type: ignore[assignment]  # None: the method's default
+    projections: Names = ("gate",)  # type: ignore[assignment]
+    device: str = "cpu"
+
+    def plain(self) -> dict[str, Any]:
+        """Plain YAML types (tuples as lists) for edit.yaml and the manifest."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model_dump().items()}
+
+
+# -- eval -----------------------------------------------------------------------------------------
+class EvalSettings(Settings):
+    max_new_tokens: int = Field(64, ge=1, description="Generation length bound.")
+    batch_size: int = Field(16, ge=1, description="Prompts per forward pass.")
+    judge: str = Field(
+        "pattern", description="pattern, or a guard model (Qwen3Guard-Gen, Llama Guard 3)."
+    )
+
+
+# -- recipe ---------------------------------------------------------------------------------------
+class Match(Settings):
+    model_types: Names = ()
+    num_layers: tuple[int, ...] = ()  # empty: any depth
+    hidden_sizes: tuple[int, ...] = ()  # empty: any width
+
+
+class Recipe(Settings):
+    name: str
+    description: str = ""
+    validated: str = ""  # what this recipe was measured on, or why it is a starting point
+    match: Match = Field(default_factory=Match)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    localize: LocalizeSettings = Field(default_factory=LocalizeSettings)
+    solve: SolveSettings = Field(default_factory=SolveSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+SECTIONS: dict[str, type[Settings]] = {
+    "match": Match,
+    "probe": ProbeSettings,
+    "localize": LocalizeSettings,
+    "solve": SolveSettings,
+    "eval": EvalSettings,
+}
