@@ -103,7 +103,7 @@ def test_residual_grid_tunes_layer_bands() -> None:
 def test_tune_never_reads_the_heldout_split(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import swe_cli.stages.solve as solve_stage
+    import swe_cli.methods.base as solve_stage
 
     read: dict[str, set[str]] = {"harmful": set(), "harmless": set()}
     original = solve_stage.load_acts
@@ -169,7 +169,7 @@ def test_validation_scores_are_what_the_solver_edit_does_on_validation_rows(
     from swe_cli.checkpoint import read_rows
     from swe_cli.methods.linalg import solve_paper
     from swe_cli.stages.localize import load_selected
-    from swe_cli.stages.solve import layer_data
+    from swe_cli.methods.base import layer_data
 
     result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "rank": [4]})
     candidate: Candidate = result.candidates[0]
