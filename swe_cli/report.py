@@ -407,3 +407,59 @@ def write_report(report: EvalReport, directory: Path) -> dict[str, Path]:
     if write_chart(report, directory / CHART_NAME):
         written["chart"] = directory / CHART_NAME
     return written
+
+
+# -- stage summaries as tables (align, localize, solve) --------------------------------------------
+def localize_table(summary: dict[str, Any]) -> Any:
+    """|S| per layer and language, and the Jaccard overlap with the HRL set (paper Fig. 2)."""
+    from rich.table import Table
+
+    layers = summary["layers"]
+    langs = list(next(iter(layers.values()))["sizes"]) if layers else []
+    table = Table(title="safety neurons per layer (|S|) and Jaccard overlap with the HRL")
+    table.add_column("layer", justify="right")
+    for lang in langs:
+        table.add_column(f"|S| {lang}", justify="right")
+    for lang in langs[1:]:
+        table.add_column(f"J({langs[0]},{lang})", justify="right")
+    for layer, values in layers.items():
+        sizes = [str(values["sizes"][lang]) for lang in langs]
+        overlaps = [f"{values['jaccard'][langs[0]][lang]:.2f}" for lang in langs[1:]]
+        table.add_row(str(layer), *sizes, *overlaps)
+    return table
+
+
+def solve_table(summary: dict[str, Any]) -> Any:
+    """One row per edited weight with the solver diagnostics of edit.yaml."""
+    from rich.table import Table
+
+    table = Table(title=f"edit ({summary['method']}): {summary['rows']} rows")
+    for column in ("layer", "weight", "|S|", "rank", "residual", "leak", "cond(Q)"):
+        table.add_column(column, justify="right")
+    for layer, values in summary["layers"].items():
+        for weight, diag in values.items():
+            if not isinstance(diag, dict):
+                continue
+            leak = diag.get("utility_leak", diag.get("harmless_key_leak", float("nan")))
+            table.add_row(
+                str(layer),
+                weight,
+                str(values.get("neurons", "")),
+                str(diag.get("rank")),
+                f"{diag.get('relative_residual', float('nan')):.3f}",
+                f"{leak:.3f}",
+                f"{diag.get('condition_number', float('nan')):.2e}",
+            )
+    return table
+
+
+def timings_table(timings: dict[str, float], output: Path) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"swe align -> {output}")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in timings.items():
+        table.add_row(stage, f"{seconds:.1f}")
+    table.add_row("total", f"{sum(timings.values()):.1f}")
+    return table

@@ -1,5 +1,7 @@
-"""The `swe` command line (Typer)."""
+"""The `swe` command line (Typer): app.py (global options, error boundary), options.py (shared
+option declarations), commands.py (one thin function per command)."""
 
-from swe_cli.cli.commands import app, main
+from swe_cli.cli import commands  # noqa: F401 - registers the commands on app
+from swe_cli.cli.app import app, main
 
 __all__ = ["app", "main"]

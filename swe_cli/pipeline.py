@@ -1,0 +1,635 @@
+"""The stage calls behind every command, and `align`/`demo` as one typed request run through
+probe -> localize (-> tune) -> solve -> apply (-> eval). The command line builds a request and
+calls one function here; this module owns the default workspace, the recipe choice, and
+resolves the model once per run. Terminal output goes through a `Ui` the caller passes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swe_cli.errors import PromptError, SweError
+from swe_cli.settings import (
+    LocalizeSettings,
+    ProbeConfig,
+    ProbeSettings,
+    Recipe,
+    SolveConfig,
+    parse_layers,
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+@contextmanager
+def _silent_progress() -> Iterator[Progress]:
+    yield lambda label, done, total: None
+
+
+@dataclass(frozen=True)
+class Ui:
+    """How the pipeline talks to the terminal; the default is silent (library use, tests)."""
+
+    info: Callable[[str], None] = lambda message: None
+    show: Callable[[Any], None] = lambda renderable: None  # rich tables
+    progress: Callable[[], Any] = _silent_progress
+    quiet: bool = True
+
+
+SILENT = Ui()
+
+
+# -- probe ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbeRequest:
+    model: str
+    workspace: Path
+    langs: list[str]
+    harmful: str
+    harmless: str
+    general: str | None = None
+    hrl: str = "en"
+    settings: ProbeSettings = field(default_factory=ProbeSettings)
+    device: str = "cpu"
+    dtype: str = "auto"
+    device_map: str | None = None
+    revision: str | None = None
+    resolved: Any = None  # a ResolvedModel when the caller has resolved the model already
+
+
+def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.prompts import load_prompt_set
+    from swe_cli.stages.probe import run_probe
+    from swe_cli.workspace import Workspace
+
+    langs, hrl, settings = request.langs, request.hrl, request.settings
+    if not langs:
+        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    all_langs = [hrl, *[lang for lang in langs if lang != hrl]]
+    split = {"heldout_fraction": settings.heldout_fraction, "max_prompts": settings.max_prompts}
+    harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
+    harmless_set = load_prompt_set(request.harmless, "harmless", all_langs, **split)
+    general_set = None
+    if request.general:
+        general_set = load_prompt_set(
+            request.general,
+            "general",
+            langs_in(request.general, all_langs),
+            heldout_fraction=settings.heldout_fraction,
+            require_parallel=False,
+        )
+    resolved = request.resolved or resolve_model(request.model, request.revision)
+    config = ProbeConfig.model_validate(
+        {
+            **settings.model_dump(),
+            "langs": tuple(langs),
+            "hrl": hrl,
+            "device": request.device,
+            "dtype": request.dtype,
+            "device_map": request.device_map,
+        }
+    )
+    with ui.progress() as update:
+        result = run_probe(
+            Workspace(request.workspace),
+            resolved,
+            harmful_set,
+            harmless_set,
+            general_set,
+            config,
+            update,
+        )
+    ui.info(
+        f"[green]probed[/green] {len(result.layers)} layers, {result.shards_written} shards written, "
+        f"{result.shards_skipped} reused; moments for layers {result.stats_layers}"
+    )
+    return {
+        "workspace": str(request.workspace),
+        "model": request.model,
+        "layers": result.layers,
+        "stats_layers": result.stats_layers,
+        "shards_written": result.shards_written,
+        "shards_skipped": result.shards_skipped,
+        "counts": result.counts,
+    }
+
+
+def langs_in(source: str, wanted: list[str]) -> list[str]:
+    """General text may cover only some languages: keep the requested ones it has."""
+    from swe_cli.prompts import load_prompt_set
+
+    present = []
+    for lang in wanted:
+        try:
+            load_prompt_set(source, "general", [lang], require_parallel=False, max_prompts=1)
+            present.append(lang)
+        except PromptError:
+            continue
+    if not present:
+        raise SweError(
+            f"{source}: general text has none of the languages {wanted}",
+            hint="check its lang column",
+        )
+    return present
+
+
+# -- localize / tune / solve ----------------------------------------------------------------------
+def localize(workspace: Path, settings: LocalizeSettings, ui: Ui = SILENT) -> dict[str, Any]:
+    from swe_cli.report import localize_table
+    from swe_cli.stages.localize import run_localize
+    from swe_cli.workspace import Workspace
+
+    summary = run_localize(Workspace(workspace), settings)
+    if not ui.quiet:
+        ui.show(localize_table(summary))
+    return summary
+
+
+def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) -> SolveConfig:
+    """The tuned solve configuration; with confirm > 0, the `confirm` best candidates are also
+    checked by generation on validation prompts and the confirmed choice wins."""
+    from swe_cli.stages.tune import candidates_table, confirmed_choice
+    from swe_cli.stages.tune import confirm as confirm_candidates
+    from swe_cli.stages.tune import tune as run_tune
+    from swe_cli.workspace import Workspace
+
+    space = Workspace(workspace)
+    result = run_tune(space, base)
+    if not ui.quiet:
+        ui.show(candidates_table(result))
+    if confirm <= 0:
+        return result.best
+    rows = confirm_candidates(space, result, top=confirm, device=base.device)
+    chosen = confirmed_choice(rows)
+    ui.info(f"--confirm: {len(rows) - 1} candidates checked by generation on validation prompts")
+    return chosen
+
+
+def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, Any]:
+    from swe_cli.report import solve_table
+    from swe_cli.stages.solve import run_solve
+    from swe_cli.workspace import Workspace
+
+    summary = run_solve(Workspace(workspace), config)
+    if not ui.quiet:
+        ui.show(solve_table(summary))
+    return summary
+
+
+# -- apply / push / verify ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApplyRequest:
+    output: Path
+    workspace: Path | None = None
+    edit: str | None = None
+    base: str | None = None
+    edit_only: bool = False
+    device: str = "auto"
+    link: bool = False
+    force: bool = False
+    sync: bool = False
+    revision: str | None = None
+
+
+def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.patch import apply_edit_artifact, apply_workspace, export_edit
+    from swe_cli.workspace import Workspace
+
+    options = {"device": request.device, "link": request.link, "force": request.force}
+    if request.edit is not None:
+        if request.base is None:
+            raise SweError(
+                "--edit needs --base MODEL", hint="pass the base model the edit was computed on"
+            )
+        with ui.progress() as update:
+            result = apply_edit_artifact(
+                request.edit,
+                resolve_model(request.base, request.revision),
+                request.output,
+                progress=update,
+                sync=request.sync,
+                **options,
+            )
+    elif request.workspace is None:
+        raise SweError("nothing to apply", hint="pass -w WORKSPACE, or --edit EDIT --base MODEL")
+    elif request.edit_only:
+        path = export_edit(Workspace(request.workspace), request.output, force=request.force)
+        ui.info(f"[green]edit written[/green] to {path}")
+        return {"output": str(path), "edit_only": True}
+    else:
+        with ui.progress() as update:
+            result = apply_workspace(
+                Workspace(request.workspace),
+                request.output,
+                progress=update,
+                sync=request.sync,
+                **options,
+            )
+    for warning in result.warnings:
+        ui.info(f"[yellow]warning:[/yellow] {warning}")
+    ui.info(
+        f"[green]wrote[/green] {result.output}: {result.rows_edited} rows in {result.tensors_edited} tensors patched, "
+        f"{len(result.copied)} files copied, {len(result.linked)} linked, rows verified ({result.seconds:.1f} s)"
+    )
+    return result.summary()
+
+
+def push(folder: Path, repo: str, private: bool, revision: str | None, ui: Ui = SILENT) -> dict:
+    from swe_cli.hub import push_to_hub
+
+    url = push_to_hub(
+        folder, repo, private=private, revision=revision, token=os.environ.get("HF_TOKEN")
+    )
+    ui.info(f"[green]uploaded[/green] {folder} to {url}")
+    return {"output": str(folder), "pushed_to": url}
+
+
+def verify(
+    output: Path,
+    base: str,
+    workspace: Path | None,
+    revision: str | None,
+    ui: Ui = SILENT,
+    problem: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.patch import workspace_edit
+    from swe_cli.verify import verify_checkpoint
+    from swe_cli.workspace import Workspace
+
+    edit = workspace_edit(Workspace(workspace)) if workspace is not None else None
+    with ui.progress() as update:
+        report = verify_checkpoint(
+            output, resolve_model(base, revision).path, edit, progress=update
+        )
+    if report.ok:
+        ui.info(
+            f"[green]verified[/green] {output}: {report.tensors_identical} tensors byte-identical, "
+            f"{report.tensors_edited} edited ({report.rows_checked} rows exact)"
+        )
+    else:
+        for item in report.problems:
+            problem(f"mismatch: {item}")
+    return report.summary()
+
+
+# -- eval -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalRequest:
+    model: str
+    langs: list[str]  # HRL first
+    harmful: str
+    baseline: str | None = None
+    harmless: str | None = None
+    general: str | None = None
+    split: str = "heldout"
+    heldout_fraction: float = 0.5
+    max_prompts: int | None = None
+    judge: str = "pattern"
+    patterns: list[Path] = field(default_factory=list)
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    device: str = "cpu"
+    dtype: str = "auto"
+    revision: str | None = None
+    output: Path | None = None
+    workspace: Path | None = None
+    backend: str = "hf"
+    tensor_parallel_size: int = 1
+
+
+def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
+    from swe_cli.prompts import load_prompt_set
+
+    langs = request.langs
+    split = {"heldout_fraction": request.heldout_fraction, "max_prompts": request.max_prompts}
+    sets: dict[str, Any] = {"harmful": load_prompt_set(request.harmful, "harmful", langs, **split)}
+    sets["harmless"] = (
+        load_prompt_set(request.harmless, "harmless", langs, **split) if request.harmless else None
+    )
+    sets["general"] = (
+        load_prompt_set(
+            request.general,
+            "general",
+            langs_in(request.general, langs),
+            heldout_fraction=request.heldout_fraction,
+            require_parallel=False,
+        )
+        if request.general
+        else None
+    )
+    return sets
+
+
+def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
+    from swe_cli.judges import GuardJudge, PatternJudge
+    from swe_cli.report import rich_table, write_report
+    from swe_cli.stages.evaluate import run_eval
+    from swe_cli.workspace import Workspace
+
+    sets = load_eval_sets(request)
+    refusal_judge = PatternJudge.from_files(request.patterns)
+    judge = (
+        refusal_judge
+        if request.judge == "pattern"
+        else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
+    )
+    with ui.progress() as update:
+        report = run_eval(
+            request.model,
+            baseline=request.baseline,
+            harmful=sets["harmful"],
+            harmless=sets["harmless"],
+            general=sets["general"],
+            langs=request.langs,
+            split=request.split,
+            judge=judge,
+            refusal_judge=refusal_judge,
+            max_new_tokens=request.max_new_tokens,
+            batch_size=request.batch_size,
+            device=request.device,
+            dtype=request.dtype,
+            revision=request.revision,
+            progress=update,
+            backend=request.backend,
+            tensor_parallel_size=request.tensor_parallel_size,
+        )
+    if request.output is not None:
+        written = write_report(report, request.output)
+        names = ", ".join(sorted(p.name for p in written.values()))
+        ui.info(f"report written to {request.output} ({names})")
+    if request.workspace is not None:
+        space = Workspace(request.workspace)
+        write_report(report, space.eval_dir)
+        if space.exists():
+            space.record_stage(
+                "eval",
+                {
+                    "model": request.model,
+                    "baseline": request.baseline,
+                    "split": request.split,
+                    "judge": request.judge,
+                },
+                {
+                    "report": str(space.eval_dir / "report.json"),
+                    "mean": report.to_dict()["model"]["mean"],
+                },
+            )
+    if not ui.quiet:
+        ui.show(rich_table(report))
+    return report
+
+
+# -- align / demo ---------------------------------------------------------------------------------
+def default_workspace(model: str, langs: list[str]) -> Path:
+    """A cache folder keyed by model and languages, so a re-run resumes."""
+    cache = Path(os.environ.get("SWE_CACHE", Path.home() / ".cache" / "swe"))
+    name = Path(model).name or model
+    slug = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in name)[:60]
+    key = hashlib.sha256(
+        f"{Path(model).resolve() if Path(model).exists() else model}|{','.join(langs)}".encode()
+    ).hexdigest()[:10]
+    return cache / "workspaces" / f"{slug}-{'-'.join(langs)}-{key}"
+
+
+def builtin_data(name: str) -> str:
+    from importlib import resources
+
+    return str(resources.files("swe_cli") / "data" / name)
+
+
+def pick_recipe(
+    model_dir: Path, recipe_file: Path | None, overrides: dict[str, Any], ui: Ui = SILENT
+) -> Recipe:
+    from swe_cli.architectures import model_shape
+    from swe_cli.checkpoint import load_config
+    from swe_cli.recipe import apply_overrides, load_recipe, select_recipe
+
+    shape = model_shape(load_config(model_dir))
+    if recipe_file is not None:
+        recipe = load_recipe(recipe_file)
+        reason = f"from {recipe_file}"
+    else:
+        recipe = select_recipe(shape.model_type, shape.num_layers, shape.hidden_size)
+        reason = f"picked for model_type={shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}"
+    recipe = apply_overrides(recipe, overrides)
+    validated = " — " + recipe.validated if recipe.validated else ""
+    ui.info(f"recipe [bold]{recipe.name}[/bold] ({reason}){validated}")
+    return recipe
+
+
+@dataclass(frozen=True)
+class AlignRequest:
+    model: str
+    langs: list[str]
+    output: Path
+    workspace: Path | None = None
+    harmful: str = "DAMO-NLP-SG/MultiJail"
+    harmless: str | None = None  # None: the built-in set
+    general: str | None = None  # None: the built-in set
+    hrl: str = "en"
+    recipe: Path | None = None  # None: picked from the model's config
+    sets: list[str] = field(default_factory=list)  # --set section.field=value
+    method: str | None = None
+    tune: bool = False
+    confirm: int = 0
+    run_eval: bool = False
+    patterns: list[Path] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "auto"
+    device_map: str | None = None
+    revision: str | None = None
+    link: bool = False
+    force: bool = False
+    dry_run: bool = False
+
+
+def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    from swe_cli.checkpoint import resolve_model
+    from swe_cli.recipe import parse_set_options
+
+    if not request.langs:
+        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    if request.output.exists() and not request.force and not request.dry_run:
+        raise SweError(
+            f"output {request.output} already exists",
+            hint="choose another -o or pass --force to replace it",
+        )
+    overrides = parse_set_options(request.sets)
+    if request.method:
+        overrides["solve.method"] = request.method
+    resolved = resolve_model(request.model, request.revision)  # once per run
+    recipe = pick_recipe(resolved.path, request.recipe, overrides, ui)
+    workspace = request.workspace or default_workspace(request.model, request.langs)
+    harmless = request.harmless or builtin_data("harmless.jsonl")
+    general = request.general if request.general is not None else builtin_data("general.jsonl")
+    stages = ["probe", "localize", *(["tune"] if request.tune else []), "solve", "apply"]
+    plan = {
+        "model": request.model,
+        "langs": request.langs,
+        "hrl": request.hrl,
+        "workspace": str(workspace),
+        "output": str(request.output),
+        "recipe": recipe.to_dict(),
+        "harmful": request.harmful,
+        "harmless": harmless,
+        "general": general,
+        "stages": [*stages, *(["eval"] if request.run_eval else [])],
+    }
+    if request.dry_run:
+        ui.info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {request.output}")
+        return {"dry_run": True, **plan}
+    ui.info(f"workspace {workspace}")
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def timed(stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        timings[stage] = time.perf_counter() - start
+
+    solve_config = recipe.solve.resolve(request.device)
+    probe_settings = recipe.probe
+    residual = solve_config.method == "residual" and solve_config.layers
+    if residual and parse_layers(probe_settings.stats_layers) is None:
+        # moments only where the residual method needs them
+        probe_settings = probe_settings.updated(
+            stats_layers=",".join(str(layer) for layer in solve_config.layers or ())
+        )
+    with timed("probe"):
+        probe(
+            ProbeRequest(
+                model=request.model,
+                workspace=workspace,
+                langs=request.langs,
+                harmful=request.harmful,
+                harmless=harmless,
+                general=general,
+                hrl=request.hrl,
+                settings=probe_settings,
+                device=request.device,
+                dtype=request.dtype,
+                device_map=request.device_map,
+                revision=request.revision,
+                resolved=resolved,
+            ),
+            ui,
+        )
+    with timed("localize"):
+        localize(workspace, recipe.localize, ui)
+    if request.tune:
+        with timed("tune"):
+            solve_config = tune(workspace, solve_config, request.confirm, ui)
+    with timed("solve"):
+        solved = solve(workspace, solve_config, ui)
+    with timed("apply"):
+        applied = apply(
+            ApplyRequest(
+                output=request.output,
+                workspace=workspace,
+                link=request.link,
+                force=request.force,
+                revision=request.revision,
+            ),
+            ui,
+        )
+    summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
+    if request.run_eval:
+        with timed("eval"):
+            report = evaluate(
+                EvalRequest(
+                    model=str(request.output),
+                    baseline=request.model,
+                    langs=[request.hrl, *request.langs],
+                    harmful=request.harmful,
+                    harmless=harmless,
+                    general=general,
+                    heldout_fraction=probe_settings.heldout_fraction,
+                    max_prompts=probe_settings.max_prompts,
+                    judge=recipe.eval.judge,
+                    patterns=request.patterns,
+                    max_new_tokens=recipe.eval.max_new_tokens,
+                    batch_size=recipe.eval.batch_size,
+                    device=request.device,
+                    dtype=request.dtype,
+                    revision=request.revision,
+                    output=workspace / "eval",
+                    workspace=workspace,
+                ),
+                ui,
+            )
+            refresh_card(request.output, workspace)
+            summary["eval"] = report.to_dict()
+    summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+    if not ui.quiet:
+        from swe_cli.report import timings_table
+
+        ui.show(timings_table(timings, request.output))
+    return summary
+
+
+def refresh_card(output: Path, workspace: Path) -> None:
+    """Rewrite OUT/README.md with the eval table once eval has run."""
+    from swe_cli.hub import ModelCard
+    from swe_cli.patch import CARD_FILE, PROVENANCE_FILE, eval_report, workspace_base
+    from swe_cli.workspace import Workspace, atomic_write_text
+
+    space = Workspace(workspace)
+    provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    atomic_write_text(output / CARD_FILE, card.render(provenance))
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    output: Path = Path("swe-demo")
+    seed: int = 0
+    method: str | None = None
+    sets: list[str] = field(default_factory=list)
+    force: bool = False
+
+
+def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    """Build (or reuse) the organism and align it for its LRLs with eval, into one folder."""
+    import shutil
+
+    from swe_cli.organism import cached_organism
+
+    output = request.output
+    if output.exists() and not request.force:
+        raise SweError(
+            f"demo folder {output} already exists", hint="choose another -o or pass --force"
+        )
+    ui.info("model organism: building or reusing the cached one (about 3 minutes the first time)")
+    organism = cached_organism(request.seed)
+    ui.info(f"organism at {organism.path}: HRL {organism.hrl}, LRLs {', '.join(organism.lrls)}")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    return align(
+        AlignRequest(
+            model=str(organism.model_dir),
+            langs=list(organism.lrls),
+            output=output / "aligned",
+            workspace=output / "workspace",
+            harmful=str(organism.harmful),
+            harmless=str(organism.harmless),
+            general=str(organism.general),
+            hrl=organism.hrl,
+            sets=request.sets,
+            method=request.method,
+            run_eval=True,
+            patterns=[organism.refusal_patterns],
+            dtype="float32",
+        ),
+        ui,
+    )
