@@ -122,3 +122,40 @@ def test_overrides_by_dotted_key() -> None:
         apply_overrides(base, {"solve.rank": "lots"})
     with pytest.raises(RecipeError, match="KEY=VALUE"):
         parse_set_options(["solve.rank"])
+
+
+def test_recipe_probe_max_length_reaches_probe(
+    tmp_path: Path,
+    tiny_llama: Path,
+    prompt_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every probe setting of a recipe reaches the probe stage (max_length used to be dropped)."""
+    import swe_cli.stages.probe as probe_stage
+    from swe_cli.pipeline import AlignRequest, align
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_probe(*args: object) -> None:
+        seen["config"] = args[5]
+        raise Stop
+
+    monkeypatch.setattr(probe_stage, "run_probe", fake_run_probe)
+    recipe = write(tmp_path, "name: short\nprobe:\n  max_length: 7\n  positions: 2\n")
+    request = AlignRequest(
+        model=str(tiny_llama),
+        langs=["es", "sw"],
+        output=tmp_path / "out",
+        workspace=tmp_path / "ws",
+        harmful=str(prompt_files["harmful"]),
+        harmless=str(prompt_files["harmless"]),
+        general="",
+        recipe=recipe,
+    )
+    with pytest.raises(Stop):
+        align(request)
+    config = seen["config"]
+    assert config.max_length == 7 and config.positions == 2  # type: ignore[attr-defined]
