@@ -39,7 +39,7 @@ def check_contract(workspace: Workspace, name: str, rank: int | None) -> None:
         weights = {key: diag for key, diag in values.items() if isinstance(diag, dict)}
         assert weights, layer
         for diag in weights.values():
-            assert DIAGNOSTICS <= set(diag), set(diag)
+            assert set(diag) >= DIAGNOSTICS, set(diag)
             assert rank is None or diag["rank"] <= rank
 
 

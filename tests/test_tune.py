@@ -167,9 +167,9 @@ def test_validation_scores_are_what_the_solver_edit_does_on_validation_rows(
     import torch
 
     from swe_cli.checkpoint import read_rows
+    from swe_cli.methods.base import layer_data
     from swe_cli.methods.linalg import solve_paper
     from swe_cli.stages.localize import load_selected
-    from swe_cli.methods.base import layer_data
 
     result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "rank": [4]})
     candidate: Candidate = result.candidates[0]
