@@ -114,11 +114,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool) -> list[list[int]]:
     return [list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"]) for text in texts]
 
 
-def _pad(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[Any, Any]:
+def pad_rows(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[Any, Any]:
     import torch
 
     width = max(len(row) for row in rows)
@@ -131,7 +131,7 @@ def _pad(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[Any, An
     return torch.tensor(ids), torch.tensor(mask)
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), to waste little padding."""
     if batch_size < 1:
         raise EvalError(f"batch size must be at least 1, not {batch_size}", hint="--batch-size")
@@ -165,11 +165,11 @@ def generate_from_texts(
         eos_token_id=eos,
         pad_token_id=pad_id,
     )
-    encoded = _encode(tokenizer, texts, special_tokens=False)
+    encoded = encode_texts(tokenizer, texts, special_tokens=False)
     outputs = [""] * len(texts)
     done = 0
-    for batch in _batches([len(row) for row in encoded], batch_size):
-        input_ids, attention_mask = _pad([encoded[i] for i in batch], pad_id, left=True)
+    for batch in length_batches([len(row) for row in encoded], batch_size):
+        input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=True)
         with torch.inference_mode():
             generated = model.generate(
                 input_ids=input_ids.to(model.device),

@@ -499,12 +499,12 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
 
     solve_config = recipe.solve.resolve(request.device)
     probe_settings = recipe.probe
-    residual = solve_config.method == "residual" and solve_config.layers
-    if residual and parse_layers(probe_settings.stats_layers) is None:
-        # moments only where the residual method needs them
-        probe_settings = probe_settings.updated(
-            stats_layers=",".join(str(layer) for layer in solve_config.layers or ())
-        )
+    from swe_cli.methods import get_method
+
+    moments = get_method(solve_config.method).moment_layers(solve_config)
+    if moments and parse_layers(probe_settings.stats_layers) is None:
+        # stream moments only where the method needs them
+        probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
     with timed("probe"):
         probe(
             ProbeRequest(

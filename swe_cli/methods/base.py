@@ -191,6 +191,11 @@ class Method(Protocol):
 
     def solve(self, context: Context, config: SolveConfig) -> MethodResult: ...
 
+    def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
+        """Layers whose all-position moments probe must stream for this configuration (None:
+        the probe default)."""
+        ...
+
     def plan(self, data: TuneData, base: SolveConfig, grid: dict[str, list[Any]]) -> Plan: ...
 
     def score(

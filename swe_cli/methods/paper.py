@@ -97,6 +97,9 @@ class PaperMethod:
     grid_keys = ("layers", "gamma", "lam", "rank")
     extra_columns: tuple[str, ...] = ()
 
+    def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
+        return None  # the paper's solve uses last-position activations only
+
     def solve(self, context: Context, config: SolveConfig) -> MethodResult:
         """Paper Algorithm 1 on the gate (and optionally up) rows of the HRL safety neurons."""
         import torch

@@ -121,6 +121,9 @@ class ResidualMethod:
     grid_keys = ("layers", "alpha", "beta", "lam", "rank")
     extra_columns = ("preservation",)  # tr(dW C0 dW^T) per target energy, in the table
 
+    def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
+        return config.layers  # C0 of every edited layer
+
     def solve(self, context: Context, config: SolveConfig) -> MethodResult:
         """The target h_HRL - h_LRL after the last edited layer is spread over the edited layers
         in order (MEMIT): each layer takes its share of what the earlier layers' predicted

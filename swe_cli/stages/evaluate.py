@@ -37,12 +37,12 @@ from swe_cli.judges import (
     normalize_text,
 )
 from swe_cli.models import (
-    _batches,
-    _encode,
-    _pad,
+    encode_texts,
     format_chat,
     generate,
+    length_batches,
     load_model,
+    pad_rows,
 )
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 from swe_cli.report import BASELINE, MODEL, EvalReport, LanguageResult, ModelResult, Sample
@@ -82,13 +82,13 @@ def next_token_kl(
     if not prompts:
         raise EvalError("no prompts to compute the KL divergence on", hint="check --harmless")
     texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    encoded = _encode(tokenizer, texts, special_tokens=False)
+    encoded = encode_texts(tokenizer, texts, special_tokens=False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_prompt: list[float] = []
     done = 0
-    for batch in _batches([len(row) for row in encoded], batch_size):
+    for batch in length_batches([len(row) for row in encoded], batch_size):
         # Right padding: pad tokens come after every real one, so causal attention ignores them.
-        input_ids, attention_mask = _pad([encoded[i] for i in batch], pad_id, left=False)
+        input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
         base_log = torch.log_softmax(_logits(base, input_ids, attention_mask), dim=-1)
         edited_log = torch.log_softmax(_logits(edited, input_ids, attention_mask), dim=-1)
         if base_log.shape != edited_log.shape:
@@ -117,14 +117,14 @@ def perplexity(
     """(perplexity, number of predicted tokens) over raw texts, tokens pooled."""
     import torch
 
-    encoded = [row[:max_length] for row in _encode(tokenizer, texts, special_tokens=True)]
+    encoded = [row[:max_length] for row in encode_texts(tokenizer, texts, special_tokens=True)]
     encoded = [row for row in encoded if len(row) >= 2]
     if not encoded:
         raise EvalError("general texts are too short to measure perplexity", hint="--general")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll, total_tokens, done = 0.0, 0, 0
-    for batch in _batches([len(row) for row in encoded], batch_size):
-        input_ids, attention_mask = _pad([encoded[i] for i in batch], pad_id, left=False)
+    for batch in length_batches([len(row) for row in encoded], batch_size):
+        input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
         log_probs = torch.log_softmax(_logits(model, input_ids, attention_mask)[:, :-1], dim=-1)
         targets = input_ids[:, 1:].to(log_probs.device)
         nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
