@@ -147,6 +147,11 @@ class SolveSettings(Settings):
     threshold: float = Field(0.01, description="Null-space eigenvalue threshold (relative).")
     projections: Text = Field("gate", description="paper: rows to edit, gate and/or up.")
     sparse: bool = Field(False, description="residual: edit only the safety-neuron columns.")
+    strength: float = Field(
+        1.0,
+        gt=0,
+        description="refusal: push along the refusal direction, x the shortfall to the HRL level.",
+    )
 
     def resolve(self, device: str = "cpu") -> SolveConfig:
         """The stage form: layer numbers and projection names parsed, the device added."""

@@ -111,6 +111,7 @@ def solve(
     threshold: o.Threshold = o.SOLVE["threshold"],
     projections: o.Projections = o.SOLVE["projections"],
     sparse: o.Sparse = o.SOLVE["sparse"],
+    strength: o.Strength = o.SOLVE["strength"],
     device: o.Device = "cpu",
     quiet: o.Quiet = False,
     as_json: o.Json = False,
@@ -130,6 +131,7 @@ def solve(
         threshold=threshold,
         projections=projections,
         sparse=sparse,
+        strength=strength,
     )
     emit(run(workspace, settings.resolve(device), ui()))  # type: ignore[arg-type]
 

@@ -110,7 +110,7 @@ Method = Annotated[
     typer.Option(
         "--method",
         help="Edit method: " + ", ".join(method_names()) + " (paper: gate rows, Alg. 1; "
-        "residual: down_proj, MEMIT-style). align/demo: overrides the recipe's solve.method.",
+        "residual: down_proj, MEMIT-style; refusal: down_proj along the HRL refusal direction). align/demo: overrides the recipe's solve.method.",
     ),
 ]
 SolveLayers = Annotated[str | None, _option(SolveSettings, "layers", "--layers")]
@@ -123,6 +123,7 @@ Hard = Annotated[bool, _option(SolveSettings, "hard", "--hard")]
 Threshold = Annotated[float, _option(SolveSettings, "threshold", "--threshold")]
 Projections = Annotated[str, _option(SolveSettings, "projections", "--projections")]
 Sparse = Annotated[bool, _option(SolveSettings, "sparse", "--sparse")]
+Strength = Annotated[float, _option(SolveSettings, "strength", "--strength")]
 Judge = Annotated[str, _option(EvalSettings, "judge", "--judge")]
 MaxNewTokens = Annotated[int, _option(EvalSettings, "max_new_tokens", "--max-new-tokens", min=1)]
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 METHODS: dict[str, str] = {
     "paper": "swe_cli.methods.paper:PaperMethod",
     "residual": "swe_cli.methods.residual:ResidualMethod",
+    "refusal": "swe_cli.methods.refusal:RefusalMethod",
 }
 
 

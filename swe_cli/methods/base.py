@@ -69,6 +69,7 @@ class LayerData:
     a_safe: Any  # [N_s, f] harmless neuron activations (all languages)
     r_safe: Any = None  # [N_s, d] harmless residual stream after the layer (all languages)
     a_hrl: Any = None  # [N_h, f] neuron activations of the paired HRL harmful prompts
+    n_safe_hrl: int = 0  # the first n_safe_hrl harmless rows are the HRL's
 
 
 def layer_data(
@@ -117,6 +118,7 @@ def layer_data(
         a_safe=torch.cat(safe["a"]),
         r_safe=torch.cat(safe["r"]),
         a_hrl=torch.cat(low["a_hrl"]),
+        n_safe_hrl=len(safe["r"][0]),
     )
 
 

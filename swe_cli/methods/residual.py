@@ -124,6 +124,17 @@ class ResidualMethod:
     def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
         return config.layers  # C0 of every edited layer
 
+    def target(
+        self, data: LayerData, config: SolveConfig, reference: LayerData | None = None
+    ) -> Any:
+        """The residual-stream change wanted after the last edited layer, d x n (float64), one
+        column per LRL harmful prompt: here its HRL translation's residual stream minus its own.
+        reference: the rows any statistic of the target comes from (the tune-fit rows when
+        validation rows are scored); this target has none."""
+        import torch
+
+        return (data.r_hrl - data.r_low).T.to(torch.float64)
+
     def solve(self, context: Context, config: SolveConfig) -> MethodResult:
         """The target h_HRL - h_LRL after the last edited layer is spread over the edited layers
         in order (MEMIT): each layer takes its share of what the earlier layers' predicted
@@ -133,7 +144,7 @@ class ResidualMethod:
         adapter = adapter_for(context.model_type)
         layers = sorted(config.layers) if config.layers else default_layers(context)
         last = layer_data(context.workspace, layers[-1], context.hrl, context.langs)
-        remaining = (last.r_hrl - last.r_low).T.to(torch.float64)  # d x n
+        remaining = self.target(last, config)  # d x n
         edits: list[TensorEdit] = []
         report: dict[int, dict[str, Any]] = {}
         for position, layer in enumerate(layers):
@@ -226,14 +237,14 @@ class ResidualMethod:
 
         keys = {layer: self.keys(data, layer, configs[0].sparse) for layer in layers}
         fit, val = data.pair(layers[-1])
-        target = (fit.r_hrl - fit.r_low).T.to(torch.float64)  # d x n
-        target_val = (val.r_hrl - val.r_low).T.to(torch.float64)
-        target_norm = torch.linalg.matrix_norm(target).item()
-        val_norm = torch.linalg.matrix_norm(target_val).item()
-        per_key = math.sqrt(target_val.shape[1] / keys[layers[-1]].Kn_val.shape[1])
+        per_key = math.sqrt(val.r_low.shape[0] / keys[layers[-1]].Kn_val.shape[1])
         candidates = []
         for config in configs:
             start = time.perf_counter()
+            target = self.target(fit, config)  # d x n
+            target_val = self.target(val, config, reference=fit)
+            target_norm = torch.linalg.matrix_norm(target).item()
+            val_norm = torch.linalg.matrix_norm(target_val).item()
             remaining, change, harmless_change, preservation = target, 0.0, 0.0, 0.0
             try:
                 for position, layer in enumerate(layers):
@@ -264,11 +275,10 @@ class ResidualMethod:
         return candidates
 
     def weight_changes(self, model: Any, data: TuneData, config: SolveConfig) -> list[WeightChange]:
-        import torch
 
         layers = tuple(config.layers or ())
         fit, _ = data.pair(layers[-1])
-        remaining = (fit.r_hrl - fit.r_low).T.to(torch.float64)
+        remaining = self.target(fit, config)
         changes: list[WeightChange] = []
         for position, layer in enumerate(layers):
             keys = self.keys(data, layer, config.sparse)
