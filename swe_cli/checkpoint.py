@@ -9,10 +9,10 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from swe_cli.errors import CheckpointError
+from swe_cli.errors import CheckpointError, SweError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -91,42 +91,83 @@ def read_header(path: Path) -> SafetensorsHeader:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
         raise CheckpointError(
-            f"{path}: safetensors header is not valid JSON ({error})",
+            f"{path}: safetensors header is not valid JSON ({reason})",
             hint="the shard is corrupted; re-download the checkpoint",
         ) from None
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(
+            f"{path}: safetensors __metadata__ is not a map of strings",
+            hint="the file is corrupted or was not written by a safetensors library",
+        )
     data_start = 8 + header_size
     tensors = {
         name: _entry(path, name, spec, data_start, file_size) for name, spec in header.items()
     }
-    return SafetensorsHeader(
-        path, header_size, tensors, {str(k): str(v) for k, v in metadata.items()}
-    )
+    _check_contiguous(path, tensors, data_start, file_size - data_start)
+    return SafetensorsHeader(path, header_size, tensors, dict(metadata))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _entry(path: Path, name: str, spec: Any, data_start: int, file_size: int) -> TensorEntry:
-    try:
-        dtype = str(spec["dtype"])
-        shape = tuple(int(size) for size in spec["shape"])
-        begin, end = (int(offset) for offset in spec["data_offsets"])
-    except (KeyError, TypeError, ValueError):
+    """One header entry, with the types the safetensors library requires (no coercion)."""
+    valid = (
+        isinstance(spec, dict)
+        and isinstance(spec.get("dtype"), str)
+        and isinstance(spec.get("shape"), list)
+        and all(_is_count(size) for size in spec["shape"])
+        and isinstance(spec.get("data_offsets"), list)
+        and len(spec["data_offsets"]) == 2
+        and all(_is_count(offset) for offset in spec["data_offsets"])
+    )
+    if not valid:
         raise CheckpointError(
             f"{path}: header entry for '{name}' is malformed",
             hint="the shard is corrupted; re-download the checkpoint",
-        ) from None
+        )
+    dtype, shape = spec["dtype"], tuple(spec["shape"])
+    begin, end = spec["data_offsets"]
     if dtype not in DTYPE_SIZES:
         raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
     expected = DTYPE_SIZES[dtype]
     for size in shape:
         expected *= size
-    if begin < 0 or end < begin or end - begin != expected or data_start + end > file_size:
+    if end < begin or end - begin != expected or data_start + end > file_size:
         raise CheckpointError(
             f"{path}: offsets of tensor '{name}' ({begin}..{end}) do not fit its shape or the file",
             hint="the shard is truncated or corrupted; re-download the checkpoint",
         )
     return TensorEntry(name, dtype, shape, data_start + begin, data_start + end, path)
+
+
+def _check_contiguous(
+    path: Path, tensors: dict[str, TensorEntry], data_start: int, data_size: int
+) -> None:
+    """As the safetensors library requires: tensors tile the data section exactly, in offset
+    order, with no overlap, no gap and nothing after the last one."""
+    cursor, previous = 0, None
+    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
+        begin = entry.begin - data_start
+        if begin != cursor:
+            what = f"overlaps '{previous}'" if begin < cursor else "leaves a gap before it"
+            raise CheckpointError(
+                f"{path}: offsets of tensor '{entry.name}' ({begin}..{entry.end - data_start}) "
+                f"do not fit the file: it {what}",
+                hint="the shard is corrupted or hostile; re-download the checkpoint",
+            )
+        cursor, previous = entry.end - data_start, entry.name
+    if cursor != data_size:
+        raise CheckpointError(
+            f"{path}: the tensors end at byte {cursor} of a {data_size}-byte data section "
+            "(truncated, or extra bytes after the last tensor)",
+            hint="the shard is truncated or corrupted; re-download the checkpoint",
+        )
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -144,15 +185,50 @@ def weight_files(model_dir: Path) -> list[Path]:
 
 
 def load_index(model_dir: Path) -> dict[str, str]:
-    """tensor name -> shard file name, from model.safetensors.index.json."""
+    """tensor name -> shard file name, from model.safetensors.index.json. Every shard must be a
+    relative path inside the model folder: an index is never a way to read files elsewhere."""
     path = model_dir / INDEX_NAME
     try:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise CheckpointError(
             f"{path}: unreadable or has no weight_map", hint="re-download the checkpoint"
         ) from None
+    for name, file in weight_map.items():
+        relative = PurePosixPath(file) if isinstance(file, str) else None
+        if relative is None or not file or relative.is_absolute() or ".." in relative.parts:
+            raise CheckpointError(
+                f"{path}: weight_map entry '{name}' points outside the model folder ({file!r})",
+                hint="the index is damaged or hostile; re-download the checkpoint",
+            )
     return {str(name): str(file) for name, file in weight_map.items()}
+
+
+def link_roots(folder: Path) -> list[Path]:
+    """Where links inside `folder` may point: the folder itself and, for a Hugging Face cache
+    snapshot (models--org--name/snapshots/<commit>), the repo's blobs folder."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return roots
+
+
+def inside(path: Path, roots: Sequence[Path]) -> bool:
+    """True when `path`, with every link resolved, lies inside one of `roots`."""
+    target = path.resolve()
+    return any(target == root or root in target.parents for root in roots)
+
+
+def check_inside(path: Path, folder: Path, error: type[SweError] = CheckpointError) -> None:
+    """Refuse a file that is (or sits under) a link leaving `folder`: it would be read, copied
+    into an output and pushed to the Hub as if it were part of the model."""
+    if not inside(path, link_roots(folder)):
+        raise error(
+            f"{path}: symbolic link to {path.resolve()}, outside {folder}; refusing to read it",
+            hint="replace the link with the file itself, or remove it",
+        )
 
 
 # Weights in formats other than this checkpoint's safetensors: carrying them into an edited copy
@@ -186,7 +262,9 @@ class CheckpointLayout:
 
 
 def checkpoint_layout(model_dir: Path) -> CheckpointLayout:
-    """Classify every file under a model folder; symlinked files (Hub snapshots) count as files."""
+    """Classify every file under a model folder. Symlinked files count as files when they stay
+    inside the folder (or point into the blobs of a Hub cache snapshot); any other link is an
+    error, so nothing outside the model is ever copied into an output."""
     model_dir = Path(model_dir)
     weights = tuple(path.name for path in weight_files(model_dir))
     index = INDEX_NAME if (model_dir / INDEX_NAME).exists() else None
@@ -209,6 +287,10 @@ def checkpoint_layout(model_dir: Path) -> CheckpointLayout:
                 skipped.append(relative)
             else:
                 others.append(relative)
+    roots = link_roots(model_dir)
+    for relative in (*weights, *([index] if index else []), *others):
+        if not inside(model_dir / relative, roots):
+            check_inside(model_dir / relative, model_dir)
     return CheckpointLayout(
         model_dir, weights, index, tuple(sorted(others)), tuple(sorted(skipped))
     )
@@ -339,6 +421,21 @@ def fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def check_model_folder(model_dir: Path) -> None:
+    """What transformers would read from a model folder stays inside it: the index names shards
+    in the folder, and no file (or indexed shard) is a link leaving it."""
+    if (model_dir / INDEX_NAME).exists():
+        for file in sorted(set(load_index(model_dir).values())):
+            check_inside(model_dir / file, model_dir)
+    roots = link_roots(model_dir)
+    for folder, directories, files in os.walk(model_dir):
+        directories[:] = [d for d in directories if not d.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            if path.is_symlink() and not inside(path, roots):
+                check_inside(path, model_dir)
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model argument resolved to a local folder (a local path, or a Hub snapshot)."""
@@ -361,6 +458,7 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
             raise CheckpointError(
                 f"{local}: no config.json", hint="pass a Hugging Face model folder or a Hub id"
             )
+        check_model_folder(local)
         return ResolvedModel(str(model), local.resolve(), revision, None)
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise CheckpointError(f"{model}: no such folder", hint="check the path")
@@ -373,6 +471,7 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
             f"cannot fetch '{model}' from the Hugging Face Hub ({type(error).__name__})",
             hint="check the model id, network and HF_TOKEN, or pass a local folder",
         ) from None
+    check_model_folder(path)
     return ResolvedModel(
         model, path, revision, path.name if path.parent.name == "snapshots" else None
     )

@@ -103,7 +103,7 @@ def load_edit(directory_or_file: Path, framework: str = "pt") -> Edit:
             f"{path}: not a swe edit (format {metadata.get('format')!r})",
             hint="pass the edit folder written by `swe solve` or `swe apply --edit-only`",
         )
-    layout = json.loads(metadata.pop("tensors"))
+    layout = parse_layout(metadata.pop("tensors", None), path)
     items = []
     for name in sorted(layout):
         spec = layout[name]
@@ -115,7 +115,7 @@ def load_edit(directory_or_file: Path, framework: str = "pt") -> Edit:
                     delta=tensors[f"{name}::delta"],
                     cols=tensors.get(f"{name}::cols"),
                     base_sha256=str(spec["base_sha256"]),
-                    shape=tuple(int(s) for s in spec["shape"]),
+                    shape=tuple(spec["shape"]),
                     dtype=str(spec["dtype"]),
                 )
             )
@@ -128,15 +128,54 @@ def load_edit(directory_or_file: Path, framework: str = "pt") -> Edit:
     return edit
 
 
+def parse_layout(text: str | None, source: Path | str) -> dict[str, dict[str, Any]]:
+    """The `tensors` metadata of an edit file: name -> {shape: [rows, cols], dtype, base_sha256}."""
+    try:
+        layout = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        layout = None
+    valid = isinstance(layout, dict) and all(
+        isinstance(spec, dict)
+        and isinstance(spec.get("shape"), list)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec["shape"])
+        for spec in layout.values()
+    )
+    if not valid:
+        raise EditError(
+            f"{source}: the edit's 'tensors' metadata is not a valid JSON layout",
+            hint="the edit file is damaged; re-run `swe solve` or re-export it",
+        )
+    return layout
+
+
 def validate_edit(edit: Edit, source: Path | str) -> None:
+    """Every index in range, unique and one-dimensional, every target a matrix: numpy would
+    otherwise wrap negative indices around and apply duplicates twice."""
     for item in edit.tensors:
+        if len(item.shape) != 2:
+            raise EditError(
+                f"{source}: '{item.name}' has shape {list(item.shape)}; only 2-D weights are edited",
+                hint="the edit file is damaged or was not written by swe",
+            )
+        _check_indices(source, item.name, "row", item.rows, item.shape[0])
+        if item.cols is not None:
+            _check_indices(source, item.name, "column", item.cols, item.shape[1])
         width = item.shape[1] if item.cols is None else len(item.cols)
-        if item.delta.shape != (len(item.rows), width):
+        if tuple(item.delta.shape) != (len(item.rows), width):
             raise EditError(f"{source}: delta of '{item.name}' has shape {list(item.delta.shape)}")
-        if len(item.rows) and (int(item.rows.min()) < 0 or int(item.rows.max()) >= item.shape[0]):
-            raise EditError(f"{source}: row index out of range for '{item.name}'")
-        if len(set(item.rows.tolist())) != len(item.rows):
-            raise EditError(f"{source}: duplicate row indices for '{item.name}'")
+
+
+def _check_indices(source: Path | str, name: str, kind: str, values: Any, size: int) -> None:
+    indices = as_numpy(values)
+    problem = None
+    if indices.ndim != 1 or indices.dtype.kind not in "iu":
+        problem = f"{kind} indices of '{name}' are not a list of integers"
+    elif len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        problem = f"{kind} index out of range for '{name}' (0..{size - 1})"
+    elif len(set(indices.tolist())) != len(indices):
+        problem = f"duplicate {kind} indices for '{name}'"
+    if problem:
+        raise EditError(f"{source}: {problem}", hint="the edit file is damaged or hostile")
 
 
 def edit_sha256(edit: Edit) -> str:
@@ -324,4 +363,4 @@ def edit_layout(path: Path) -> dict[str, dict[str, Any]]:
             f"{file}: not a swe edit (format {metadata.get('format')!r})",
             hint="pass the edit folder written by `swe solve` or `swe apply --edit-only`",
         )
-    return json.loads(metadata["tensors"])
+    return parse_layout(metadata["tensors"], file)
