@@ -29,6 +29,7 @@ from swe_cli.checkpoint import (
     ResolvedModel,
     SafetensorsHeader,
     TensorEntry,
+    check_inside,
     checkpoint_layout,
     fingerprint,
     load_index,
@@ -56,11 +57,12 @@ from swe_cli.hub import (
     edit_provenance,
     workspace_provenance,
 )
-from swe_cli.workspace import Workspace, atomic_write_text
+from swe_cli.workspace import Workspace, atomic_write_text, current_umask
 
 PROVENANCE_FILE = "swe_edit.json"
 EDIT_DIR = "swe_edit"  # OUT/swe_edit/edit.safetensors: the edit travels with the checkpoint
 CARD_FILE = "README.md"
+PREVIOUS_MARK = ".swe-previous-"  # .OUT.swe-previous-PID: an output replaced by --force
 EVAL_FILE = "eval_report.md"  # an exported edit keeps the workspace's eval table here
 REPLACED = (CARD_FILE, PROVENANCE_FILE)  # base files that swe writes anew
 CALLER_KEYS = ("base_model", "languages", "hrl", "prompt_sets", "solver")
@@ -179,16 +181,12 @@ def apply_workspace(
     """`swe apply -w WS -o OUT`: apply the workspace's edit to the model it was computed on,
     with the provenance and eval table of the workspace, and record the apply stage."""
     manifest = workspace.load()
-    workspace.require_stage("solve")
     model = dict(manifest.get("model") or {})
     base_dir = workspace_base(model)
+    _check_output(Path(output), [("base model folder", base_dir), *_own(workspace)], force)
+    edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    edit_file = workspace.edit_dir / EDIT_FILE
-    if not edit_file.exists():
-        raise WorkspaceError(
-            f"{edit_file}: missing", hint=f"run `swe solve -w {workspace.root}` first"
-        )
-    provenance = workspace_provenance(manifest, _read_yaml(workspace.edit_dir / "edit.yaml"))
+    provenance = workspace_provenance(manifest, edit_yaml)
     card = ModelCard.for_provenance(provenance, base_dir, eval_report(workspace))
     result = _apply(
         EditSource(file=edit_file),
@@ -236,7 +234,10 @@ def apply_edit_artifact(
         source = download_edit(str(edit))
     edit_file = edit_file_of(source)
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
-    provenance = _artifact_provenance(edit_file)
+    artifact = source if source.is_dir() else source.parent
+    _check_output(Path(output), [("base model folder", base_dir), ("edit folder", artifact)], force)
+    check_inside(edit_file, artifact, EditError)
+    provenance = _artifact_provenance(edit_file, artifact)
     warnings: list[str] = []
     recorded = (provenance.get("base_model") or {}).get("fingerprint")
     actual = fingerprint(base_dir)
@@ -250,6 +251,8 @@ def apply_edit_artifact(
         "fingerprint": actual,
     }
     report = edit_file.parent / EVAL_FILE
+    if report.exists():
+        check_inside(report, artifact, EditError)
     card = ModelCard.for_provenance(
         provenance, base_dir, report.read_text(encoding="utf-8") if report.exists() else None
     )
@@ -272,20 +275,17 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     """`swe apply -w WS --edit-only -o EDIT_DIR`: the edit as a small pushable folder:
     edit.safetensors, swe_edit.json (provenance), README.md (card) and the eval table if any."""
     manifest = workspace.load()
-    workspace.require_stage("solve")
-    edit_file = workspace.edit_dir / EDIT_FILE
+    model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
+    protected = [("base model folder", model_path)] if model_path.is_dir() else []
+    output = Path(output)
+    _check_output(output, [*protected, *_own(workspace)], force)
+    edit_file, edit_yaml = solved_edit(workspace)
     edit = load_edit(edit_file, framework="np")
     provenance = complete_provenance(
-        workspace_provenance(manifest, _read_yaml(workspace.edit_dir / "edit.yaml")),
-        edit,
-        edit_sha256(edit),
-        {"artifact": "edit"},
+        workspace_provenance(manifest, edit_yaml), edit, edit_sha256(edit), {"artifact": "edit"}
     )
-    model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
     report = eval_report(workspace)
     card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
-    output = Path(output)
-    _check_output(output, None, force)
     temporary = _temporary_folder(output)
     try:
         shutil.copyfile(edit_file, temporary / EDIT_FILE)
@@ -299,6 +299,34 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return output
+
+
+def solved_edit(workspace: Workspace) -> tuple[Path, dict[str, Any] | None]:
+    """(edit.safetensors, edit.yaml) of a cleanly finished solve. The edit file must be the one
+    the solve recorded: a solve killed after writing it and before recording it leaves another
+    method's edit under the old record, which must never ship with the old label."""
+    record = workspace.require_stage("solve")
+    edit_file = workspace.edit_dir / EDIT_FILE
+    if not edit_file.exists():
+        raise WorkspaceError(
+            f"{edit_file}: missing", hint=f"run `swe solve -w {workspace.root}` first"
+        )
+    edit_yaml = _read_yaml(workspace.edit_dir / "edit.yaml")
+    recorded = [
+        (record.get("outputs") or {}).get("edit_sha256"),
+        (edit_yaml or {}).get("edit_sha256"),
+    ]
+    actual = edit_sha256(load_edit(edit_file, framework="np"))
+    if any(value and value != actual for value in recorded):
+        raise WorkspaceError(
+            f"{edit_file}: not the edit the last finished solve recorded (a solve was interrupted)",
+            hint=f"re-run `swe solve -w {workspace.root}`",
+        )
+    return edit_file, edit_yaml
+
+
+def _own(workspace: Workspace) -> list[tuple[str, Path]]:
+    return [("workspace", workspace.root)]
 
 
 def workspace_edit(workspace: Workspace) -> Edit:
@@ -318,7 +346,10 @@ def workspace_base(model: dict[str, Any]) -> Path:
 
 def eval_report(workspace: Workspace) -> str | None:
     path = workspace.eval_dir / "report.md"
-    return path.read_text(encoding="utf-8") if path.exists() else None
+    if not path.exists():
+        return None
+    check_inside(path, workspace.root, WorkspaceError)
+    return path.read_text(encoding="utf-8")
 
 
 def resolve_device(device: str) -> str:
@@ -401,7 +432,7 @@ def _apply(
     warnings: list[str] | None = None,
 ) -> ApplyResult:
     started = time.perf_counter()
-    _check_output(output, base_dir, force)
+    _check_output(output, [("base model folder", base_dir)], force)
     plan = plan_apply(base_dir, source.tensor_names(), link)
     _check_space(output.parent, plan.bytes_to_copy)
     temporary = _temporary_folder(output)
@@ -765,7 +796,7 @@ def _read_yaml(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _artifact_provenance(edit_file: Path) -> dict[str, Any]:
+def _artifact_provenance(edit_file: Path, artifact: Path) -> dict[str, Any]:
     """The caller-side provenance of an edit artifact: its swe_edit.json (beside it, or in the
     checkpoint folder above swe_edit/), else the edit file's own metadata."""
     candidates = [edit_file.parent / PROVENANCE_FILE]
@@ -773,6 +804,7 @@ def _artifact_provenance(edit_file: Path) -> dict[str, Any]:
         candidates.append(edit_file.parent.parent / PROVENANCE_FILE)
     for candidate in candidates:
         if candidate.exists():
+            check_inside(candidate, artifact, EditError)
             try:
                 data = json.loads(candidate.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -784,15 +816,19 @@ def _artifact_provenance(edit_file: Path) -> dict[str, Any]:
 
 
 # -- the output folder --------------------------------------------------------------------------
-def _check_output(output: Path, base_dir: Path | None, force: bool) -> None:
+def _check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bool) -> None:
+    """The output may not be, contain or sit inside a folder swe reads from (the base model, the
+    workspace, the edit): --force would delete it. An existing output needs --force, and only a
+    model or edit folder is ever replaced."""
     resolved = output.resolve()
-    if base_dir is not None:
-        base = base_dir.resolve()
-        if resolved == base or base in resolved.parents or resolved in base.parents:
+    for what, folder in protected:
+        guarded = folder.resolve()
+        if resolved == guarded or guarded in resolved.parents or resolved in guarded.parents:
             raise CheckpointError(
-                f"{output}: the output overlaps the base model folder {base_dir}",
-                hint="choose an -o/--output outside the base model folder",
+                f"{output}: the output overlaps the {what} {folder}",
+                hint=f"choose an -o/--output outside the {what}",
             )
+    _check_previous(output)
     if not (output.exists() or output.is_symlink()):
         return
     if not force:
@@ -804,6 +840,31 @@ def _check_output(output: Path, base_dir: Path | None, force: bool) -> None:
             f"{output} exists and is not a model or edit folder; refusing to replace it",
             hint="remove it yourself or choose another -o/--output",
         )
+
+
+def _previous_folders(output: Path) -> list[Path]:
+    """Outputs moved aside by `--force` runs that are no longer running."""
+    found = []
+    for folder in output.parent.glob(f".{output.name}{PREVIOUS_MARK}*"):
+        pid = folder.name[len(f".{output.name}{PREVIOUS_MARK}") :]
+        if pid.isdigit() and not _alive(int(pid)):
+            found.append(folder)
+    return sorted(found)
+
+
+def _check_previous(output: Path) -> None:
+    """A run killed between moving the old output aside and moving the new one in leaves the
+    old output under its own name: it is never taken for a temporary folder. Without a new output
+    it is the user's only copy (refuse, and say where it is); with one, its deletion was the
+    only step left."""
+    for previous in _previous_folders(output):
+        if not (output.exists() or output.is_symlink()):
+            raise CheckpointError(
+                f"{output} is missing: the output that an interrupted `--force` run replaced is "
+                f"kept at {previous}",
+                hint=f"restore it (mv {previous} {output}) or delete it, then re-run",
+            )
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _replaceable(folder: Path) -> bool:
@@ -831,7 +892,9 @@ def _temporary_folder(output: Path) -> Path:
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     prefix = f".{output.name}.swe-{os.getpid()}-"
-    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=output.parent))
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=output.parent))
+    os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp makes 0700; an output follows the umask
+    return folder
 
 
 def _alive(pid: int) -> bool:
@@ -845,28 +908,24 @@ def _alive(pid: int) -> bool:
 
 
 def _move_into_place(temporary: Path, output: Path, force: bool) -> None:
-    """Rename the finished folder to `output`; an existing output (with --force) is moved aside
-    first and deleted only once the new one is in place."""
-    old = None
+    """Rename the finished folder to `output`. An existing output (with --force) is first renamed
+    to .OUT.swe-previous-PID (never taken for a temporary folder) and deleted only once the new
+    one is in place; if the process dies in between, the next run says where it is."""
+    previous = None
     if output.exists() and force:
-        old = Path(
-            tempfile.mkdtemp(
-                prefix=f".{output.name}.swe-{os.getpid()}-old-", suffix=".tmp", dir=output.parent
-            )
-        )
-        os.rename(output, old / "previous")
+        previous = output.parent / f".{output.name}{PREVIOUS_MARK}{os.getpid()}"
+        os.rename(output, previous)
     try:
         os.rename(temporary, output)
     except OSError:
-        if old is not None:
-            os.rename(old / "previous", output)
-            shutil.rmtree(old, ignore_errors=True)
+        if previous is not None:
+            os.rename(previous, output)
         raise CheckpointError(
             f"{output}: cannot move the finished folder into place", hint="check permissions"
         ) from None
     _fsync_directory(output.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _sync_tree(folder: Path) -> None:

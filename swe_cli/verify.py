@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from swe_cli.checkpoint import (
+    CheckpointLayout,
     SafetensorsHeader,
     checkpoint_layout,
     load_index,
@@ -23,6 +24,7 @@ from swe_cli.checkpoint import (
 from swe_cli.edit import EDIT_FILE, Edit, edit_sha256, load_edit, patched_row_bytes
 from swe_cli.errors import CheckpointError, EditError
 from swe_cli.patch import (
+    CARD_FILE,
     COMPARE_CHUNK,
     EDIT_DIR,
     PROVENANCE_FILE,
@@ -110,6 +112,7 @@ def verify_checkpoint(
         if progress:
             progress("verify (MiB)", tally.bytes_done // MiB, total // MiB)
     _check_other_files(base_dir, output, base_layout.others, tally)
+    _check_foreign_files(output, base_layout, tally)
     return VerifyReport(
         output=output,
         base=base_dir,
@@ -322,3 +325,36 @@ def _check_other_files(
             tally.problems.append(f"{target}: missing (the base has it)")
         elif not filecmp.cmp(base_dir / name, target, shallow=False):
             tally.problems.append(f"{target}: differs from the base's {name}")
+
+
+def _check_foreign_files(output: Path, base_layout: CheckpointLayout, tally: _Tally) -> None:
+    """Every entry of OUT must be a file of the base that apply carries over, or one swe writes:
+    transformers would load a planted model.safetensors, pytorch_model.bin or modeling_*.py
+    instead of (or beside) the verified shards. Links are never written by apply."""
+    carried = [base_layout.index] if base_layout.index else []
+    carried += [n for n in base_layout.others if n not in REPLACED and not n.startswith(EDIT_DIR)]
+    allowed = {
+        *base_layout.weights,
+        *carried,
+        CARD_FILE,
+        PROVENANCE_FILE,
+        f"{EDIT_DIR}/{EDIT_FILE}",
+    }
+    folders = {parent.as_posix() for name in allowed for parent in PurePosixPath(name).parents}
+    for folder, directories, files in os.walk(output):
+        relative = Path(folder).relative_to(output)
+        for name in sorted(directories):
+            entry = (relative / name).as_posix()
+            if (Path(folder) / name).is_symlink():
+                tally.problems.append(f"{output / entry}: a symbolic link, not written by swe")
+            elif entry not in folders:
+                tally.problems.append(f"{output / entry}/: a folder the base does not have")
+        directories[:] = [d for d in directories if (relative / d).as_posix() in folders]
+        for name in sorted(files):
+            entry = (relative / name).as_posix()
+            if (Path(folder) / name).is_symlink():
+                tally.problems.append(f"{output / entry}: a symbolic link, not written by swe")
+            elif entry not in allowed:
+                tally.problems.append(
+                    f"{output / entry}: not a file of the base or of swe (a planted file?)"
+                )

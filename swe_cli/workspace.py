@@ -22,13 +22,26 @@ MANIFEST = "workspace.yaml"
 FORMAT_VERSION = 1
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it into place."""
+    """Yield a temporary path beside `path`; on success fsync it and rename it into place. The
+    file gets the permissions a plain open() would (mkstemp makes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
+    os.fchmod(descriptor, 0o666 & ~current_umask())
     os.close(descriptor)
     temporary_path = Path(temporary)
     try:
@@ -170,6 +183,12 @@ class Workspace:
         """The recorded parameters/outputs of a finished stage, or a clear error."""
         manifest = self.load()
         record = manifest.get("stages", {}).get(stage)
+        if record and record.get("status") == "running":
+            raise WorkspaceError(
+                f"{self.root}: stage '{stage}' started at {record.get('started')} and did not "
+                "finish (interrupted, or still running)",
+                hint=f"re-run `swe {stage} -w {self.root}`",
+            )
         if not record or record.get("status") != "done":
             raise WorkspaceError(
                 f"{self.root}: stage '{stage}' has not finished in this workspace",
@@ -214,6 +233,14 @@ class Workspace:
 
     def model(self) -> dict[str, Any]:
         return dict(self.load()["model"])
+
+    def begin_stage(self, stage: str) -> None:
+        """Mark a stage running before it writes anything: a run killed before record_stage then
+        leaves 'running', which later stages refuse, instead of the previous run's 'done'."""
+        manifest = self.load()
+        stages = manifest.setdefault("stages", {})
+        stages[stage] = {**(stages.get(stage) or {}), "status": "running", "started": _now()}
+        self.save(manifest)
 
     def record_stage(
         self, stage: str, params: dict[str, Any], outputs: dict[str, Any], status: str = "done"

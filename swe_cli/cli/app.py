@@ -85,7 +85,7 @@ def show(renderable: Any) -> None:
 
 
 def problem(message: str) -> None:
-    err.print(message, style="bold red", highlight=False, markup=False)
+    err.print(message, style="bold red", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.callback(invoke_without_command=True)

@@ -82,6 +82,7 @@ def run_localize(workspace: Workspace, config: LocalizeConfig) -> dict[str, Any]
             "jaccard": jaccard_matrix(selected),
         }
     metadata = {"tau_mag": str(config.tau_mag), "tau_stat": str(config.tau_stat), "hrl": hrl}
+    workspace.begin_stage("localize")
     save_tensors(workspace.masks_path, tensors, metadata)
     outputs = {
         "masks": str(workspace.masks_path.relative_to(workspace.root)),

@@ -55,6 +55,7 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
             "params": yaml.safe_dump(params, sort_keys=True),
         },
     )
+    workspace.begin_stage("solve")
     path = save_edit(edit, workspace.edit_dir)
     summary = {
         "method": config.method,
