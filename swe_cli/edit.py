@@ -288,7 +288,7 @@ def _patch_torch(
 ) -> tuple[bytes, np.ndarray, np.ndarray]:
     import torch
 
-    from swe_cli.checkpoint import torch_dtype_of
+    from swe_cli.io.safetensors import torch_dtype_of
 
     dtype = torch_dtype_of(item.dtype)
     count = len(item.rows)
@@ -314,7 +314,8 @@ def tensor_edit_from_base(
     """A TensorEdit of a checkpoint tensor, with the base rows' hash, shape and dtype read from it."""
     import torch
 
-    from swe_cli.checkpoint import locate, read_row_bytes, rows_sha256
+    from swe_cli.io.checkpoint import locate
+    from swe_cli.io.safetensors import rows_sha256
 
     entry = locate(Path(model_dir), name)
     rows = torch.as_tensor(rows, dtype=torch.int64)
@@ -322,7 +323,7 @@ def tensor_edit_from_base(
         name=name,
         rows=rows,
         delta=torch.as_tensor(delta, dtype=torch.float32),
-        base_sha256=rows_sha256(read_row_bytes(entry, rows.tolist())),
+        base_sha256=rows_sha256(entry, rows.tolist()),
         shape=entry.shape,
         dtype=entry.dtype,
         cols=None if cols is None else torch.as_tensor(cols, dtype=torch.int64),
@@ -351,7 +352,7 @@ def edit_file_of(path: Path) -> Path:
 def edit_layout(path: Path) -> dict[str, dict[str, Any]]:
     """tensor name -> {shape, dtype, base_sha256}, read from the edit file's header alone (cheap,
     no torch), so a caller can plan work before loading the deltas."""
-    from swe_cli.checkpoint import read_header
+    from swe_cli.io.safetensors import read_header
 
     file = edit_file_of(path)
     try:

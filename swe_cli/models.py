@@ -33,7 +33,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
 
     transformers_logging.disable_progress_bar()
     if dtype not in DTYPES:

@@ -9,11 +9,9 @@ long as a plain file copy and needs tens of megabytes."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,18 +22,6 @@ from typing import Any
 
 import yaml
 
-from swe_cli.checkpoint import (
-    CheckpointLayout,
-    ResolvedModel,
-    SafetensorsHeader,
-    TensorEntry,
-    check_inside,
-    checkpoint_layout,
-    fingerprint,
-    load_index,
-    read_header,
-    resolve_model,
-)
 from swe_cli.edit import (
     EDIT_FILE,
     EDITABLE_DTYPES,
@@ -57,12 +43,35 @@ from swe_cli.hub import (
     edit_provenance,
     workspace_provenance,
 )
-from swe_cli.workspace import Workspace, atomic_write_text, current_umask
+from swe_cli.io.checkpoint import (
+    CheckpointLayout,
+    ResolvedModel,
+    checkpoint_layout,
+    fingerprint,
+    resolve_model,
+    tensor_files,
+)
+from swe_cli.io.files import (
+    atomic_write_text,
+    check_inside,
+    check_previous,
+    move_into_place,
+    sync_tree,
+    temporary_folder,
+)
+from swe_cli.io.safetensors import (
+    SafetensorsHeader,
+    TensorEntry,
+    read_header,
+    read_row_bytes,
+    rows_sha256,
+    write_row_bytes,
+)
+from swe_cli.workspace import Workspace
 
 PROVENANCE_FILE = "swe_edit.json"
 EDIT_DIR = "swe_edit"  # OUT/swe_edit/edit.safetensors: the edit travels with the checkpoint
 CARD_FILE = "README.md"
-PREVIOUS_MARK = ".swe-previous-"  # .OUT.swe-previous-PID: an output replaced by --force
 EVAL_FILE = "eval_report.md"  # an exported edit keeps the workspace's eval table here
 REPLACED = (CARD_FILE, PROVENANCE_FILE)  # base files that swe writes anew
 CALLER_KEYS = ("base_model", "languages", "hrl", "prompt_sets", "solver")
@@ -286,15 +295,15 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     )
     report = eval_report(workspace)
     card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
-    temporary = _temporary_folder(output)
+    temporary = temporary_folder(output)
     try:
         shutil.copyfile(edit_file, temporary / EDIT_FILE)
         _write_json(temporary / PROVENANCE_FILE, provenance)
         atomic_write_text(temporary / CARD_FILE, edit_card(card).render(provenance, kind="edit"))
         if report:
             atomic_write_text(temporary / EVAL_FILE, report)
-        _sync_tree(temporary)
-        _move_into_place(temporary, output, force)
+        sync_tree(temporary)
+        move_into_place(temporary, output, force)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -435,7 +444,7 @@ def _apply(
     _check_output(output, [("base model folder", base_dir)], force)
     plan = plan_apply(base_dir, source.tensor_names(), link)
     _check_space(output.parent, plan.bytes_to_copy)
-    temporary = _temporary_folder(output)
+    temporary = temporary_folder(output)
     try:
         with Transfer(COPY_WORKERS) as transfer:
             # patched shards first, so patching can start while the rest is still copying
@@ -468,8 +477,8 @@ def _apply(
             transfer.wait(list(futures.values()), progress, plan.bytes_to_copy)
         checked = check_written(temporary, plan.layout, plan.headers, targets)
         if sync:
-            _sync_tree(temporary)
-        _move_into_place(temporary, output, force)
+            sync_tree(temporary)
+        move_into_place(temporary, output, force)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -493,29 +502,6 @@ def _apply(
         seconds=time.perf_counter() - started,
         warnings=tuple(notes),
     )
-
-
-def tensor_files(layout: CheckpointLayout, headers: dict[str, SafetensorsHeader]) -> dict[str, str]:
-    """tensor name -> shard file, from the headers; the index must agree with them."""
-    where: dict[str, str] = {}
-    for file, header in headers.items():
-        for name in header.tensors:
-            if name in where:
-                raise CheckpointError(
-                    f"{layout.root}: tensor '{name}' is stored in both {where[name]} and {file}",
-                    hint="the checkpoint is inconsistent; re-download it",
-                )
-            where[name] = file
-    if layout.index:
-        index = load_index(layout.root)
-        wrong = sorted(n for n in set(index) | set(where) if index.get(n) != where.get(n))
-        if wrong:
-            raise CheckpointError(
-                f"{layout.root / layout.index}: tensor '{wrong[0]}' is indexed in "
-                f"{index.get(wrong[0])} but stored in {where.get(wrong[0])}",
-                hint="the index does not match the shards; re-download the checkpoint",
-            )
-    return where
 
 
 def locate_targets(
@@ -549,16 +535,12 @@ def locate_targets(
 
 def check_base_rows(target: Target) -> None:
     """The base rows must hash to the edit's base_sha256: anything else is another model."""
-    digest = hashlib.sha256()
     entry = target.entry
-    rows = target.item.rows.tolist()
-    with entry.file.open("rb") as handle:
-        for start, stop in row_blocks(target):
-            digest.update(read_rows(handle.fileno(), entry, rows[start:stop]))
-    if digest.hexdigest() != target.item.base_sha256:
+    actual = rows_sha256(entry, target.item.rows.tolist())
+    if actual != target.item.base_sha256:
         raise EditError(
             f"{entry.file}: rows of '{entry.name}' do not match the edit's base "
-            f"(sha256 {digest.hexdigest()[:12]}, edit expects {target.item.base_sha256[:12]})",
+            f"(sha256 {actual[:12]}, edit expects {target.item.base_sha256[:12]})",
             hint="the edit was computed on another model or revision; apply it to the base named "
             "in its swe_edit.json",
         )
@@ -572,45 +554,6 @@ def row_blocks(target: Target) -> Iterator[tuple[int, int]]:
         yield start, min(count, start + step)
 
 
-def runs(rows: Sequence[int]) -> Iterator[tuple[int, int, int]]:
-    """(position in rows, first row, length) of the runs of consecutive rows, in the given order."""
-    position = 0
-    while position < len(rows):
-        length = 1
-        while position + length < len(rows) and rows[position + length] == rows[position] + length:
-            length += 1
-        yield position, rows[position], length
-        position += length
-
-
-def read_rows(descriptor: int, entry: TensorEntry, rows: Sequence[int]) -> bytes:
-    """Raw bytes of the rows, in the given order (one pread per run of consecutive rows)."""
-    size = entry.row_bytes
-    parts = []
-    for _, first, length in runs(rows):
-        if first < 0 or first + length > entry.shape[0]:
-            raise EditError(f"row {first} out of range for '{entry.name}' {list(entry.shape)}")
-        chunk = os.pread(descriptor, length * size, entry.begin + first * size)
-        if len(chunk) != length * size:
-            raise CheckpointError(
-                f"{entry.file}: truncated inside tensor '{entry.name}'",
-                hint="the shard is truncated; re-download the checkpoint",
-            )
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def write_rows(descriptor: int, entry: TensorEntry, rows: Sequence[int], data: bytes) -> None:
-    size = entry.row_bytes
-    view = memoryview(data)
-    for position, first, length in runs(rows):
-        chunk = view[position * size : (position + length) * size]
-        offset = entry.begin + first * size
-        while chunk:
-            written = os.pwrite(descriptor, chunk, offset)
-            chunk, offset = chunk[written:], offset + written
-
-
 def patch_file(path: Path, targets: list[Target], device: str) -> int:
     """Rewrite the edited rows of one copied shard in place; returns the rows written."""
     descriptor = os.open(path, os.O_RDWR)
@@ -621,9 +564,9 @@ def patch_file(path: Path, targets: list[Target], device: str) -> int:
             with target.entry.file.open("rb") as base:
                 for start, stop in row_blocks(target):
                     block = target.item.block(start, stop)
-                    old = read_rows(base.fileno(), target.entry, rows[start:stop])
+                    old = read_row_bytes(base.fileno(), target.entry, rows[start:stop])
                     new = patched_row_bytes(block, old, device)
-                    write_rows(descriptor, target.entry, rows[start:stop], new)
+                    write_row_bytes(descriptor, target.entry, rows[start:stop], new)
                     written += stop - start
     finally:
         os.close(descriptor)
@@ -658,9 +601,9 @@ def check_written(
         out_entry = replace(target.entry, file=folder / target.file)
         with target.entry.file.open("rb") as base, out_entry.file.open("rb") as out:
             for start, stop in row_blocks(target):
-                old = read_rows(base.fileno(), target.entry, rows[start:stop])
+                old = read_row_bytes(base.fileno(), target.entry, rows[start:stop])
                 expected = patched_row_bytes(target.item.block(start, stop), old, "cpu")
-                if read_rows(out.fileno(), out_entry, rows[start:stop]) != expected:
+                if read_row_bytes(out.fileno(), out_entry, rows[start:stop]) != expected:
                     raise CheckpointError(
                         f"{out_entry.file}: rows of '{target.entry.name}' read back differently "
                         "from what was written",
@@ -828,7 +771,7 @@ def _check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bo
                 f"{output}: the output overlaps the {what} {folder}",
                 hint=f"choose an -o/--output outside the {what}",
             )
-    _check_previous(output)
+    check_previous(output)
     if not (output.exists() or output.is_symlink()):
         return
     if not force:
@@ -840,31 +783,6 @@ def _check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bo
             f"{output} exists and is not a model or edit folder; refusing to replace it",
             hint="remove it yourself or choose another -o/--output",
         )
-
-
-def _previous_folders(output: Path) -> list[Path]:
-    """Outputs moved aside by `--force` runs that are no longer running."""
-    found = []
-    for folder in output.parent.glob(f".{output.name}{PREVIOUS_MARK}*"):
-        pid = folder.name[len(f".{output.name}{PREVIOUS_MARK}") :]
-        if pid.isdigit() and not _alive(int(pid)):
-            found.append(folder)
-    return sorted(found)
-
-
-def _check_previous(output: Path) -> None:
-    """A run killed between moving the old output aside and moving the new one in leaves the
-    old output under its own name: it is never taken for a temporary folder. Without a new output
-    it is the user's only copy (refuse, and say where it is); with one, its deletion was the
-    only step left."""
-    for previous in _previous_folders(output):
-        if not (output.exists() or output.is_symlink()):
-            raise CheckpointError(
-                f"{output} is missing: the output that an interrupted `--force` run replaced is "
-                f"kept at {previous}",
-                hint=f"restore it (mv {previous} {output}) or delete it, then re-run",
-            )
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _replaceable(folder: Path) -> bool:
@@ -881,74 +799,3 @@ def _check_space(folder: Path, needed: int) -> None:
             hint="free disk space, choose another -o/--output, or pass --link to hard-link "
             "unedited shards",
         )
-
-
-def _temporary_folder(output: Path) -> Path:
-    """A fresh hidden folder beside `output` (same filesystem, so the final rename is atomic);
-    leftovers of killed runs (their process is gone) are removed first."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for stale in output.parent.glob(f".{output.name}.swe-*.tmp"):
-        pid = stale.name[len(f".{output.name}.swe-") :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    prefix = f".{output.name}.swe-{os.getpid()}-"
-    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=output.parent))
-    os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp makes 0700; an output follows the umask
-    return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _move_into_place(temporary: Path, output: Path, force: bool) -> None:
-    """Rename the finished folder to `output`. An existing output (with --force) is first renamed
-    to .OUT.swe-previous-PID (never taken for a temporary folder) and deleted only once the new
-    one is in place; if the process dies in between, the next run says where it is."""
-    previous = None
-    if output.exists() and force:
-        previous = output.parent / f".{output.name}{PREVIOUS_MARK}{os.getpid()}"
-        os.rename(output, previous)
-    try:
-        os.rename(temporary, output)
-    except OSError:
-        if previous is not None:
-            os.rename(previous, output)
-        raise CheckpointError(
-            f"{output}: cannot move the finished folder into place", hint="check permissions"
-        ) from None
-    _fsync_directory(output.parent)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
-def _sync_tree(folder: Path) -> None:
-    """fsync every file, then every folder. Writeback has been running since the first byte was
-    copied; several fsyncs in flight keep the disk's queue full, as one `sync` would."""
-    files = [Path(d) / name for d, _, names in os.walk(folder) for name in names]
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="swe-fsync") as pool:
-        list(pool.map(_fsync_file, files))
-    for directory, _, _ in os.walk(folder):
-        _fsync_directory(Path(directory))
-
-
-def _fsync_file(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -65,7 +65,7 @@ class ProbeRequest:
 
 
 def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
     from swe_cli.prompts import load_prompt_set
     from swe_cli.stages.probe import run_probe
     from swe_cli.workspace import Workspace
@@ -200,7 +200,7 @@ class ApplyRequest:
 
 
 def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
     from swe_cli.patch import apply_edit_artifact, apply_workspace, export_edit
     from swe_cli.workspace import Workspace
 
@@ -261,7 +261,7 @@ def verify(
     ui: Ui = SILENT,
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
     from swe_cli.patch import workspace_edit
     from swe_cli.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
@@ -411,7 +411,7 @@ def pick_recipe(
     model_dir: Path, recipe_file: Path | None, overrides: dict[str, Any], ui: Ui = SILENT
 ) -> Recipe:
     from swe_cli.architectures import model_shape
-    from swe_cli.checkpoint import load_config
+    from swe_cli.io.checkpoint import load_config
     from swe_cli.recipe import apply_overrides, load_recipe, select_recipe
 
     shape = model_shape(load_config(model_dir))
@@ -454,7 +454,7 @@ class AlignRequest:
 
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
     from swe_cli.recipe import parse_set_options
 
     if not request.langs:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swe_cli.workspace import atomic_path, atomic_write_text
+from swe_cli.io.files import atomic_path, atomic_write_text
 
 SCHEMA = "swe.eval/1"
 MODEL = "model"

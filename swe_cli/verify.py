@@ -7,22 +7,22 @@ says everything that is wrong. Memory stays O(one chunk + edited rows)."""
 from __future__ import annotations
 
 import filecmp
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from swe_cli.checkpoint import (
-    CheckpointLayout,
-    SafetensorsHeader,
-    checkpoint_layout,
-    load_index,
-    read_header,
-)
 from swe_cli.edit import EDIT_FILE, Edit, edit_sha256, load_edit, patched_row_bytes
 from swe_cli.errors import CheckpointError, EditError
+from swe_cli.io.checkpoint import CheckpointLayout, checkpoint_layout, load_index, tensor_files
+from swe_cli.io.safetensors import (
+    SafetensorsHeader,
+    read_header,
+    read_row_bytes,
+    rows_sha256,
+    runs,
+)
 from swe_cli.patch import (
     CARD_FILE,
     COMPARE_CHUNK,
@@ -32,10 +32,7 @@ from swe_cli.patch import (
     MiB,
     Progress,
     Target,
-    read_rows,
     row_blocks,
-    runs,
-    tensor_files,
 )
 
 MAX_PROBLEMS_PER_FILE = 20
@@ -216,12 +213,7 @@ def _targets(
             )
             continue
         target = Target(item, entry, where[item.name])
-        digest = hashlib.sha256()
-        rows = item.rows.tolist()
-        with entry.file.open("rb") as handle:
-            for start, stop in row_blocks(target):
-                digest.update(read_rows(handle.fileno(), entry, rows[start:stop]))
-        if digest.hexdigest() != item.base_sha256:
+        if rows_sha256(entry, item.rows.tolist()) != item.base_sha256:
             tally.problems.append(
                 f"{entry.file}: rows of '{item.name}' are not the edit's base rows "
                 "(this base is not the model the edit was made for)"
@@ -286,9 +278,9 @@ def _compare_edited(out: int, base: int, target: Target, path: Path, tally: _Tal
         tally.problems.append(f"{path}: unedited rows of '{entry.name}' differ from the base")
     out_entry = replace(entry, file=path)
     for start, stop in row_blocks(target):
-        old = read_rows(base, entry, rows[start:stop])
+        old = read_row_bytes(base, entry, rows[start:stop])
         expected = patched_row_bytes(item.block(start, stop), old, "cpu")
-        actual = read_rows(out, out_entry, rows[start:stop])
+        actual = read_row_bytes(out, out_entry, rows[start:stop])
         tally.rows += stop - start
         if actual != expected:
             bad = next(

@@ -1,15 +1,11 @@
 """The on-disk workspace shared by all stages: layout, manifest (workspace.yaml), model binding
-and atomic file I/O. Every file is written under a temporary name, fsynced and renamed, so an
-interrupted stage never leaves a half-written file that a later stage would read."""
+and its safetensors files. Every file is written atomically (swe_cli.io.files), so an interrupted
+stage never leaves a half-written file that a later stage would read."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,45 +13,10 @@ import yaml
 
 from swe_cli import __version__
 from swe_cli.errors import WorkspaceError
+from swe_cli.io.files import atomic_path, atomic_write_text
 
 MANIFEST = "workspace.yaml"
 FORMAT_VERSION = 1
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where /proc allows."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it into place. The
-    file gets the permissions a plain open() would (mkstemp makes 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    os.fchmod(descriptor, 0o666 & ~current_umask())
-    os.close(descriptor)
-    temporary_path = Path(temporary)
-    try:
-        yield temporary_path
-        with temporary_path.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary_path, path)
-    finally:
-        temporary_path.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
 
 
 def save_tensors(
@@ -91,8 +52,8 @@ def load_tensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 def valid_tensor_file(path: Path) -> bool:
     """True when the file exists and its header and data are complete (cheap: header only)."""
-    from swe_cli.checkpoint import read_header
     from swe_cli.errors import CheckpointError
+    from swe_cli.io.safetensors import read_header
 
     if not path.exists():
         return False

@@ -85,7 +85,7 @@ def probe_workspace(
     **config: object,
 ) -> object:
     """run_probe on the fixture prompt sets (all layers, en + es, sw unless overridden)."""
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
     from swe_cli.prompts import load_prompt_set
     from swe_cli.stages.probe import ProbeConfig, run_probe
     from swe_cli.workspace import Workspace

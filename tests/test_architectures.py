@@ -17,8 +17,8 @@ from swe_cli.architectures import (
     model_shape,
     supported_model_types,
 )
-from swe_cli.checkpoint import load_config, read_rows, tensor_index
 from swe_cli.errors import UnsupportedArchitecture
+from swe_cli.io.checkpoint import load_config, read_rows, tensor_index
 
 EXPECTED_TYPES = [
     "gemma",

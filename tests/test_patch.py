@@ -21,9 +21,9 @@ import yaml
 from common import make_tiny_checkpoint
 
 from swe_cli.architectures import adapter_for
-from swe_cli.checkpoint import INDEX_NAME, SINGLE_NAME, checkpoint_layout, load_index
 from swe_cli.edit import Edit, TensorEdit, load_edit, save_edit, tensor_edit_from_base
 from swe_cli.errors import CheckpointError, EditError, SweError
+from swe_cli.io.checkpoint import INDEX_NAME, SINGLE_NAME, checkpoint_layout, load_index
 from swe_cli.patch import (
     EDIT_DIR,
     PROVENANCE_FILE,
@@ -403,7 +403,7 @@ def test_failure_while_patching_leaves_nothing(
     import swe_cli.patch as patch
 
     base = base_checkpoint("llama", bases_root)
-    real = patch.write_rows
+    real = patch.write_row_bytes
     calls = []
 
     def failing(*args: Any) -> None:
@@ -412,7 +412,7 @@ def test_failure_while_patching_leaves_nothing(
             raise RuntimeError("injected failure")
         real(*args)
 
-    monkeypatch.setattr(patch, "write_rows", failing)
+    monkeypatch.setattr(patch, "write_row_bytes", failing)
     with pytest.raises(RuntimeError, match="injected"):
         apply_edit(make_edit(base, "llama"), base, tmp_path / "out", provenance={}, device="cpu")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -484,7 +484,7 @@ def test_other_weight_formats_and_hidden_entries_are_not_carried(
 
 # -- workspace, edit artifact, round trips ------------------------------------------------------
 def make_workspace(root: Path, base: Path, name: str, with_eval: bool = True) -> Workspace:
-    from swe_cli.checkpoint import fingerprint
+    from swe_cli.io.checkpoint import fingerprint
 
     workspace = Workspace(root)
     workspace.bind_model(
@@ -573,7 +573,7 @@ def test_workspace_base_from_the_hub_when_its_folder_is_gone(
 ) -> None:
     """A workspace made on a Hub model whose snapshot folder was cleaned up fetches it again."""
     import swe_cli.patch as patch
-    from swe_cli.checkpoint import ResolvedModel
+    from swe_cli.io.checkpoint import ResolvedModel
 
     base = base_checkpoint("llama", bases_root)
     workspace = make_workspace(tmp_path / "ws", base, "llama", with_eval=False)
@@ -631,8 +631,8 @@ def test_numpy_rows_equal_torch_rows(dtype: str, device: str) -> None:
     """The CPU path (numpy) and the device path (torch; any device name but "cpu") give the same
     bytes: ties, subnormals, signed zeros, values near the dtype's limits and a wide range of
     magnitudes included."""
-    from swe_cli.checkpoint import torch_dtype_of
     from swe_cli.edit import patched_row_bytes
+    from swe_cli.io.safetensors import torch_dtype_of
 
     torch_dtype = torch_dtype_of(dtype)
     generator = torch.Generator().manual_seed(0)

@@ -27,8 +27,9 @@ from test_patch import (  # noqa: F401
     snapshot,
 )
 
-from swe_cli.checkpoint import INDEX_NAME, checkpoint_layout, read_header
 from swe_cli.edit import EDIT_FILE, EDIT_FORMAT, edit_sha256, save_edit
+from swe_cli.io.checkpoint import INDEX_NAME, checkpoint_layout
+from swe_cli.io.safetensors import read_header
 from swe_cli.patch import EDIT_DIR, PROVENANCE_FILE, apply_edit
 from swe_cli.workspace import Workspace
 

@@ -24,7 +24,7 @@ LANGS = ("en", "es", "sw")
 @pytest.fixture(scope="module")
 def tuned_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace probed on every layer of the tiny llama and localized (read-only)."""
-    from swe_cli.checkpoint import resolve_model
+    from swe_cli.io.checkpoint import resolve_model
     from swe_cli.prompts import load_prompt_set
     from swe_cli.settings import LocalizeConfig
     from swe_cli.stages.localize import run_localize
@@ -166,7 +166,7 @@ def test_validation_scores_are_what_the_solver_edit_does_on_validation_rows(
     """Recompute one paper candidate's validation numbers independently from the shards."""
     import torch
 
-    from swe_cli.checkpoint import read_rows
+    from swe_cli.io.checkpoint import read_rows
     from swe_cli.methods.base import layer_data
     from swe_cli.methods.linalg import solve_paper
     from swe_cli.stages.localize import load_selected

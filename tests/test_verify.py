@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from test_patch import base_checkpoint, bases_root, bases_untouched, make_edit  # noqa: F401
 
-from swe_cli.checkpoint import INDEX_NAME, checkpoint_layout, locate, read_header
 from swe_cli.edit import Edit, TensorEdit
 from swe_cli.errors import EditError
+from swe_cli.io.checkpoint import INDEX_NAME, checkpoint_layout, locate
+from swe_cli.io.safetensors import read_header
 from swe_cli.patch import EDIT_DIR, PROVENANCE_FILE, apply_edit
 from swe_cli.verify import verify_checkpoint
 

@@ -14,9 +14,10 @@ import yaml
 from conftest import LANGS, TARGETS, probe_workspace, write_varied_prompts
 
 from swe_cli import __version__
-from swe_cli.checkpoint import fingerprint
 from swe_cli.errors import WorkspaceError
-from swe_cli.workspace import Workspace, atomic_path, atomic_write_text, load_tensors, save_tensors
+from swe_cli.io.checkpoint import fingerprint
+from swe_cli.io.files import atomic_path, atomic_write_text
+from swe_cli.workspace import Workspace, load_tensors, save_tensors
 
 SHARDS_PER_LAYER = 2 * len(LANGS)  # (harmful, harmless) x languages, one chunk each
 

@@ -1,173 +1,29 @@
-"""Read-only access to a Hugging Face checkpoint on disk: locate it, parse safetensors headers,
-read single rows at their byte offsets, and fingerprint it. Nothing here loads a whole model."""
+"""A Hugging Face checkpoint folder on disk, read-only: resolve a model argument to a folder,
+classify its files, read its index and shard headers, locate a tensor, read rows of it, and
+fingerprint it. Nothing here loads a whole model."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from swe_cli.errors import CheckpointError, SweError
+from swe_cli.errors import CheckpointError
+from swe_cli.io.files import check_inside, inside, link_roots
+from swe_cli.io.safetensors import (
+    SafetensorsHeader,
+    TensorEntry,
+    bytes_to_float32,
+    read_header,
+    read_row_bytes,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-DTYPE_SIZES: dict[str, int] = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor of a safetensors file; begin/end are absolute byte offsets in the file."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-    file: Path
-
-    @property
-    def row_bytes(self) -> int:
-        columns = 1
-        for size in self.shape[1:]:
-            columns *= size
-        return columns * DTYPE_SIZES[self.dtype]
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    path: Path
-    header_size: int
-    tensors: dict[str, TensorEntry]
-    metadata: dict[str, str]
-
-    @property
-    def data_start(self) -> int:
-        return 8 + self.header_size
-
-
-def read_header(path: Path) -> SafetensorsHeader:
-    """Parse and validate a safetensors header; every defect is a CheckpointError naming the file."""
-    try:
-        file_size = path.stat().st_size
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(
-                    f"{path}: file too short for a safetensors header",
-                    hint="the shard is truncated; re-download the checkpoint",
-                )
-            (header_size,) = struct.unpack("<Q", prefix)
-            if header_size > MAX_HEADER_BYTES or 8 + header_size > file_size:
-                raise CheckpointError(
-                    f"{path}: header length {header_size} is larger than the file ({file_size} bytes)",
-                    hint="the shard is truncated or corrupted; re-download the checkpoint",
-                )
-            raw = handle.read(header_size)
-    except OSError as error:
-        raise CheckpointError(
-            f"{path}: cannot read ({error.strerror})", hint="check the path"
-        ) from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("not an object")
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        raise CheckpointError(
-            f"{path}: safetensors header is not valid JSON ({reason})",
-            hint="the shard is corrupted; re-download the checkpoint",
-        ) from None
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(
-            f"{path}: safetensors __metadata__ is not a map of strings",
-            hint="the file is corrupted or was not written by a safetensors library",
-        )
-    data_start = 8 + header_size
-    tensors = {
-        name: _entry(path, name, spec, data_start, file_size) for name, spec in header.items()
-    }
-    _check_contiguous(path, tensors, data_start, file_size - data_start)
-    return SafetensorsHeader(path, header_size, tensors, dict(metadata))
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _entry(path: Path, name: str, spec: Any, data_start: int, file_size: int) -> TensorEntry:
-    """One header entry, with the types the safetensors library requires (no coercion)."""
-    valid = (
-        isinstance(spec, dict)
-        and isinstance(spec.get("dtype"), str)
-        and isinstance(spec.get("shape"), list)
-        and all(_is_count(size) for size in spec["shape"])
-        and isinstance(spec.get("data_offsets"), list)
-        and len(spec["data_offsets"]) == 2
-        and all(_is_count(offset) for offset in spec["data_offsets"])
-    )
-    if not valid:
-        raise CheckpointError(
-            f"{path}: header entry for '{name}' is malformed",
-            hint="the shard is corrupted; re-download the checkpoint",
-        )
-    dtype, shape = spec["dtype"], tuple(spec["shape"])
-    begin, end = spec["data_offsets"]
-    if dtype not in DTYPE_SIZES:
-        raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
-    expected = DTYPE_SIZES[dtype]
-    for size in shape:
-        expected *= size
-    if end < begin or end - begin != expected or data_start + end > file_size:
-        raise CheckpointError(
-            f"{path}: offsets of tensor '{name}' ({begin}..{end}) do not fit its shape or the file",
-            hint="the shard is truncated or corrupted; re-download the checkpoint",
-        )
-    return TensorEntry(name, dtype, shape, data_start + begin, data_start + end, path)
-
-
-def _check_contiguous(
-    path: Path, tensors: dict[str, TensorEntry], data_start: int, data_size: int
-) -> None:
-    """As the safetensors library requires: tensors tile the data section exactly, in offset
-    order, with no overlap, no gap and nothing after the last one."""
-    cursor, previous = 0, None
-    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
-        begin = entry.begin - data_start
-        if begin != cursor:
-            what = f"overlaps '{previous}'" if begin < cursor else "leaves a gap before it"
-            raise CheckpointError(
-                f"{path}: offsets of tensor '{entry.name}' ({begin}..{entry.end - data_start}) "
-                f"do not fit the file: it {what}",
-                hint="the shard is corrupted or hostile; re-download the checkpoint",
-            )
-        cursor, previous = entry.end - data_start, entry.name
-    if cursor != data_size:
-        raise CheckpointError(
-            f"{path}: the tensors end at byte {cursor} of a {data_size}-byte data section "
-            "(truncated, or extra bytes after the last tensor)",
-            hint="the shard is truncated or corrupted; re-download the checkpoint",
-        )
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -204,31 +60,6 @@ def load_index(model_dir: Path) -> dict[str, str]:
                 hint="the index is damaged or hostile; re-download the checkpoint",
             )
     return {str(name): str(file) for name, file in weight_map.items()}
-
-
-def link_roots(folder: Path) -> list[Path]:
-    """Where links inside `folder` may point: the folder itself and, for a Hugging Face cache
-    snapshot (models--org--name/snapshots/<commit>), the repo's blobs folder."""
-    roots = [folder.resolve()]
-    if folder.parent.name == "snapshots":
-        roots.append((folder.parent.parent / "blobs").resolve())
-    return roots
-
-
-def inside(path: Path, roots: Sequence[Path]) -> bool:
-    """True when `path`, with every link resolved, lies inside one of `roots`."""
-    target = path.resolve()
-    return any(target == root or root in target.parents for root in roots)
-
-
-def check_inside(path: Path, folder: Path, error: type[SweError] = CheckpointError) -> None:
-    """Refuse a file that is (or sits under) a link leaving `folder`: it would be read, copied
-    into an output and pushed to the Hub as if it were part of the model."""
-    if not inside(path, link_roots(folder)):
-        raise error(
-            f"{path}: symbolic link to {path.resolve()}, outside {folder}; refusing to read it",
-            hint="replace the link with the file itself, or remove it",
-        )
 
 
 # Weights in formats other than this checkpoint's safetensors: carrying them into an edited copy
@@ -304,6 +135,29 @@ def tensor_index(model_dir: Path) -> dict[str, TensorEntry]:
     return entries
 
 
+def tensor_files(layout: CheckpointLayout, headers: dict[str, SafetensorsHeader]) -> dict[str, str]:
+    """tensor name -> shard file, from the headers; the index must agree with them."""
+    where: dict[str, str] = {}
+    for file, header in headers.items():
+        for name in header.tensors:
+            if name in where:
+                raise CheckpointError(
+                    f"{layout.root}: tensor '{name}' is stored in both {where[name]} and {file}",
+                    hint="the checkpoint is inconsistent; re-download it",
+                )
+            where[name] = file
+    if layout.index:
+        index = load_index(layout.root)
+        wrong = sorted(n for n in set(index) | set(where) if index.get(n) != where.get(n))
+        if wrong:
+            raise CheckpointError(
+                f"{layout.root / layout.index}: tensor '{wrong[0]}' is indexed in "
+                f"{index.get(wrong[0])} but stored in {where.get(wrong[0])}",
+                hint="the index does not match the shards; re-download the checkpoint",
+            )
+    return where
+
+
 def locate(model_dir: Path, tensor_name: str) -> TensorEntry:
     """The header entry (with its shard file) holding one tensor."""
     index = model_dir / INDEX_NAME
@@ -322,63 +176,16 @@ def locate(model_dir: Path, tensor_name: str) -> TensorEntry:
     )
 
 
-def read_row_bytes(entry: TensorEntry, rows: Sequence[int]) -> list[bytes]:
-    """Raw bytes of the given rows, in the given order; memory is O(rows)."""
-    out: list[bytes] = []
-    row_bytes = entry.row_bytes
-    path = entry.file
-    with path.open("rb") as handle:
-        for row in rows:
-            if not 0 <= row < entry.shape[0]:
-                raise CheckpointError(
-                    f"{path}: row {row} out of range for '{entry.name}' {list(entry.shape)}"
-                )
-            handle.seek(entry.begin + row * row_bytes)
-            chunk = handle.read(row_bytes)
-            if len(chunk) != row_bytes:
-                raise CheckpointError(f"{path}: truncated inside tensor '{entry.name}'")
-            out.append(chunk)
-    return out
-
-
-def rows_sha256(chunks: Sequence[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_rows(model_dir: Path, tensor_name: str, rows: Sequence[int]) -> tuple[Any, str, str]:
     """(rows as a float32 torch tensor [k, cols], checkpoint dtype, sha256 of the raw row bytes)."""
     entry = locate(model_dir, tensor_name)
-    chunks = read_row_bytes(entry, rows)
+    with entry.file.open("rb") as handle:
+        data = read_row_bytes(handle.fileno(), entry, rows)
     return (
-        bytes_to_float32(b"".join(chunks), entry.dtype, len(rows)),
+        bytes_to_float32(data, entry.dtype, len(rows)),
         entry.dtype,
-        rows_sha256(chunks),
+        hashlib.sha256(data).hexdigest(),
     )
-
-
-def bytes_to_float32(data: bytes, dtype: str, num_rows: int) -> Any:
-    import torch
-
-    torch_dtype = torch_dtype_of(dtype)
-    flat = torch.frombuffer(bytearray(data), dtype=torch_dtype) if data else torch.empty(0)
-    return flat.reshape(num_rows, -1).to(torch.float32)
-
-
-def torch_dtype_of(dtype: str) -> Any:
-    import torch
-
-    table = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-    }
-    if dtype not in table:
-        raise CheckpointError(f"dtype {dtype} cannot be edited", hint="supported: F32, F16, BF16")
-    return table[dtype]
 
 
 def load_config(model_dir: Path) -> dict[str, Any]:
@@ -475,16 +282,3 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
     return ResolvedModel(
         model, path, revision, path.name if path.parent.name == "snapshots" else None
     )
-
-
-def fsync_directory(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -272,6 +272,6 @@ def mean(values: Iterable[float]) -> float:
 
 
 def shape_of(context: Context, name: str) -> tuple[int, ...]:
-    from swe_cli.checkpoint import locate
+    from swe_cli.io.checkpoint import locate
 
     return locate(context.model_dir, name).shape

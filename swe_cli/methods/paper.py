@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from swe_cli.architectures import adapter_for
-from swe_cli.checkpoint import read_rows
 from swe_cli.edit import TensorEdit
 from swe_cli.errors import SolveError
+from swe_cli.io.checkpoint import read_rows
 from swe_cli.methods.base import (
     Candidate,
     Context,

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from swe_cli.architectures import adapter_for
-from swe_cli.checkpoint import locate, read_row_bytes, rows_sha256
 from swe_cli.edit import TensorEdit
 from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.io.checkpoint import locate
+from swe_cli.io.safetensors import rows_sha256
 from swe_cli.methods.base import (
     Candidate,
     Context,
@@ -175,7 +176,7 @@ class ResidualMethod:
                     name=name,
                     rows=torch.tensor(rows, dtype=torch.int64),
                     delta=solution.delta.contiguous(),
-                    base_sha256=rows_sha256(read_row_bytes(entry, rows)),
+                    base_sha256=rows_sha256(entry, rows),
                     shape=entry.shape,
                     dtype=entry.dtype,
                     cols=None if columns is None else columns.to(torch.int64),

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from swe_cli.architectures import Adapter, ModelShape, adapter_for, model_shape
-from swe_cli.checkpoint import ResolvedModel, fingerprint, load_config
 from swe_cli.errors import SweError, WorkspaceError
+from swe_cli.io.checkpoint import ResolvedModel, fingerprint, load_config
 from swe_cli.models import chat_text, load_model
 from swe_cli.prompts import FIT, Prompt, PromptSet
 from swe_cli.settings import ProbeConfig
@@ -191,7 +191,7 @@ def _shard_paths(workspace: Workspace, layer: int, prompt_set: str, lang: str) -
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    from swe_cli.checkpoint import read_header
+    from swe_cli.io.safetensors import read_header
 
     return read_header(path).metadata
 

@@ -9,13 +9,14 @@ from typing import Any
 import yaml
 
 from swe_cli import __version__
-from swe_cli.checkpoint import fingerprint
 from swe_cli.edit import Edit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.io.checkpoint import fingerprint
+from swe_cli.io.files import atomic_write_text
 from swe_cli.methods import get_method
 from swe_cli.methods.base import context_from
 from swe_cli.settings import SolveConfig
-from swe_cli.workspace import Workspace, atomic_write_text
+from swe_cli.workspace import Workspace
 
 
 def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:

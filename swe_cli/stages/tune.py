@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from swe_cli.checkpoint import read_header
 from swe_cli.errors import SolveError
+from swe_cli.io.files import atomic_write_text
+from swe_cli.io.safetensors import read_header
 from swe_cli.methods import get_method
 from swe_cli.methods.base import (
     Candidate,
@@ -31,7 +32,7 @@ from swe_cli.methods.base import (
 from swe_cli.methods.residual import default_bands
 from swe_cli.prompts import HELDOUT, sort_ids, split_of
 from swe_cli.settings import SolveConfig
-from swe_cli.workspace import Workspace, atomic_write_text
+from swe_cli.workspace import Workspace
 
 TUNE_SALT = "swe-tune"
 TUNE_FILE = "tune.yaml"
