@@ -580,8 +580,9 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
 def refresh_card(output: Path, workspace: Path) -> None:
     """Rewrite OUT/README.md with the eval table once eval has run."""
     from swe_cli.hub import ModelCard
+    from swe_cli.io.files import atomic_write_text
     from swe_cli.patch import CARD_FILE, PROVENANCE_FILE, eval_report, workspace_base
-    from swe_cli.workspace import Workspace, atomic_write_text
+    from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
