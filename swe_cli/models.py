@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from swe_cli.errors import CheckpointError, EvalError, SweError
-
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+from swe_cli.settings import DTYPES
 
 
 def load_model(

@@ -192,7 +192,7 @@ def apply_workspace(
     manifest = workspace.load()
     model = dict(manifest.get("model") or {})
     base_dir = workspace_base(model)
-    _check_output(Path(output), [("base model folder", base_dir), *_own(workspace)], force)
+    check_output(Path(output), [("base model folder", base_dir), *_own(workspace)], force)
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
     provenance = workspace_provenance(manifest, edit_yaml)
@@ -244,7 +244,7 @@ def apply_edit_artifact(
     edit_file = edit_file_of(source)
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
     artifact = source if source.is_dir() else source.parent
-    _check_output(Path(output), [("base model folder", base_dir), ("edit folder", artifact)], force)
+    check_output(Path(output), [("base model folder", base_dir), ("edit folder", artifact)], force)
     check_inside(edit_file, artifact, EditError)
     provenance = _artifact_provenance(edit_file, artifact)
     warnings: list[str] = []
@@ -287,7 +287,7 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
     protected = [("base model folder", model_path)] if model_path.is_dir() else []
     output = Path(output)
-    _check_output(output, [*protected, *_own(workspace)], force)
+    check_output(output, [*protected, *_own(workspace)], force)
     edit_file, edit_yaml = solved_edit(workspace)
     edit = load_edit(edit_file, framework="np")
     provenance = complete_provenance(
@@ -441,7 +441,7 @@ def _apply(
     warnings: list[str] | None = None,
 ) -> ApplyResult:
     started = time.perf_counter()
-    _check_output(output, [("base model folder", base_dir)], force)
+    check_output(output, [("base model folder", base_dir)], force)
     plan = plan_apply(base_dir, source.tensor_names(), link)
     _check_space(output.parent, plan.bytes_to_copy)
     temporary = temporary_folder(output)
@@ -759,10 +759,9 @@ def _artifact_provenance(edit_file: Path, artifact: Path) -> dict[str, Any]:
 
 
 # -- the output folder --------------------------------------------------------------------------
-def _check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bool) -> None:
+def check_overlap(output: Path, protected: Sequence[tuple[str, Path]]) -> None:
     """The output may not be, contain or sit inside a folder swe reads from (the base model, the
-    workspace, the edit): --force would delete it. An existing output needs --force, and only a
-    model or edit folder is ever replaced."""
+    workspace, the edit): --force would delete it."""
     resolved = output.resolve()
     for what, folder in protected:
         guarded = folder.resolve()
@@ -771,6 +770,12 @@ def _check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bo
                 f"{output}: the output overlaps the {what} {folder}",
                 hint=f"choose an -o/--output outside the {what}",
             )
+
+
+def check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bool) -> None:
+    """check_overlap; then an existing output needs --force, and only a model or edit folder
+    is ever replaced."""
+    check_overlap(output, protected)
     check_previous(output)
     if not (output.exists() or output.is_symlink()):
         return
@@ -790,12 +795,21 @@ def _replaceable(folder: Path) -> bool:
     return not any(folder.iterdir()) or any((folder / marker).exists() for marker in markers)
 
 
+def human_size(count: float) -> str:
+    """1234 -> '1.2 kB', 5e9 -> '5.0 GB' (decimal units, as df -H)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
 def _check_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise CheckpointError(
-            f"{folder}: {needed / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free",
+            f"{folder}: {human_size(needed)} needed, {human_size(free)} free",
             hint="free disk space, choose another -o/--output, or pass --link to hard-link "
             "unedited shards",
         )

@@ -22,6 +22,8 @@ from swe_cli.settings import (
     ProbeSettings,
     Recipe,
     SolveConfig,
+    check_dtype,
+    check_langs,
     parse_layers,
 )
 
@@ -44,6 +46,39 @@ class Ui:
 
 
 SILENT = Ui()
+
+
+def check_device(device: str) -> str:
+    """A device torch can use here, checked before anything is read or written."""
+    if device in ("cpu", "auto", ""):
+        return device
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SweError(
+            f"unknown --device '{device}'", hint="use cpu, cuda, cuda:N or mps"
+        ) from None
+    usable = True
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        usable = count > (parsed.index or 0)
+    elif parsed.type == "mps":
+        usable = torch.backends.mps.is_available()
+    if not usable:
+        raise SweError(
+            f"--device {device} asked for, but torch sees no such device here",
+            hint="use --device cpu, or install a torch build for this accelerator",
+        )
+    return device
+
+
+def check_run(langs: list[str], hrl: str, device: str, dtype: str) -> None:
+    """Every run-wide option of probe/align, before a prompt is read or a folder created."""
+    check_langs(langs, hrl)
+    check_dtype(dtype)
+    check_device(device)
 
 
 # -- probe ----------------------------------------------------------------------------------------
@@ -71,8 +106,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.workspace import Workspace
 
     langs, hrl, settings = request.langs, request.hrl, request.settings
-    if not langs:
-        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    check_run(langs, hrl, request.device, request.dtype)
     all_langs = [hrl, *[lang for lang in langs if lang != hrl]]
     split = {"heldout_fraction": settings.heldout_fraction, "max_prompts": settings.max_prompts}
     harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
@@ -336,6 +370,8 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
     from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
 
+    check_dtype(request.dtype)
+    check_device(request.device)
     sets = load_eval_sets(request)
     refusal_judge = PatternJudge.from_files(request.patterns)
     judge = (
@@ -455,10 +491,10 @@ class AlignRequest:
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.patch import check_output, check_overlap
     from swe_cli.recipe import parse_set_options
 
-    if not request.langs:
-        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    check_run(request.langs, request.hrl, request.device, request.dtype)
     if request.output.exists() and not request.force and not request.dry_run:
         raise SweError(
             f"output {request.output} already exists",
@@ -468,8 +504,13 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     if request.method:
         overrides["solve.method"] = request.method
     resolved = resolve_model(request.model, request.revision)  # once per run
-    recipe = pick_recipe(resolved.path, request.recipe, overrides, ui)
     workspace = request.workspace or default_workspace(request.model, request.langs)
+    protected = [("base model folder", resolved.path), ("workspace", workspace)]
+    if request.dry_run:
+        check_overlap(request.output, protected)
+    else:
+        check_output(request.output, protected, request.force)
+    recipe = pick_recipe(resolved.path, request.recipe, overrides, ui)
     harmless = request.harmless or builtin_data("harmless.jsonl")
     general = request.general if request.general is not None else builtin_data("general.jsonl")
     stages = ["probe", "localize", *(["tune"] if request.tune else []), "solve", "apply"]

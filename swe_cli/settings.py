@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from swe_cli.errors import SweError
+from swe_cli.errors import SolveError, SweError
 
 
 def split_list(value: str | None) -> list[str]:
@@ -42,6 +50,25 @@ def parse_layers(value: Any) -> tuple[int, ...] | None:
             f"cannot read layers '{value}'", hint="use e.g. 3, 1,2,5, 1-3 or all"
         ) from None
     return tuple(layers)
+
+
+def check_langs(langs: list[str], hrl: str) -> list[str]:
+    """Target languages: at least one, and none equal to the HRL (the edit maps each target onto
+    the HRL; a target equal to it has nothing to map)."""
+    if not langs:
+        raise SweError("no target languages given", hint="pass --langs, e.g. --langs bn,sw,th")
+    if hrl in langs:
+        raise SweError(
+            f"--langs {','.join(langs)} includes the HRL '{hrl}'",
+            hint="--langs names the low-resource target languages; the HRL is set with --hrl",
+        )
+    return langs
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise SweError(f"unknown --dtype '{dtype}'", hint=f"use one of {', '.join(DTYPES)}")
+    return dtype
 
 
 def _text(value: Any) -> Any:
@@ -81,6 +108,14 @@ class Settings(BaseModel):
         return type(self).model_validate({**self.model_dump(), **changes})
 
 
+def describe(error: ValidationError) -> str:
+    """One line for the first problem of a ValidationError: which field, which value, why."""
+    problem = error.errors()[0]
+    field = ".".join(str(part) for part in problem["loc"]) or "?"
+    reason = str(problem["msg"]).removeprefix("Value error, ")
+    return f"'{field}' has a bad value {problem.get('input')!r} ({reason})"
+
+
 def field_help(model: type[BaseModel], name: str) -> str:
     return model.model_fields[name].description or ""
 
@@ -114,6 +149,16 @@ class ProbeConfig(ProbeSettings):
     dtype: str = "auto"
     device_map: str | None = None
 
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return check_dtype(value)
+
+    @model_validator(mode="after")
+    def _targets_differ_from_hrl(self) -> ProbeConfig:
+        check_langs(list(self.langs), self.hrl)
+        return self
+
 
 # -- localize -------------------------------------------------------------------------------------
 class LocalizeSettings(Settings):
@@ -126,6 +171,8 @@ LocalizeConfig = LocalizeSettings
 
 # -- solve ----------------------------------------------------------------------------------------
 PAPER_RANK = 32  # paper default: ASR is flat for r in 4..512
+PROJECTIONS = ("gate", "up")  # the paper method's editable rows
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # model dtypes for probe and eval
 
 
 class SolveSettings(Settings):
@@ -133,6 +180,7 @@ class SolveSettings(Settings):
     layers: Text | None = Field(None, description="Layers to edit (default: method's choice).")
     rank: int | None = Field(
         None,
+        ge=1,
         description=f"Rank cap of the edit [default: {PAPER_RANK} for paper, none for residual].",
     )
     gamma: float = Field(1.0, description="paper: harmless penalty, relative (x N_h/N_s).")
@@ -152,6 +200,29 @@ class SolveSettings(Settings):
         gt=0,
         description="refusal: push along the refusal direction, x the shortfall to the HRL level.",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from swe_cli.methods import method_names
+
+        if value not in method_names():  # the same error get_method raises, before any work
+            raise SolveError(
+                f"unknown method '{value}'", hint="choose one of: " + ", ".join(method_names())
+            )
+        return value
+
+    @field_validator("projections")
+    @classmethod
+    def _editable(cls, value: Any) -> Any:
+        names = split_list(value) if isinstance(value, str) else list(value)
+        if not names or any(name not in PROJECTIONS for name in names):
+            raise SolveError(
+                f"unknown projections '{','.join(names)}'",
+                hint=f"use {' and/or '.join(PROJECTIONS)} (comma-separated); the residual "
+                "method edits down_proj by itself",
+            )
+        return value
 
     def resolve(self, device: str = "cpu") -> SolveConfig:
         """The stage form: layer numbers and projection names parsed, the device added."""

@@ -166,9 +166,7 @@ class Workspace:
             bound = manifest.get("model", {})
             if bound.get("fingerprint") != model["fingerprint"]:
                 raise WorkspaceError(
-                    f"workspace {self.root} belongs to model '{bound.get('id')}' "
-                    f"(fingerprint {str(bound.get('fingerprint'))[:12]}), not to '{model['id']}' "
-                    f"(fingerprint {model['fingerprint'][:12]})",
+                    self._other_model(bound, str(model["id"]), str(model["fingerprint"])),
                     hint="use another -w/--workspace for this model",
                 )
             return manifest
@@ -188,9 +186,23 @@ class Workspace:
         bound = self.load().get("model", {})
         if bound.get("fingerprint") != fingerprint:
             raise WorkspaceError(
-                f"workspace {self.root} belongs to model '{bound.get('id')}', not to '{model_id}'",
+                self._other_model(bound, model_id, fingerprint),
                 hint="use the workspace's own model or another -w/--workspace",
             )
+
+    def _other_model(self, bound: dict[str, Any], model_id: str, fingerprint: str) -> str:
+        """Why a model is not the workspace's: another model, or the same name whose weights or
+        config changed since the workspace was made."""
+        ours, theirs = str(bound.get("fingerprint"))[:12], fingerprint[:12]
+        if str(bound.get("id")) == str(model_id):
+            return (
+                f"workspace {self.root} was made with '{model_id}' (fingerprint {ours}), but "
+                f"'{model_id}' now has fingerprint {theirs}: its weights or config changed"
+            )
+        return (
+            f"workspace {self.root} belongs to model '{bound.get('id')}' (fingerprint {ours}), "
+            f"not to '{model_id}' (fingerprint {theirs})"
+        )
 
     def model(self) -> dict[str, Any]:
         return dict(self.load()["model"])

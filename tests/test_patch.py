@@ -603,7 +603,9 @@ def test_workspace_of_a_changed_base_is_refused(bases_root: Path, tmp_path: Path
     config = json.loads((base / "config.json").read_text())
     config["rms_norm_eps"] = 1e-3
     (base / "config.json").write_text(json.dumps(config))
-    with pytest.raises(WorkspaceError, match="belongs to model"):
+    with pytest.raises(
+        WorkspaceError, match="now has fingerprint .*: its weights or config changed"
+    ):
         apply_workspace(workspace, tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists()
 

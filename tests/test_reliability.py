@@ -502,3 +502,184 @@ def test_output_permissions_follow_the_umask(
     finally:
         os.umask(previous)
     assert read_header(tmp_path / "out" / EDIT_DIR / EDIT_FILE).metadata
+
+
+# -- 7. every option is checked before any work --------------------------------------------------
+def align_args(base: Path, tmp_path: Path, prompt_files: dict[str, Path], *extra: str) -> list:
+    return [
+        "align",
+        base,
+        "--langs",
+        "es,sw",
+        "-o",
+        tmp_path / "aligned",
+        "-w",
+        tmp_path / "align-ws",
+        "--harmful",
+        prompt_files["harmful"],
+        "--harmless",
+        prompt_files["harmless"],
+        *extra,
+    ]
+
+
+def probe_args(base: Path, tmp_path: Path, prompt_files: dict[str, Path], *extra: str) -> list:
+    return [
+        "probe",
+        base,
+        "-w",
+        tmp_path / "probe-ws",
+        "--langs",
+        "es,sw",
+        "--harmful",
+        prompt_files["harmful"],
+        "--harmless",
+        prompt_files["harmless"],
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "expected"),
+    [
+        ("align", ["--set", "solve.method=bogus"], "unknown method 'bogus'"),
+        ("align", ["--set", "solve.projections=down"], "unknown projections 'down'"),
+        ("align", ["--dry-run", "--method", "bogus"], "unknown method 'bogus'"),
+        ("align", ["--set", "solve.rank=0"], "'solve.rank' has a bad value 0"),
+        ("align", ["--dtype", "float64"], "unknown --dtype 'float64'"),
+        ("probe", ["--dtype", "bogus"], "unknown --dtype 'bogus'"),
+        ("probe", ["--device", "tpu:7"], "unknown --device 'tpu:7'"),
+    ],
+)
+def test_bad_option_fails_before_any_work(
+    command: str,
+    extra: list[str],
+    expected: str,
+    base: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    make = align_args if command == "align" else probe_args
+    with unchanged(base, prompt_files["harmful"].parent):
+        result = swe(monkeypatch, capsys, *make(base, tmp_path, prompt_files, *extra))
+    assert_user_error(result, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no workspace, no output
+
+
+def test_align_onto_its_own_base_fails_before_any_work(
+    base: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    args = align_args(base, tmp_path, prompt_files, "--force")
+    args[args.index("-o") + 1] = base
+    with unchanged(base):
+        result = swe(monkeypatch, capsys, *args)
+    assert_user_error(result, "overlaps the base model folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+@pytest.mark.parametrize("command", ["align", "probe"])
+def test_target_language_equal_to_the_hrl_fails_before_any_work(
+    command: str,
+    base: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    args = (align_args if command == "align" else probe_args)(base, tmp_path, prompt_files)
+    args[args.index("--langs") + 1] = "en"
+    with unchanged(base):
+        result = swe(monkeypatch, capsys, *args)
+    assert_user_error(result, "--langs en includes the HRL 'en'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+def test_missing_gpu_fails_before_any_work(
+    base: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with unchanged(base):
+        result = swe(
+            monkeypatch, capsys, *probe_args(base, tmp_path, prompt_files, "--device", "cuda")
+        )
+    assert_user_error(result, "--device cuda asked for, but torch sees no such device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+def test_solve_rank_zero_is_refused(
+    base: Path,
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """--rank 0 used to mean "the default" silently."""
+    with unchanged(base, workspace.root):
+        result = swe(monkeypatch, capsys, "solve", "-w", workspace.root, "--rank", "0")
+    assert_user_error(result, "'rank' has a bad value 0")
+
+
+def test_disk_full_is_one_named_error(
+    base: Path,
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import errno
+
+    import swe_cli.patch as patch
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(patch, "copy_stream", full)
+    with unchanged(base, workspace.root):
+        result = swe(monkeypatch, capsys, "apply", "-w", workspace.root, "-o", tmp_path / "out")
+    assert_user_error(result, "no space left on the disk")
+    assert not (tmp_path / "out").exists()
+
+
+def test_space_precheck_prints_readable_sizes(
+    base: Path,
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A tiny checkpoint used to print "0.0 GB needed, 0.0 GB free"."""
+    import swe_cli.patch as patch
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(patch.shutil, "disk_usage", lambda _: usage._replace(free=1234))
+    with unchanged(base, workspace.root):
+        result = swe(monkeypatch, capsys, "apply", "-w", workspace.root, "-o", tmp_path / "out")
+    assert_user_error(result, " kB needed, 1.2 kB free")
+    assert "0.0 GB" not in result[2]
+
+
+def test_changed_model_names_the_change_not_the_same_id_twice(
+    base: Path,
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-3}))
+    with unchanged(base, workspace.root):
+        result = swe(monkeypatch, capsys, "apply", "-w", workspace.root, "-o", tmp_path / "out")
+    assert_user_error(result, f"was made with '{base}'", "its weights or config changed")
+    assert "not to" not in result[2]

@@ -4,6 +4,7 @@ printed once as one red line plus a hint; tracebacks only with --debug."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 STATE: dict[str, bool] = {"debug": False, "quiet": False, "json": False}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def set_quiet(value: bool) -> bool:
@@ -128,6 +130,21 @@ def main() -> None:
         sys.exit(1)
     except Exception as error:  # noqa: BLE001 - click usage errors and the unexpected
         import click
+        from pydantic import ValidationError
+
+        from swe_cli.settings import describe
+
+        if isinstance(error, ValidationError) and not STATE["debug"]:
+            _fail(f"invalid option: {describe(error)}", "see the command's --help for its values")
+            sys.exit(1)
+        if isinstance(error, OSError) and error.errno in DISK_FULL and not STATE["debug"]:
+            where = f" while writing {error.filename}" if error.filename else ""
+            _fail(
+                f"no space left on the disk{where}",
+                "free disk space or choose another -o/-w; re-run the same command to resume "
+                "(finished shards are kept, a partial output is removed)",
+            )
+            sys.exit(1)
 
         if isinstance(error, click.ClickException):
             error.show()

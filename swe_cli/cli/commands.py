@@ -122,7 +122,7 @@ def solve(
     settings = SolveSettings(
         method=method or "paper",
         layers=layers,
-        rank=rank or None,
+        rank=rank,
         gamma=gamma,
         lam=lam,
         alpha=alpha,
