@@ -138,7 +138,7 @@ def build_edit(base: Path, edit_dir: Path, num_layers: int) -> int:
 
 SWE = """
 import sys
-from swe_cli.patch import apply_edit_artifact
+from swe_cli.stages.apply import apply_edit_artifact
 apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device=sys.argv[5], sync=sys.argv[4] == "1")
 """
 
@@ -193,7 +193,7 @@ def warm(folder: Path) -> None:
 def bench_size(
     root: Path, gigabytes: float, repeats: int, naive_repeats: int, device: str = "cpu"
 ) -> dict[str, Any]:
-    from swe_cli.verify import verify_checkpoint
+    from swe_cli.stages.verify import verify_checkpoint
 
     num_layers = layers_for(gigabytes)
     base, edit_dir = root / f"base-{gigabytes}g", root / f"edit-{gigabytes}g"

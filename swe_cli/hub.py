@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,9 +16,17 @@ from typing import Any
 import yaml
 
 from swe_cli import __version__
-from swe_cli.errors import HubError
+from swe_cli.errors import EditError, HubError
+from swe_cli.io.files import atomic_write_text, check_inside
+from swe_cli.io.safetensors import read_header
 
 PROVENANCE_FORMAT = "swe-provenance/1"
+PROVENANCE_FILE = "swe_edit.json"
+EDIT_DIR = "swe_edit"  # OUT/swe_edit/edit.safetensors: the edit travels with the checkpoint
+CARD_FILE = "README.md"
+EVAL_FILE = "eval_report.md"  # an exported edit keeps the workspace's eval table here
+REPLACED = (CARD_FILE, PROVENANCE_FILE)  # base files that swe writes anew
+CALLER_KEYS = ("base_model", "languages", "hrl", "prompt_sets", "solver")
 CARD_TAGS = ("safety", "multilingual", "model-editing", "sparse-weight-editing", "swe")
 LICENSE_KEYS = ("license", "license_name", "license_link")
 # Above this size upload_large_folder (resumable, several commits) replaces one upload_folder.
@@ -175,6 +184,30 @@ def complete_provenance(
         },
         **extra,
     }
+
+
+def write_provenance(path: Path, data: dict[str, Any]) -> None:
+    """swe_edit.json, atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def artifact_provenance(edit_file: Path, artifact: Path) -> dict[str, Any]:
+    """The caller-side provenance of an edit artifact: its swe_edit.json (beside it, or in the
+    checkpoint folder above swe_edit/), else the edit file's own metadata."""
+    candidates = [edit_file.parent / PROVENANCE_FILE]
+    if edit_file.parent.name == EDIT_DIR:
+        candidates.append(edit_file.parent.parent / PROVENANCE_FILE)
+    for candidate in candidates:
+        if candidate.exists():
+            check_inside(candidate, artifact, EditError)
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise EditError(
+                    f"{candidate}: not valid JSON", hint="restore the file or delete it"
+                ) from None
+            return {k: v for k, v in data.items() if k in CALLER_KEYS}
+    return edit_provenance(read_header(edit_file).metadata)
 
 
 # -- model card ---------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ class ApplyRequest:
 
 def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.patch import apply_edit_artifact, apply_workspace, export_edit
+    from swe_cli.stages.apply import apply_edit_artifact, apply_workspace, export_edit
     from swe_cli.workspace import Workspace
 
     options = {"device": request.device, "link": request.link, "force": request.force}
@@ -296,8 +296,8 @@ def verify(
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.patch import workspace_edit
-    from swe_cli.verify import verify_checkpoint
+    from swe_cli.stages.apply import workspace_edit
+    from swe_cli.stages.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
 
     edit = workspace_edit(Workspace(workspace)) if workspace is not None else None
@@ -491,8 +491,9 @@ class AlignRequest:
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.patch import check_output, check_overlap
+    from swe_cli.io.files import check_overlap
     from swe_cli.recipe import parse_set_options
+    from swe_cli.stages.apply import check_output
 
     check_run(request.langs, request.hrl, request.device, request.dtype)
     if request.output.exists() and not request.force and not request.dry_run:
@@ -620,9 +621,9 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
 
 def refresh_card(output: Path, workspace: Path) -> None:
     """Rewrite OUT/README.md with the eval table once eval has run."""
-    from swe_cli.hub import ModelCard
+    from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
-    from swe_cli.patch import CARD_FILE, PROVENANCE_FILE, eval_report, workspace_base
+    from swe_cli.stages.apply import eval_report, workspace_base
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)

@@ -24,7 +24,7 @@ from swe_cli.architectures import adapter_for
 from swe_cli.edit import Edit, TensorEdit, load_edit, save_edit, tensor_edit_from_base
 from swe_cli.errors import CheckpointError, EditError, SweError
 from swe_cli.io.checkpoint import INDEX_NAME, SINGLE_NAME, checkpoint_layout, load_index
-from swe_cli.patch import (
+from swe_cli.stages.apply import (
     EDIT_DIR,
     PROVENANCE_FILE,
     ApplyResult,
@@ -33,7 +33,7 @@ from swe_cli.patch import (
     apply_workspace,
     export_edit,
 )
-from swe_cli.verify import verify_checkpoint
+from swe_cli.stages.verify import verify_checkpoint
 from swe_cli.workspace import Workspace
 
 # name -> (family, dtype, sharded)
@@ -400,7 +400,7 @@ def test_damaged_shard_is_a_clear_error(kind: str, bases_root: Path, tmp_path: P
 def test_failure_while_patching_leaves_nothing(
     bases_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import swe_cli.patch as patch
+    import swe_cli.stages.apply as patch
 
     base = base_checkpoint("llama", bases_root)
     real = patch.write_row_bytes
@@ -421,14 +421,14 @@ def test_failure_while_patching_leaves_nothing(
 def test_failure_while_copying_keeps_the_previous_output(
     bases_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import swe_cli.patch as patch
+    import swe_cli.io.files as files
 
     base = base_checkpoint("llama", bases_root)
     edit = make_edit(base, "llama")
     out = tmp_path / "out"
     apply_edit(edit, base, out, provenance={}, device="cpu")
     previous = snapshot(out)
-    real = patch.copy_stream
+    real = files.copy_stream
     calls = []
 
     def failing(*args: Any) -> None:
@@ -437,7 +437,7 @@ def test_failure_while_copying_keeps_the_previous_output(
             raise OSError(28, "No space left on device")
         real(*args)
 
-    monkeypatch.setattr(patch, "copy_stream", failing)
+    monkeypatch.setattr(files, "copy_stream", failing)
     with pytest.raises(OSError, match="No space"):
         apply_edit(edit, base, out, provenance={}, device="cpu", force=True)
     assert snapshot(out) == previous and leftovers(tmp_path) == []
@@ -572,7 +572,7 @@ def test_workspace_base_from_the_hub_when_its_folder_is_gone(
     bases_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A workspace made on a Hub model whose snapshot folder was cleaned up fetches it again."""
-    import swe_cli.patch as patch
+    import swe_cli.stages.apply as patch
     from swe_cli.io.checkpoint import ResolvedModel
 
     base = base_checkpoint("llama", bases_root)
@@ -672,8 +672,8 @@ def test_cpu_apply_does_not_import_torch(bases_root: Path, tmp_path: Path) -> No
     save_edit(make_edit(base, "llama"), tmp_path / "edit")
     script = (
         "import sys\n"
-        "from swe_cli.patch import apply_edit_artifact\n"
-        "from swe_cli.verify import verify_checkpoint\n"
+        "from swe_cli.stages.apply import apply_edit_artifact\n"
+        "from swe_cli.stages.verify import verify_checkpoint\n"
         "apply_edit_artifact(sys.argv[1], sys.argv[2], sys.argv[3], device='cpu')\n"
         "assert verify_checkpoint(sys.argv[3], sys.argv[2]).ok\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

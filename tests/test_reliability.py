@@ -30,7 +30,7 @@ from test_patch import (  # noqa: F401
 from swe_cli.edit import EDIT_FILE, EDIT_FORMAT, edit_sha256, save_edit
 from swe_cli.io.checkpoint import INDEX_NAME, checkpoint_layout
 from swe_cli.io.safetensors import read_header
-from swe_cli.patch import EDIT_DIR, PROVENANCE_FILE, apply_edit
+from swe_cli.stages.apply import EDIT_DIR, PROVENANCE_FILE, apply_edit
 from swe_cli.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -640,12 +640,12 @@ def test_disk_full_is_one_named_error(
 ) -> None:
     import errno
 
-    import swe_cli.patch as patch
+    import swe_cli.io.files as files
 
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(patch, "copy_stream", full)
+    monkeypatch.setattr(files, "copy_stream", full)
     with unchanged(base, workspace.root):
         result = swe(monkeypatch, capsys, "apply", "-w", workspace.root, "-o", tmp_path / "out")
     assert_user_error(result, "no space left on the disk")
@@ -660,7 +660,7 @@ def test_space_precheck_prints_readable_sizes(
     capsys: pytest.CaptureFixture,
 ) -> None:
     """A tiny checkpoint used to print "0.0 GB needed, 0.0 GB free"."""
-    import swe_cli.patch as patch
+    import swe_cli.stages.apply as patch
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(patch.shutil, "disk_usage", lambda _: usage._replace(free=1234))

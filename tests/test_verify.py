@@ -17,8 +17,8 @@ from swe_cli.edit import Edit, TensorEdit
 from swe_cli.errors import EditError
 from swe_cli.io.checkpoint import INDEX_NAME, checkpoint_layout, locate
 from swe_cli.io.safetensors import read_header
-from swe_cli.patch import EDIT_DIR, PROVENANCE_FILE, apply_edit
-from swe_cli.verify import verify_checkpoint
+from swe_cli.stages.apply import EDIT_DIR, PROVENANCE_FILE, apply_edit
+from swe_cli.stages.verify import verify_checkpoint
 
 
 @pytest.fixture(scope="module")

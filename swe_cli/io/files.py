@@ -2,20 +2,29 @@
 under a temporary name beside it, fsynced and renamed; a folder is built as a hidden temporary
 folder beside its target and renamed into place, an existing target being moved aside under its
 own name until the new one is in place. Everything created follows the umask. Links that leave a
-folder are refused, so nothing outside it is read as if it were part of it."""
+folder are refused, so nothing outside it is read as if it were part of it. Whole files are
+copied in the kernel (copy_file_range) on a small thread pool."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from swe_cli.errors import CheckpointError, SweError
 
+COPY_CHUNK = 64 * 1024 * 1024  # bytes per copy_file_range call
+READ_CHUNK = 8 * 1024 * 1024  # bytes per read when the kernel cannot copy
+MiB = 1024 * 1024
+
+Progress = Callable[[str, int, int], None]  # (label, done, total)
 PREVIOUS_MARK = ".swe-previous-"  # .OUT.swe-previous-PID: a folder replaced by move_into_place
 
 
@@ -162,6 +171,115 @@ def check_previous(output: Path) -> None:
                 hint=f"restore it (mv {previous} {output}) or delete it, then re-run",
             )
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def check_overlap(output: Path, protected: Sequence[tuple[str, Path]]) -> None:
+    """The output may not be, contain or sit inside a folder swe reads from (the base model, the
+    workspace, the edit): --force would delete it."""
+    resolved = output.resolve()
+    for what, folder in protected:
+        guarded = folder.resolve()
+        if resolved == guarded or guarded in resolved.parents or resolved in guarded.parents:
+            raise CheckpointError(
+                f"{output}: the output overlaps the {what} {folder}",
+                hint=f"choose an -o/--output outside the {what}",
+            )
+
+
+def human_size(count: float) -> str:
+    """1234 -> '1.2 kB', 5e9 -> '5.0 GB' (decimal units, as df -H)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+# -- copies ------------------------------------------------------------------------------------
+# -- files --------------------------------------------------------------------------------------
+class Transfer:
+    """Copies and hard-links files on a small thread pool (the copy runs in the kernel, with
+    copy_file_range, outside the GIL), counts bytes for progress, and stops early on failure."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swe-copy")
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.done = 0
+
+    def __enter__(self) -> Transfer:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is not None:
+            self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+
+    def copy(self, source: Path, target: Path) -> Future[bool]:
+        return self.pool.submit(self._copy, source, target)
+
+    def link(self, source: Path, target: Path) -> Future[bool]:
+        """Future of True when hard-linked, False when copied (other filesystem)."""
+        return self.pool.submit(self._link, source, target)
+
+    def wait(
+        self, futures: list[Future[bool]], progress: Progress | None = None, total: int = 0
+    ) -> None:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()
+            if progress:
+                progress("copy (MiB)", self.done // MiB, total // MiB)
+
+    def _advance(self, count: int) -> None:
+        with self.lock:
+            self.done += count
+
+    def _link(self, source: Path, target: Path) -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source.resolve(), target)
+            return True
+        except OSError:
+            self._copy(source, target)
+            return False
+
+    def _copy(self, source: Path, target: Path) -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with source.open("rb") as reader, target.open("xb") as writer:
+            copy_stream(reader.fileno(), writer.fileno(), self.stop, self._advance)
+        return True
+
+
+def copy_stream(
+    source: int, target: int, stop: threading.Event, advance: Callable[[int], None]
+) -> None:
+    """Copy a whole file between descriptors: copy_file_range (in-kernel, reflinks where the
+    filesystem can), else plain reads and writes."""
+    size = os.fstat(source).st_size
+    offset = 0
+    fast = hasattr(os, "copy_file_range")
+    while offset < size:
+        if stop.is_set():
+            raise InterruptedError("copy stopped")
+        count = min(COPY_CHUNK, size - offset)
+        if fast:
+            try:
+                moved = os.copy_file_range(source, target, count, offset, offset)
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                fast = False
+                continue
+        else:
+            data = os.pread(source, min(count, READ_CHUNK), offset)
+            moved = os.pwrite(target, data, offset) if data else 0
+        if moved <= 0:
+            raise CheckpointError(f"file shrank while copying (at byte {offset} of {size})")
+        offset += moved
+        advance(moved)
 
 
 # -- links --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Apply an edit to a checkpoint by streaming. Every file of the base is copied (or hard-linked)
+"""`swe apply`: an edit applied to a checkpoint by streaming. Every file of the base is copied (or hard-linked)
 into a temporary folder next to the output; only the edited rows are rewritten in place, at byte
 offsets computed from the safetensors header; the written rows are read back and checked; the
 folder is renamed into place. Memory is O(edited rows), never O(model), and the base is only
@@ -8,14 +8,10 @@ long as a plain file copy and needs tens of megabytes."""
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,12 +32,19 @@ from swe_cli.edit import (
 )
 from swe_cli.errors import CheckpointError, EditError, SweError, WorkspaceError
 from swe_cli.hub import (
+    CALLER_KEYS,
+    CARD_FILE,
+    EDIT_DIR,
+    EVAL_FILE,
+    PROVENANCE_FILE,
+    REPLACED,
     ModelCard,
+    artifact_provenance,
     complete_provenance,
     download_edit,
     edit_card,
-    edit_provenance,
     workspace_provenance,
+    write_provenance,
 )
 from swe_cli.io.checkpoint import (
     CheckpointLayout,
@@ -52,9 +55,13 @@ from swe_cli.io.checkpoint import (
     tensor_files,
 )
 from swe_cli.io.files import (
+    Progress,
+    Transfer,
     atomic_write_text,
     check_inside,
+    check_overlap,
     check_previous,
+    human_size,
     move_into_place,
     sync_tree,
     temporary_folder,
@@ -69,19 +76,9 @@ from swe_cli.io.safetensors import (
 )
 from swe_cli.workspace import Workspace
 
-PROVENANCE_FILE = "swe_edit.json"
-EDIT_DIR = "swe_edit"  # OUT/swe_edit/edit.safetensors: the edit travels with the checkpoint
-CARD_FILE = "README.md"
-EVAL_FILE = "eval_report.md"  # an exported edit keeps the workspace's eval table here
-REPLACED = (CARD_FILE, PROVENANCE_FILE)  # base files that swe writes anew
-CALLER_KEYS = ("base_model", "languages", "hrl", "prompt_sets", "solver")
-COPY_CHUNK = 64 * 1024 * 1024
 BLOCK_BYTES = 16 * 1024 * 1024  # fp32 bytes of edited rows computed at once
 COMPARE_CHUNK = 8 * 1024 * 1024
 COPY_WORKERS = 2
-MiB = 1024 * 1024
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,7 @@ def apply_edit_artifact(
     artifact = source if source.is_dir() else source.parent
     check_output(Path(output), [("base model folder", base_dir), ("edit folder", artifact)], force)
     check_inside(edit_file, artifact, EditError)
-    provenance = _artifact_provenance(edit_file, artifact)
+    provenance = artifact_provenance(edit_file, artifact)
     warnings: list[str] = []
     recorded = (provenance.get("base_model") or {}).get("fingerprint")
     actual = fingerprint(base_dir)
@@ -298,7 +295,7 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     temporary = temporary_folder(output)
     try:
         shutil.copyfile(edit_file, temporary / EDIT_FILE)
-        _write_json(temporary / PROVENANCE_FILE, provenance)
+        write_provenance(temporary / PROVENANCE_FILE, provenance)
         atomic_write_text(temporary / CARD_FILE, edit_card(card).render(provenance, kind="edit"))
         if report:
             atomic_write_text(temporary / EVAL_FILE, report)
@@ -613,92 +610,6 @@ def check_written(
     return checked
 
 
-# -- files --------------------------------------------------------------------------------------
-class Transfer:
-    """Copies and hard-links files on a small thread pool (the copy runs in the kernel, with
-    copy_file_range, outside the GIL), counts bytes for progress, and stops early on failure."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swe-copy")
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.done = 0
-
-    def __enter__(self) -> Transfer:
-        return self
-
-    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-        if kind is not None:
-            self.stop.set()
-        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
-
-    def copy(self, source: Path, target: Path) -> Future[bool]:
-        return self.pool.submit(self._copy, source, target)
-
-    def link(self, source: Path, target: Path) -> Future[bool]:
-        """Future of True when hard-linked, False when copied (other filesystem)."""
-        return self.pool.submit(self._link, source, target)
-
-    def wait(
-        self, futures: list[Future[bool]], progress: Progress | None = None, total: int = 0
-    ) -> None:
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()
-            if progress:
-                progress("copy (MiB)", self.done // MiB, total // MiB)
-
-    def _advance(self, count: int) -> None:
-        with self.lock:
-            self.done += count
-
-    def _link(self, source: Path, target: Path) -> bool:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source.resolve(), target)
-            return True
-        except OSError:
-            self._copy(source, target)
-            return False
-
-    def _copy(self, source: Path, target: Path) -> bool:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with source.open("rb") as reader, target.open("xb") as writer:
-            copy_stream(reader.fileno(), writer.fileno(), self.stop, self._advance)
-        return True
-
-
-def copy_stream(
-    source: int, target: int, stop: threading.Event, advance: Callable[[int], None]
-) -> None:
-    """Copy a whole file between descriptors: copy_file_range (in-kernel, reflinks where the
-    filesystem can), else plain reads and writes."""
-    size = os.fstat(source).st_size
-    offset = 0
-    fast = hasattr(os, "copy_file_range")
-    while offset < size:
-        if stop.is_set():
-            raise InterruptedError("copy stopped")
-        count = min(COPY_CHUNK, size - offset)
-        if fast:
-            try:
-                moved = os.copy_file_range(source, target, count, offset, offset)
-            except OSError as error:
-                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                fast = False
-                continue
-        else:
-            data = os.pread(source, min(count, COMPARE_CHUNK), offset)
-            moved = os.pwrite(target, data, offset) if data else 0
-        if moved <= 0:
-            raise CheckpointError(f"file shrank while copying (at byte {offset} of {size})")
-        offset += moved
-        advance(moved)
-
-
 def _carried(layout: CheckpointLayout) -> list[str]:
     """Non-weight files that go into the output unchanged (the index included)."""
     carried = [layout.index] if layout.index else []
@@ -722,13 +633,9 @@ def _write_metadata(
         shutil.copyfile(source.file, folder / EDIT_DIR / EDIT_FILE)
     else:
         save_edit(edit, folder / EDIT_DIR)
-    _write_json(folder / PROVENANCE_FILE, provenance)
+    write_provenance(folder / PROVENANCE_FILE, provenance)
     card = card or ModelCard.for_provenance(provenance, base_dir)
     atomic_write_text(folder / CARD_FILE, card.render(provenance))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:
@@ -739,39 +646,7 @@ def _read_yaml(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _artifact_provenance(edit_file: Path, artifact: Path) -> dict[str, Any]:
-    """The caller-side provenance of an edit artifact: its swe_edit.json (beside it, or in the
-    checkpoint folder above swe_edit/), else the edit file's own metadata."""
-    candidates = [edit_file.parent / PROVENANCE_FILE]
-    if edit_file.parent.name == EDIT_DIR:
-        candidates.append(edit_file.parent.parent / PROVENANCE_FILE)
-    for candidate in candidates:
-        if candidate.exists():
-            check_inside(candidate, artifact, EditError)
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                raise EditError(
-                    f"{candidate}: not valid JSON", hint="restore the file or delete it"
-                ) from None
-            return {k: v for k, v in data.items() if k in CALLER_KEYS}
-    return edit_provenance(read_header(edit_file).metadata)
-
-
 # -- the output folder --------------------------------------------------------------------------
-def check_overlap(output: Path, protected: Sequence[tuple[str, Path]]) -> None:
-    """The output may not be, contain or sit inside a folder swe reads from (the base model, the
-    workspace, the edit): --force would delete it."""
-    resolved = output.resolve()
-    for what, folder in protected:
-        guarded = folder.resolve()
-        if resolved == guarded or guarded in resolved.parents or resolved in guarded.parents:
-            raise CheckpointError(
-                f"{output}: the output overlaps the {what} {folder}",
-                hint=f"choose an -o/--output outside the {what}",
-            )
-
-
 def check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bool) -> None:
     """check_overlap; then an existing output needs --force, and only a model or edit folder
     is ever replaced."""
@@ -793,15 +668,6 @@ def check_output(output: Path, protected: Sequence[tuple[str, Path]], force: boo
 def _replaceable(folder: Path) -> bool:
     markers = ("config.json", PROVENANCE_FILE, EDIT_FILE)
     return not any(folder.iterdir()) or any((folder / marker).exists() for marker in markers)
-
-
-def human_size(count: float) -> str:
-    """1234 -> '1.2 kB', 5e9 -> '5.0 GB' (decimal units, as df -H)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"
 
 
 def _check_space(folder: Path, needed: int) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 from swe_cli.edit import EDIT_FILE, Edit, edit_sha256, load_edit, patched_row_bytes
 from swe_cli.errors import CheckpointError, EditError
+from swe_cli.hub import CARD_FILE, EDIT_DIR, PROVENANCE_FILE, REPLACED
 from swe_cli.io.checkpoint import CheckpointLayout, checkpoint_layout, load_index, tensor_files
+from swe_cli.io.files import MiB, Progress
 from swe_cli.io.safetensors import (
     SafetensorsHeader,
     read_header,
@@ -23,17 +25,7 @@ from swe_cli.io.safetensors import (
     rows_sha256,
     runs,
 )
-from swe_cli.patch import (
-    CARD_FILE,
-    COMPARE_CHUNK,
-    EDIT_DIR,
-    PROVENANCE_FILE,
-    REPLACED,
-    MiB,
-    Progress,
-    Target,
-    row_blocks,
-)
+from swe_cli.stages.apply import COMPARE_CHUNK, Target, row_blocks
 
 MAX_PROBLEMS_PER_FILE = 20
 
