@@ -181,6 +181,16 @@ def test_stage_marked_running_is_refused(
     assert_user_error(result, "stage 'solve' started at", "did not finish")
 
 
+def test_localize_refuses_a_probe_that_did_not_finish(
+    workspace_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A re-probe killed midway leaves 'running', not the previous run's 'done'."""
+    Workspace(workspace_copy).begin_stage("probe")
+    with unchanged(workspace_copy):
+        result = swe(monkeypatch, capsys, "localize", "-w", workspace_copy)
+    assert_user_error(result, "stage 'probe' started at", "did not finish")
+
+
 # -- 4. apply --force keeps the previous output recoverable -----------------------------------
 KILL_BETWEEN_RENAMES = """
 import os, signal, sys

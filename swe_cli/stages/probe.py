@@ -336,6 +336,7 @@ def run_probe(
     check_sets(harmful, harmless, all_langs)
     workspace.bind_model(record)
     previous = workspace.load().get("stages", {}).get("probe", {}).get("params", {})
+    workspace.begin_stage("probe")  # a killed probe leaves 'running', never the old 'done'
     if previous and previous.get("positions") != config.positions:
         _clear_acts(workspace)
     for prompt_set in (harmful, harmless, general):
