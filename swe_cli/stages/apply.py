@@ -189,7 +189,9 @@ def apply_workspace(
     manifest = workspace.load()
     model = dict(manifest.get("model") or {})
     base_dir = workspace_base(model)
-    check_output(Path(output), [("base model folder", base_dir), *_own(workspace)], force)
+    check_output(
+        Path(output), [("base model folder", base_dir), ("workspace", workspace.root)], force
+    )
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
     provenance = workspace_provenance(manifest, edit_yaml)
@@ -284,7 +286,7 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
     protected = [("base model folder", model_path)] if model_path.is_dir() else []
     output = Path(output)
-    check_output(output, [*protected, *_own(workspace)], force)
+    check_output(output, [*protected, ("workspace", workspace.root)], force)
     edit_file, edit_yaml = solved_edit(workspace)
     edit = load_edit(edit_file, framework="np")
     provenance = complete_provenance(
@@ -329,10 +331,6 @@ def solved_edit(workspace: Workspace) -> tuple[Path, dict[str, Any] | None]:
             hint=f"re-run `swe solve -w {workspace.root}`",
         )
     return edit_file, edit_yaml
-
-
-def _own(workspace: Workspace) -> list[tuple[str, Path]]:
-    return [("workspace", workspace.root)]
 
 
 def workspace_edit(workspace: Workspace) -> Edit:
