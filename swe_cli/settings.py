@@ -15,7 +15,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from swe_cli.errors import SolveError, SweError
@@ -153,11 +152,6 @@ class ProbeConfig(ProbeSettings):
     @classmethod
     def _known_dtype(cls, value: str) -> str:
         return check_dtype(value)
-
-    @model_validator(mode="after")
-    def _targets_differ_from_hrl(self) -> ProbeConfig:
-        check_langs(list(self.langs), self.hrl)
-        return self
 
 
 # -- localize -------------------------------------------------------------------------------------
