@@ -240,6 +240,7 @@ class ModelCard:
     license: dict[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = CARD_TAGS
     eval_report: str | None = None
+    gate_note: str | None = None  # what the shipping gate of `swe align --eval` decided
     relation: str = "finetune"  # Hub values: adapter, merge, quantized, finetune
     library_name: str | None = "transformers"
     pipeline_tag: str | None = "text-generation"
@@ -337,7 +338,14 @@ def _model_body(card: ModelCard, provenance: dict[str, Any]) -> str:
         "## What was edited\n\n" + _summary(card, provenance) + "\n\n" + _edited_table(provenance),
     ]
     if card.eval_report:
-        sections.append("## Evaluation\n\n" + card.eval_report.strip())
+        gate = f"\n\n{card.gate_note}" if card.gate_note else ""
+        sections.append("## Evaluation\n\n" + card.eval_report.strip() + gate)
+    else:
+        sections.append(
+            "## Evaluation\n\nUnevaluated: this checkpoint was written without `--eval`, so "
+            "nothing has measured whether the edit lowers attack success or what it costs. "
+            f"Run `swe eval THIS_FOLDER --baseline {base_arg} --langs ...` before relying on it."
+        )
     sections.append(
         "## Reproduce\n\n"
         "The edit itself ships in `swe_edit/edit.safetensors`; `swe_edit.json` records the base "

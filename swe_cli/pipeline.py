@@ -8,14 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from swe_cli.errors import PromptError, SweError
+from swe_cli.gate import GateDecision, GateLimits
 from swe_cli.settings import (
     LocalizeSettings,
     ProbeConfig,
@@ -479,6 +481,8 @@ class AlignRequest:
     tune: bool = False
     confirm: int = 0
     run_eval: bool = False
+    gate: bool = True  # with run_eval: refuse to write OUT when the edit makes things worse
+    limits: GateLimits = field(default_factory=GateLimits)
     patterns: list[Path] = field(default_factory=list)
     device: str = "cpu"
     dtype: str = "auto"
@@ -491,7 +495,7 @@ class AlignRequest:
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.io.files import check_overlap
+    from swe_cli.io.files import check_overlap, move_into_place
     from swe_cli.recipe import parse_set_options
     from swe_cli.stages.apply import check_output
 
@@ -573,13 +577,16 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             solve_config = tune(workspace, solve_config, request.confirm, ui)
     with timed("solve"):
         solved = solve(workspace, solve_config, ui)
+    # With eval, the edited model is written beside OUT first and moved into place only once
+    # the shipping gate has passed: a rejected edit never takes OUT's name.
+    written = candidate_folder(request.output) if request.run_eval else request.output
     with timed("apply"):
         applied = apply(
             ApplyRequest(
-                output=request.output,
+                output=written,
                 workspace=workspace,
                 link=request.link,
-                force=request.force,
+                force=request.force or request.run_eval,
                 revision=request.revision,
             ),
             ui,
@@ -589,7 +596,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         with timed("eval"):
             report = evaluate(
                 EvalRequest(
-                    model=str(request.output),
+                    model=str(written),
                     baseline=request.model,
                     langs=[request.hrl, *request.langs],
                     harmful=request.harmful,
@@ -609,8 +616,23 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                 ),
                 ui,
             )
-            refresh_card(request.output, workspace)
             summary["eval"] = report.to_dict()
+        decision = check_gate(report, request.hrl, request.langs, request.limits)
+        summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+        refresh_card(written, workspace, gate_note(decision, request.gate))
+        if not decision.passed and request.gate:
+            shutil.rmtree(written, ignore_errors=True)
+            raise SweError(
+                f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
+                hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+            )
+        if not decision.passed:
+            ui.info(
+                "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
+                + "; ".join(decision.reasons)
+            )
+        move_into_place(written, request.output, replace=request.force)
+        summary["apply"] = {**applied, "output": str(request.output)}
     summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
     if not ui.quiet:
         from swe_cli.report import timings_table
@@ -619,8 +641,35 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     return summary
 
 
-def refresh_card(output: Path, workspace: Path) -> None:
-    """Rewrite OUT/README.md with the eval table once eval has run."""
+def candidate_folder(output: Path) -> Path:
+    """Where align writes the edited model while eval and the gate decide: a hidden sibling of
+    OUT (same filesystem, so moving it into place is a rename)."""
+    return output.parent / f".{output.name}.swe-candidate"
+
+
+def check_gate(report: Any, hrl: str, langs: list[str], limits: GateLimits) -> GateDecision:
+    from swe_cli.gate import check
+
+    return check(report, hrl, langs, limits)
+
+
+def gate_note(decision: GateDecision, enforced: bool) -> str:
+    if decision.passed:
+        return "Shipping gate: passed (" + _limits_text(decision.limits) + ")."
+    state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
+    return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
+
+
+def _limits_text(limits: GateLimits) -> str:
+    return (
+        f"no target language's ASR up, HRL ASR up at most {limits.max_hrl_asr_rise}, "
+        f"over-refusal up at most {limits.max_over_refusal}, mean KL at most {limits.max_kl}, "
+        f"utility accuracy down at most {limits.max_utility_drop}"
+    )
+
+
+def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
+    """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
     from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
     from swe_cli.stages.apply import eval_report, workspace_base
@@ -629,6 +678,7 @@ def refresh_card(output: Path, workspace: Path) -> None:
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
     card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 
 

@@ -12,7 +12,10 @@ import typer
 
 from swe_cli.cli import options as o
 from swe_cli.cli.app import STATE, app, emit, info, problem, progress_bar, show
+from swe_cli.gate import GateLimits
 from swe_cli.settings import LocalizeSettings, ProbeSettings, SolveSettings, split_list
+
+GATE = GateLimits()
 
 if TYPE_CHECKING:
     from swe_cli.pipeline import Ui
@@ -321,8 +324,33 @@ def align(
         ),
     ] = 0,
     run_eval: Annotated[
-        bool, typer.Option("--eval", help="Evaluate base vs aligned on the held-out prompts.")
+        bool,
+        typer.Option(
+            "--eval",
+            help="Evaluate base vs aligned on the held-out prompts; OUT is written only if the "
+            "shipping gate passes.",
+        ),
     ] = False,
+    no_gate: Annotated[
+        bool,
+        typer.Option(
+            "--no-gate", help="With --eval: write OUT even when the gate fails (noted in the card)."
+        ),
+    ] = False,
+    max_kl: Annotated[
+        float, typer.Option("--max-kl", min=0, help="Gate: highest mean KL on harmless prompts.")
+    ] = GATE.max_kl,
+    max_over_refusal: Annotated[
+        float,
+        typer.Option("--max-over-refusal", min=0, help="Gate: largest rise of mean over-refusal."),
+    ] = GATE.max_over_refusal,
+    max_hrl_asr_rise: Annotated[
+        float, typer.Option("--max-hrl-asr-rise", min=0, help="Gate: largest rise of HRL ASR.")
+    ] = GATE.max_hrl_asr_rise,
+    max_utility_drop: Annotated[
+        float,
+        typer.Option("--max-utility-drop", min=0, help="Gate: largest fall of utility accuracy."),
+    ] = GATE.max_utility_drop,
     patterns: o.Patterns = None,
     device: Annotated[
         str,
@@ -366,6 +394,13 @@ def align(
         tune=tune,
         confirm=confirm,
         run_eval=run_eval,
+        gate=not no_gate,
+        limits=GateLimits(
+            max_hrl_asr_rise=max_hrl_asr_rise,
+            max_over_refusal=max_over_refusal,
+            max_kl=max_kl,
+            max_utility_drop=max_utility_drop,
+        ),
         patterns=patterns or [],
         device=device,
         dtype=dtype,
