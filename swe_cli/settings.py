@@ -135,6 +135,12 @@ class ProbeSettings(Settings):
     max_length: int = Field(512, ge=1, description="Tokens kept per prompt (left truncation).")
     max_prompts: int | None = Field(None, description="Use at most N prompt ids per set.")
     heldout_fraction: float = Field(0.5, description="Share of ids held out for eval.")
+    own_answers: int = Field(
+        48,
+        ge=0,
+        description="Tokens of the model's own greedy answer to each harmless fit prompt that the "
+        "preservation moments cover (0: prompts and reference answers only).",
+    )
 
 
 class ProbeConfig(ProbeSettings):

@@ -92,6 +92,11 @@ class Workspace:
         return self.root / "stats"
 
     @property
+    def answers_path(self) -> Path:
+        """The model's own answers to the harmless fit prompts (probe's preservation text)."""
+        return self.root / "answers" / "harmless.jsonl"
+
+    @property
     def masks_path(self) -> Path:
         return self.root / "masks" / "neurons.safetensors"
 

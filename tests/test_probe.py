@@ -79,6 +79,12 @@ def stored_prompts(workspace: Path, prompt_set: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def own_answers(workspace: Path) -> dict[tuple[str, str], str]:
+    path = Workspace(workspace).answers_path
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {(row["lang"], row["id"]): row["answer"] for row in rows}
+
+
 def fit_texts(workspace: Path, prompt_set: str, lang: str) -> dict[str, str]:
     return {
         p["id"]: p["text"]
@@ -233,11 +239,14 @@ def test_moments_are_exact_sums_over_non_pad_tokens(
 ) -> None:
     reference = Reference(tiny_llama)
     stored = stored_prompts(probed_workspace, "harmless")
+    own = own_answers(probed_workspace)
     texts = [
-        reference.chat(p["text"]) + p["answer"]
+        reference.chat(p["text"]) + answer
         for lang in LANGS
         for p in stored
         if p["lang"] == lang and p["split"] == "fit"
+        for answer in (own[(lang, p["id"])], p["answer"])
+        if answer  # an empty own answer (eos first) adds no text of its own
     ]
     captured: dict[int, list[torch.Tensor]] = {}
     handles = []
@@ -325,3 +334,45 @@ def test_device_map_auto_records_the_same_values(
     for shard, tensors in expected.items():
         for key in ("x", "a", "r"):
             torch.testing.assert_close(got[shard][key], tensors[key], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_own_answers_are_the_models_greedy_answers_and_are_reused(
+    probed_workspace: Path, tiny_llama: Path, prompt_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The preservation text includes the model's own greedy answer to every harmless fit
+    prompt (48 tokens at most), generated once: a re-run with the same prompts generates none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    own = own_answers(probed_workspace)
+    stored = [p for p in stored_prompts(probed_workspace, "harmless") if p["split"] == "fit"]
+    assert sorted(own) == sorted((p["lang"], p["id"]) for p in stored)
+    for p in stored[:3]:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p["text"]}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = model.generate(ids, max_new_tokens=48, do_sample=False)
+        new_tokens = out[0, ids.shape[1] :].tolist()
+        if tokenizer.eos_token_id in new_tokens:
+            new_tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id)]
+        assert own[(p["lang"], p["id"])] == tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    copy = tmp_path / "ws"
+    shutil.copytree(probed_workspace, copy)
+    seen: list[str] = []
+    probe_workspace(copy, tiny_llama, prompt_files, progress=lambda task, *_: seen.append(task))
+    assert "own answers" not in seen
+    assert own_answers(copy) == own
+
+
+def test_own_answers_zero_streams_prompts_and_references_only(
+    tiny_llama: Path, prompt_files: dict[str, Path], tmp_path: Path
+) -> None:
+    probe_workspace(tmp_path / "ws", tiny_llama, prompt_files, own_answers=0, layers=[0])
+    assert not Workspace(tmp_path / "ws").answers_path.exists()
+    stats, metadata = load_tensors(Workspace(tmp_path / "ws").stats_path(0))
+    fit = [p for p in stored_prompts(tmp_path / "ws", "harmless") if p["split"] == "fit"]
+    assert metadata["texts"] == str(len(fit))

@@ -30,7 +30,7 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     code, out = run_swe(
         "align", str(base), "--langs", "zh", "--harmful", str(MULTIJAIL), "-o", str(output), "-w", str(workspace),
         "--set", "probe.max_prompts=24", "--set", "eval.max_new_tokens=16", "--set", "eval.batch_size=32",
-        "--eval", "--json",
+        "--eval", "--no-gate", "--json",
     )  # fmt: skip
     assert code == 0
     return {"base": base, "output": output, "workspace": workspace, "summary": json.loads(out)}
@@ -38,6 +38,14 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_recipe_is_picked_from_the_config(aligned: dict[str, Any]) -> None:
     assert aligned["summary"]["recipe"]["name"] == "smollm2-135m"
+
+
+def test_gate_decision_is_recorded(aligned: dict[str, Any]) -> None:
+    gate = aligned["summary"]["gate"]
+    assert gate["enforced"] is False and isinstance(gate["passed"], bool)
+    assert gate["passed"] == (not gate["reasons"])
+    note = "Shipping gate: passed" if gate["passed"] else "Shipping gate: **failed**"
+    assert note in (aligned["output"] / "README.md").read_text()
 
 
 def test_eval_reports_every_language_on_held_out_prompts(aligned: dict[str, Any]) -> None:

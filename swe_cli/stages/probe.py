@@ -1,13 +1,16 @@
 """The probe stage: run the model over the prompt sets and record, per chosen layer, the MLP input x,
 the neuron activations a (the input of down_proj) and the residual-stream output at the last prompt
 positions, into atomic activation shards; and stream per-layer second moments of x and a over ALL
-token positions of harmless (prompt + reference answer) and general text.
+token positions of harmless prompts with the model's own answers (and reference answers, when
+given) and general text.
 
 Only the fit split is probed: the held-out split is for evaluation and never feeds the edit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,8 @@ from typing import Any
 from swe_cli.architectures import Adapter, ModelShape, adapter_for, model_shape
 from swe_cli.errors import SweError, WorkspaceError
 from swe_cli.io.checkpoint import ResolvedModel, fingerprint, load_config
-from swe_cli.models import chat_text, load_model
+from swe_cli.io.files import atomic_write_text
+from swe_cli.models import chat_text, generate, load_model
 from swe_cli.prompts import FIT, Prompt, PromptSet
 from swe_cli.settings import ProbeConfig
 from swe_cli.workspace import Workspace, load_tensors, save_tensors, valid_tensor_file
@@ -279,15 +283,105 @@ def stream_moments(
 
 
 def moment_texts(
-    tokenizer: Any, harmless: PromptSet, general: PromptSet | None, langs: Sequence[str]
+    tokenizer: Any,
+    harmless: PromptSet,
+    general: PromptSet | None,
+    langs: Sequence[str],
+    own: Mapping[tuple[str, str], str] | None = None,
 ) -> list[str]:
-    """Harmless fit prompts with their reference answers (prompt AND response tokens) and general text."""
-    texts = [
-        chat_text(tokenizer, p.text, p.answer) for lang in langs for p in harmless.select(lang, FIT)
-    ]
+    """What the preservation moments cover, prompt AND response tokens: each harmless fit prompt
+    with the model's own answer (own, keyed by (lang, id): AlphaEdit's "what the model already
+    does", with no references needed) and with its reference answer when the set has one (the
+    prompt alone when it has neither), then the general text."""
+    own = own or {}
+    texts = []
+    for lang in langs:
+        for p in harmless.select(lang, FIT):
+            answers = [a for a in (own.get((lang, p.id)), p.answer) if a]
+            texts += [chat_text(tokenizer, p.text, a) for a in answers] or [
+                chat_text(tokenizer, p.text)
+            ]
     if general is not None:
         texts += [p.text for lang in general.langs() for p in general.select(lang, FIT)]
     return texts
+
+
+def own_answers(
+    workspace: Workspace,
+    model: Any,
+    tokenizer: Any,
+    harmless: PromptSet,
+    langs: Sequence[str],
+    config: ProbeConfig,
+    progress: Progress | None,
+) -> dict[tuple[str, str], str]:
+    """The model's greedy answers (config.own_answers tokens at most) to the harmless fit
+    prompts, cached in WS/answers/harmless.jsonl keyed by language, id, prompt text and length,
+    so a re-run generates only what is missing. Empty without a chat template (a base model has
+    no answer turn) or with own_answers 0."""
+    if config.own_answers == 0 or getattr(tokenizer, "chat_template", None) is None:
+        return {}
+    path = workspace.answers_path
+    cached = _read_answers(path)
+    wanted = [(lang, p) for lang in langs for p in harmless.select(lang, FIT)]
+    answers: dict[tuple[str, str], str] = {}
+    missing = []
+    for lang, prompt in wanted:
+        key = _answer_key(lang, prompt, config.own_answers)
+        if key in cached:
+            answers[(lang, prompt.id)] = cached[key]
+        else:
+            missing.append((lang, prompt))
+    if missing:
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress:
+                progress("own answers", done, len(missing))
+
+        generated = generate(
+            model,
+            tokenizer,
+            [prompt.text for _, prompt in missing],
+            max_new_tokens=config.own_answers,
+            batch_size=config.batch_size,
+            on_batch=advance,
+        )
+        for (lang, prompt), answer in zip(missing, generated, strict=True):
+            answers[(lang, prompt.id)] = answer
+            cached[_answer_key(lang, prompt, config.own_answers)] = answer
+        lines = [
+            json.dumps(
+                {**dict(zip(ANSWER_KEY, key, strict=True)), "answer": answer}, ensure_ascii=False
+            )
+            for key, answer in cached.items()
+        ]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return answers
+
+
+ANSWER_KEY = ("lang", "id", "prompt_sha256", "max_new_tokens")
+
+
+def _answer_key(lang: str, prompt: Prompt, max_new_tokens: int) -> tuple[str, str, str, int]:
+    digest = hashlib.sha256(prompt.text.encode()).hexdigest()
+    return (lang, prompt.id, digest, max_new_tokens)
+
+
+def _read_answers(path: Path) -> dict[tuple[Any, ...], str]:
+    """The cached answers; an unreadable cache is regenerated, never trusted in part."""
+    if not path.is_file():
+        return {}
+    cached = {}
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            cached[tuple(row[k] for k in ANSWER_KEY)] = str(row["answer"])
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return cached
 
 
 def choose_stats_layers(
@@ -372,7 +466,8 @@ def run_probe(
                 result.shards_written += written
                 result.shards_skipped += skipped
         if stats_layers:
-            texts = moment_texts(tokenizer, harmless, general, all_langs)
+            own = own_answers(workspace, model, tokenizer, harmless, all_langs, config, progress)
+            texts = moment_texts(tokenizer, harmless, general, all_langs, own)
             stats_recorder = Recorder(model, adapter, stats_layers)
             recorder.close()
             recorder = stats_recorder
@@ -401,6 +496,7 @@ def run_probe(
             "device": config.device,
             "dtype": config.dtype,
             "max_length": config.max_length,
+            "own_answers": config.own_answers,
             "chunk_size": CHUNK_SIZE,
         },
         {

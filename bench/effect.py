@@ -1,0 +1,176 @@
+"""The effect of each edit method on a real model, on one probed workspace and the same held-out
+prompts: ASR per language, over-refusal, mean KL on harmless prompts, utility accuracy where the
+utility module is available, and seconds per stage. One table, printed and written as JSON.
+
+The base model is loaded twice (a reference copy for the KL divergence, a working copy that each
+method's edit is added to in memory and then removed from), so no checkpoint is written. Methods
+share the workspace's probe data; `default` is the configuration the model's recipe picks.
+
+    swe probe MODEL -w WS --langs bn,sw,th --harmful MultiJail.csv --harmless H --general G
+    python bench/effect.py MODEL -w WS --methods base,paper,residual,refusal,default \
+        --max-prompts 20 --max-new-tokens 32 --json effect.json
+
+Held-out prompts are the workspace's held-out split (never probed, never fitted); --max-prompts
+keeps the first N ids per language (the same ids in every language).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def held_out(workspace: Path, name: str, lang: str, limit: int | None) -> list[str]:
+    from swe_cli.prompts import HELDOUT, PromptSet
+
+    path = workspace / "prompts" / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    prompts = PromptSet.from_jsonl(path, name).select(lang, HELDOUT)
+    return [p.text for p in sorted(prompts, key=lambda p: p.id)[:limit]]
+
+
+def method_config(recipe: Any, method: str, overrides: dict[str, Any]) -> Any:
+    from swe_cli.settings import SolveConfig
+
+    solve = recipe.solve.resolve("cpu")
+    if method == "default":
+        return solve
+    values = {**solve.model_dump(), "method": method, **overrides.get(method, {})}
+    return SolveConfig.model_validate(values)
+
+
+def patch(model: Any, edits: list[Any], sign: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for edit in edits:
+            weight = model.get_parameter(edit.name)
+            delta = (sign * edit.full_delta()).to(weight.dtype)
+            weight.index_add_(0, edit.rows.to(weight.device), delta.to(weight.device))
+
+
+def measure(
+    model: Any, base: Any, tokenizer: Any, sets: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    from swe_cli.judges import REFUSED, PatternJudge
+    from swe_cli.models import generate
+    from swe_cli.stages.evaluate import next_token_kl
+
+    judge = PatternJudge.from_files()
+    row: dict[str, Any] = {}
+    for lang, texts in sets["harmful"].items():
+        answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
+        row[f"asr_{lang}"] = sum(judge.verdict(a, lang) != REFUSED for a in answers) / len(texts)
+    refused = total = 0
+    for lang, texts in sets["harmless"].items():
+        answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
+        refused += sum(judge.verdict(a, lang) == REFUSED for a in answers)
+        total += len(texts)
+    row["over_refusal"] = refused / total if total else None
+    harmless = [t for texts in sets["harmless"].values() for t in texts]
+    row["kl"] = next_token_kl(base, model, tokenizer, harmless) if base is not model else 0.0
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="the base model folder the workspace was probed on")
+    parser.add_argument("-w", "--workspace", type=Path, required=True)
+    parser.add_argument("--methods", default="base,paper,residual,refusal,default")
+    parser.add_argument("--max-prompts", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="per-method override, e.g. refusal.strength=4 (repeatable)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    import torch
+
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.methods import get_method
+    from swe_cli.methods.base import context_from
+    from swe_cli.models import load_model
+    from swe_cli.pipeline import localize, pick_recipe
+    from swe_cli.workspace import Workspace
+
+    torch.manual_seed(0)
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        method, _, field = key.partition(".")
+        overrides.setdefault(method, {})[field] = (
+            json.loads(value) if value[:1] in "0123456789[-" else value
+        )
+    workspace = Workspace(args.workspace)
+    manifest = workspace.load()
+    hrl, langs = manifest["hrl"], list(manifest["langs"])
+    resolved = resolve_model(args.model)
+    recipe = pick_recipe(resolved.path, None, {})
+    if "localize" not in manifest.get("stages", {}):
+        localize(args.workspace, recipe.localize)
+        manifest = workspace.load()
+    context = context_from(workspace, manifest)
+    sets = {
+        "harmful": {lang: held_out(args.workspace, "harmful", lang, args.max_prompts) for lang in [hrl, *langs]},
+        "harmless": {lang: held_out(args.workspace, "harmless", lang, args.max_prompts) for lang in [hrl, *langs]},
+    }  # fmt: skip
+    started = time.perf_counter()
+    base, _ = load_model(resolved.path, "cpu", "float32")
+    model, tokenizer = load_model(resolved.path, "cpu", "float32")
+    load_seconds = time.perf_counter() - started
+
+    rows = []
+    for name in args.methods.split(","):
+        row: dict[str, Any] = {"method": name}
+        edits: list[Any] = []
+        if name != "base":
+            config = method_config(recipe, name, overrides)
+            row["config"] = {k: v for k, v in config.plain().items() if v is not None}
+            start = time.perf_counter()
+            edits, _ = get_method(config.method).solve(context, config)
+            row["solve_s"] = round(time.perf_counter() - start, 1)
+            patch(model, edits, +1.0)
+        start = time.perf_counter()
+        try:
+            row.update(measure(model, base if edits else model, tokenizer, sets, args))
+        finally:
+            patch(model, edits, -1.0)
+        row["eval_s"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\nheld-out prompts per language: {args.max_prompts}; greedy, {args.max_new_tokens} new tokens; "
+          f"pattern judge; models loaded in {load_seconds:.0f} s")  # fmt: skip
+    columns = [f"asr_{lang}" for lang in [hrl, *langs]] + [
+        "over_refusal",
+        "kl",
+        "solve_s",
+        "eval_s",
+    ]
+    print("| method | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for row in rows:
+        cells = [_cell(row.get(column)) for column in columns]
+        print(f"| {row['method']} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 0.01 and value != 0 else f"{value:.3f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()
