@@ -333,11 +333,8 @@ def own_answers(
         else:
             missing.append((lang, prompt))
     if missing:
-        done = 0
 
-        def advance(count: int) -> None:
-            nonlocal done
-            done += count
+        def advance(done: int) -> None:  # generate reports how many prompts are done
             if progress:
                 progress("own answers", done, len(missing))
 
