@@ -43,6 +43,8 @@ def probe(
     heldout_fraction: o.HeldoutFraction = o.PROBE["heldout_fraction"],
     max_prompts: o.MaxPrompts = o.PROBE["max_prompts"],
     batch_size: o.BatchSize = o.PROBE["batch_size"],
+    max_length: o.MaxLength = o.PROBE["max_length"],
+    own_answers: o.OwnAnswers = o.PROBE["own_answers"],
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     device_map: Annotated[
@@ -67,6 +69,8 @@ def probe(
         heldout_fraction=heldout_fraction,
         max_prompts=max_prompts,
         batch_size=batch_size,
+        max_length=max_length,
+        own_answers=own_answers,
     )
     request = ProbeRequest(
         model=model,

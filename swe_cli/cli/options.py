@@ -103,6 +103,8 @@ ProbeLayers = Annotated[str, _option(ProbeSettings, "layers", "--layers")]
 StatsLayers = Annotated[str | None, _option(ProbeSettings, "stats_layers", "--stats-layers")]
 Positions = Annotated[int, _option(ProbeSettings, "positions", "--positions", min=1)]
 BatchSize = Annotated[int, _option(ProbeSettings, "batch_size", "--batch-size", min=1)]
+MaxLength = Annotated[int, _option(ProbeSettings, "max_length", "--max-length", min=1)]
+OwnAnswers = Annotated[int, _option(ProbeSettings, "own_answers", "--own-answers", min=0)]
 TauMag = Annotated[float, _option(LocalizeSettings, "tau_mag", "--tau-mag")]
 TauStat = Annotated[float, _option(LocalizeSettings, "tau_stat", "--tau-stat")]
 Method = Annotated[
