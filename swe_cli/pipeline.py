@@ -99,12 +99,13 @@ class ProbeRequest:
     device_map: str | None = None
     revision: str | None = None
     resolved: Any = None  # a ResolvedModel when the caller has resolved the model already
+    patterns: list[Path] = field(default_factory=list)  # extra refusal patterns (HRL check)
 
 
 def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.prompts import load_prompt_set
-    from swe_cli.stages.probe import run_probe
+    from swe_cli.stages.probe import LOW_HRL_REFUSAL, run_probe
     from swe_cli.workspace import Workspace
 
     langs, hrl, settings = request.langs, request.hrl, request.settings
@@ -131,6 +132,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             "device": request.device,
             "dtype": request.dtype,
             "device_map": request.device_map,
+            "patterns": tuple(request.patterns),
         }
     )
     with ui.progress() as update:
@@ -147,6 +149,12 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
         f"[green]probed[/green] {len(result.layers)} layers, {result.shards_written} shards written, "
         f"{result.shards_skipped} reused; moments for layers {result.stats_layers}"
     )
+    if result.hrl_refusal is not None and result.hrl_refusal < LOW_HRL_REFUSAL:
+        ui.info(
+            f"[yellow]warning:[/yellow] the model refused {result.hrl_refusal:.0%} of the {hrl} "
+            f"harmful prompts checked: below {LOW_HRL_REFUSAL:.0%}, there is little {hrl} refusal "
+            "for an edit to copy (check --hrl, or the model's safety training)"
+        )
     return {
         "workspace": str(request.workspace),
         "model": request.model,
@@ -155,6 +163,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
         "shards_written": result.shards_written,
         "shards_skipped": result.shards_skipped,
         "counts": result.counts,
+        "hrl_refusal": result.hrl_refusal,
     }
 
 
@@ -515,6 +524,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         check_overlap(request.output, protected)
     else:
         check_output(request.output, protected, request.force)
+    check_chat_template(resolved.path)
     recipe = pick_recipe(resolved.path, request.recipe, overrides, ui)
     harmless = request.harmless or builtin_data("harmless.jsonl")
     general = request.general if request.general is not None else builtin_data("general.jsonl")
@@ -567,6 +577,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                 device_map=request.device_map,
                 revision=request.revision,
                 resolved=resolved,
+                patterns=request.patterns,
             ),
             ui,
         )
@@ -639,6 +650,25 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
 
         ui.show(timings_table(timings, request.output))
     return summary
+
+
+def check_chat_template(model_dir: Path) -> None:
+    """align formats every prompt as a chat turn: a model without a chat template (a base model,
+    or a folder missing its tokenizer files) is refused before any work."""
+    config = Path(model_dir) / "tokenizer_config.json"
+    if (Path(model_dir) / "chat_template.jinja").is_file() or (
+        Path(model_dir) / "chat_template.json"
+    ).is_file():
+        return
+    try:
+        if json.loads(config.read_text(encoding="utf-8")).get("chat_template"):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise SweError(
+        f"{model_dir} has no chat template: swe aligns chat (instruct) models",
+        hint="use the model's instruct version, or add its chat template to tokenizer_config.json",
+    )
 
 
 def candidate_folder(output: Path) -> Path:

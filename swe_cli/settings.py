@@ -6,6 +6,7 @@ the device) gets a subclass that narrows those fields: the other fields are not 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -148,6 +149,7 @@ class ProbeConfig(ProbeSettings):
 
     langs: Names
     hrl: str = "en"
+    patterns: tuple[Path, ...] = ()  # extra refusal patterns for the HRL refusal check
     layers: Layers = None  # type: ignore[assignment]  # None: every layer
     stats_layers: Layers = None  # type: ignore[assignment]  # None: every recorded layer that fits
     device: str = "cpu"

@@ -31,6 +31,11 @@ CHUNK_SIZE = 64
 STATS_BUDGET_BYTES = 2 * 1024**3
 
 
+HRL_CHECK_PROMPTS = 16  # HRL harmful fit prompts answered to see whether there is refusal to copy
+HRL_CHECK_TOKENS = 16
+LOW_HRL_REFUSAL = 0.3
+
+
 @dataclass
 class ProbeResult:
     layers: list[int]
@@ -38,6 +43,23 @@ class ProbeResult:
     shards_written: int
     shards_skipped: int
     counts: dict[str, int] = field(default_factory=dict)
+    hrl_refusal: float | None = None  # share of checked HRL harmful fit prompts refused
+
+
+def hrl_refusal_rate(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], lang: str, patterns: Sequence[Path]
+) -> float | None:
+    """How often the model refuses a few HRL harmful fit prompts (greedy, short, pattern judge):
+    an edit copies the HRL's refusal, so a model that rarely refuses there has little to copy.
+    None without a chat template (a base model) or without prompts."""
+    from swe_cli.judges import REFUSED, PatternJudge
+
+    chosen = list(prompts)[:HRL_CHECK_PROMPTS]
+    if not chosen or getattr(tokenizer, "chat_template", None) is None:
+        return None
+    judge = PatternJudge.from_files(patterns)
+    answers = generate(model, tokenizer, [p.text for p in chosen], max_new_tokens=HRL_CHECK_TOKENS)
+    return sum(judge.verdict(answer, lang) == REFUSED for answer in answers) / len(chosen)
 
 
 def model_record(resolved: ResolvedModel, dtype: str) -> dict[str, Any]:
@@ -462,6 +484,9 @@ def run_probe(
                 )
                 result.shards_written += written
                 result.shards_skipped += skipped
+        result.hrl_refusal = hrl_refusal_rate(
+            model, tokenizer, harmful.select(config.hrl, FIT), config.hrl, config.patterns
+        )
         if stats_layers:
             own = own_answers(workspace, model, tokenizer, harmless, all_langs, config, progress)
             texts = moment_texts(tokenizer, harmless, general, all_langs, own)
@@ -500,6 +525,7 @@ def run_probe(
             "shards_written": result.shards_written,
             "shards_skipped": result.shards_skipped,
             "counts": result.counts,
+            "hrl_refusal": result.hrl_refusal,
         },
     )
     workspace.invalidate_after("probe")
