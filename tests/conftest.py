@@ -8,7 +8,7 @@ import csv
 import json
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -121,3 +121,15 @@ def workspace_copy(probed_workspace: Path, tmp_path: Path) -> Path:
     target = tmp_path / "ws"
     shutil.copytree(probed_workspace, target)
     return target
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """On a shared 2-core machine a second busy core makes two-thread matmuls of a small model
+    15-30x slower (measured: greedy 12 tokens 0.55 s with one thread, 16 s with two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ the README (bench/effect.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=REASON)
 @pytest.fixture(scope="module")
 def checkpoint() -> Path:
     return qwen_checkpoint()
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_converted_model_matches_the_gguf_model(checkpoint: Path, one_thread: None) -> None:

@@ -8,7 +8,6 @@ are compared with those the GGUF model produced at conversion time, so the GGUF 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,18 +27,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=REASON)
 @pytest.fixture(scope="module")
 def checkpoint() -> Path:
     return smollm2_checkpoint()
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core machine a second busy core makes two-thread matmuls of this small model
-    15-30x slower (measured: greedy 12 tokens 0.55 s with one thread, 16 s with two)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_checkpoint_is_a_sharded_hugging_face_folder(checkpoint: Path) -> None:
