@@ -20,17 +20,19 @@ batched.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from swe_cli.errors import PromptError
 from swe_cli.judges import contains_phrase, normalize_text
+from swe_cli.prompts import HELDOUT, Prompt
 
 MULTIJAIL_LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 UTILITY_FILE = "utility.jsonl"
@@ -39,6 +41,9 @@ OVER_REFUSAL_FILE = "over_refusal.jsonl"
 NUMBER = "number"
 ENTITY = "entity"
 LETTERS = "ABCDEFGH"
+BUILTIN = "builtin"  # --utility/--mc/--over-refusal value meaning the shipped set
+NONE = "none"  # ... meaning: do not measure
+SHORT_ANSWER_TOKENS = 48  # generation bound for short answers (numbers need no essay)
 
 # ISO 639-1 codes, and the ISO 639-3 private-use range qaa-qtz (the model organism's languages).
 ISO_639_1 = frozenset(
@@ -436,3 +441,91 @@ def score_choices(
         model, tokenizer, items, batch_size=batch_size, on_batch=on_batch
     )
     return [chosen == item.answer for chosen, item in zip(choose(scores), items, strict=True)]
+
+
+# -- over-refusal probes and the sets eval measures on -----------------------------------------
+
+
+def load_probes(source: str | Path, langs: Sequence[str] | None = None) -> list[Prompt]:
+    """Over-refusal probes (benign requests with alarming words): a JSONL/CSV file with id, lang
+    and text (or question). They are never used to fit an edit, so every probe is evaluated."""
+    path = Path(source)
+    probes: list[Prompt] = []
+    for where, row in _rows(path):
+        lang = check_language(_text(row, ("lang",), where), where, langs or ())
+        text = _text(row, ("text", "question"), where)
+        if _keep(lang, langs):
+            probes.append(Prompt(_text(row, ("id",), where), lang, text, HELDOUT))
+    seen: set[tuple[str, str]] = set()
+    for probe in probes:
+        if (probe.id, probe.lang) in seen:
+            raise PromptError(f"{path}: id '{probe.id}' appears twice in '{probe.lang}'", "")
+        seen.add((probe.id, probe.lang))
+    return probes
+
+
+def first_per_language(items: Sequence[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` items of each language (the first ones in file order)."""
+    if limit is None:
+        return list(items)
+    counts: dict[str, int] = {}
+    kept = []
+    for item in items:
+        counts[item.lang] = counts.get(item.lang, 0) + 1
+        if counts[item.lang] <= limit:
+            kept.append(item)
+    return kept
+
+
+@dataclass(frozen=True)
+class UtilitySets:
+    """What ``swe eval`` measures utility on besides the harmless and general prompt sets:
+    short answers, multiple choice and over-refusal probes; ``sources`` describes each file
+    (path and sha256) for the report's settings."""
+
+    short_answers: tuple[ShortAnswer, ...] = ()
+    choices: tuple[Choice, ...] = ()
+    probes: tuple[Prompt, ...] = ()
+    sources: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
+
+
+def resolve_source(value: str | Path | None, builtin: str) -> Path | None:
+    """``builtin`` -> the shipped file, ``none``/None -> None, else the path given."""
+    if value is None or str(value) == NONE:
+        return None
+    return builtin_path(builtin) if str(value) == BUILTIN else Path(value)
+
+
+def load_utility_sets(
+    langs: Sequence[str],
+    *,
+    short_answers: str | Path | None = BUILTIN,
+    choices: str | Path | None = BUILTIN,
+    probes: str | Path | None = BUILTIN,
+    max_items: int | None = None,
+) -> UtilitySets:
+    """The three sets for ``langs`` (each: ``builtin``, ``none`` or a file), at most
+    ``max_items`` per language each. Languages a file lacks are simply not measured."""
+    sources: dict[str, Mapping[str, str] | None] = {}
+    loaded: dict[str, list[Any]] = {}
+    for name, value, builtin, loader in (
+        ("utility", short_answers, UTILITY_FILE, load_short_answers),
+        ("multiple_choice", choices, CHOICE_FILE, load_choices),
+        ("over_refusal", probes, OVER_REFUSAL_FILE, load_probes),
+    ):
+        path = resolve_source(value, builtin)
+        if path is None:
+            sources[name], loaded[name] = None, []
+            continue
+        loaded[name] = first_per_language(loader(path, langs), max_items)
+        sources[name] = {"source": str(value), "sha256": _sha256(path)}
+    return UtilitySets(
+        short_answers=tuple(loaded["utility"]),
+        choices=tuple(loaded["multiple_choice"]),
+        probes=tuple(loaded["over_refusal"]),
+        sources=sources,
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
