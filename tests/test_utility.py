@@ -320,3 +320,24 @@ def test_over_refusal_probes_are_apart_from_harmless_prompts() -> None:
     harmless_texts = {p.text for p in harmless.prompts}
     assert not harmless_texts & {p.text for p in probes.prompts}
     assert not set(probes.ids()) & set(harmless.ids())
+
+
+def test_organism_utility_sets_are_parallel_and_checkable(tmp_path: Path) -> None:
+    from swe_cli.organism.utility_sets import write_utility_sets
+    from swe_cli.organism.world import LANGUAGES
+
+    short_path, choice_path = write_utility_sets(tmp_path)
+    items = load_short_answers(short_path)
+    choices = load_choices(choice_path)
+    ids = _ids_per_language([{"id": i.id, "lang": i.lang} for i in items])
+    assert tuple(ids) == LANGUAGES and all(v == ids["en"] for v in ids.values())
+    assert len(ids["en"]) == 60 and all(item.kind == ENTITY for item in items)
+    for item in items:
+        assert not is_correct(item, item.question), item  # the question does not give it away
+    for choice, item in zip(choices, items, strict=True):
+        assert (choice.id, choice.lang) == (item.id, item.lang)
+        right = choice.options[choice.answer]
+        assert is_correct(item, right)
+        assert not any(
+            is_correct(item, o) for i, o in enumerate(choice.options) if i != choice.answer
+        )
