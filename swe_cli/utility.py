@@ -364,13 +364,9 @@ def load_choices(source: str | Path, langs: Sequence[str] | None = None) -> list
 
 def chat_context(tokenizer: Any, question: str) -> str:
     """The question as a user turn of the model's chat template, with the generation prompt."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise PromptError(
-            "the tokenizer has no chat template",
-            hint="evaluate an instruct/chat model whose tokenizer ships a chat template",
-        )
-    messages = [{"role": "user", "content": question}]
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    from swe_cli.models import format_chat
+
+    return format_chat(tokenizer, [{"role": "user", "content": question}])
 
 
 def option_log_likelihoods(
@@ -383,44 +379,48 @@ def option_log_likelihoods(
 ) -> list[list[float]]:
     """Per item, per option: sum of log p(option token | context, earlier option tokens).
 
-    Rows (item, option) are sorted by length and run ``batch_size`` at a time with right
-    padding, so a result does not depend on the batch size; on_batch gets the number of items
-    done so far (in proportion to the rows)."""
+    Every (item, option) row is one sequence; rows run ``batch_size`` at a time, grouped by
+    length, right-padded (causal attention never sees the padding), so a score does not depend
+    on the batch size. on_batch gets the number of items done so far (in proportion to rows)."""
     import torch
 
+    from swe_cli.models import encode_texts, length_batches, pad_rows
+
+    contexts = encode_texts(
+        tokenizer, [chat_context(tokenizer, i.question) for i in items], special_tokens=False
+    )
     rows: list[tuple[int, int, list[int], int]] = []  # item, option, ids, context length
     for item_index, item in enumerate(items):
-        context = _ids(tokenizer, chat_context(tokenizer, item.question))
-        for option_index, option in enumerate(item.options):
-            option_ids = _ids(tokenizer, option)
+        context = contexts[item_index]
+        for option_index, option_ids in enumerate(
+            encode_texts(tokenizer, item.options, special_tokens=False)
+        ):
             if not option_ids:
-                raise PromptError(f"item {item.id}: option {option!r} has no tokens", "")
+                raise PromptError(
+                    f"item {item.id}: option {item.options[option_index]!r} has no tokens",
+                    "give every option some text",
+                )
             rows.append((item_index, option_index, context + option_ids, len(context)))
     scores = [[0.0] * len(item.options) for item in items]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][2]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     done = 0
-    for start in range(0, len(order), max(1, batch_size)):
-        batch = [rows[i] for i in order[start : start + max(1, batch_size)]]
-        width = max(len(ids) for _, _, ids, _ in batch)
-        input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for _, _, ids, _ in batch])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, _, ids, _ in batch])
-        device = getattr(model, "device", "cpu")
+    for batch in length_batches([len(ids) for _, _, ids, _ in rows], batch_size):
+        input_ids, mask = pad_rows([rows[i][2] for i in batch], pad_id, left=False)
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+            logits = model(
+                input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)
+            ).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        for row, (item_index, option_index, ids, context_length) in enumerate(batch):
-            positions = torch.arange(context_length - 1, len(ids) - 1, device=log_probs.device)
-            targets = torch.tensor(ids[context_length:], device=log_probs.device)
-            scores[item_index][option_index] = float(log_probs[row, positions, targets].sum())
+        for position, row in enumerate(batch):
+            item_index, option_index, ids, start = rows[row]
+            # the logits at position p predict token p + 1
+            steps = torch.arange(start - 1, len(ids) - 1, device=log_probs.device)
+            targets = torch.tensor(ids[start:], device=log_probs.device)
+            scores[item_index][option_index] = float(log_probs[position, steps, targets].sum())
         done += len(batch)
         if on_batch is not None:
             on_batch(len(items) * done // len(rows))
     return scores
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def choose(scores: Sequence[Sequence[float]]) -> list[int]:
