@@ -464,16 +464,20 @@ def load_probes(source: str | Path, langs: Sequence[str] | None = None) -> list[
     return probes
 
 
-def first_per_language(items: Sequence[Any], limit: int | None) -> list[Any]:
-    """At most ``limit`` items of each language (the first ones in file order)."""
+def spread_per_language(items: Sequence[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` items of each language, spread evenly over the file order (so a cap
+    keeps both arithmetic and entity items), the same positions in every language."""
     if limit is None:
         return list(items)
-    counts: dict[str, int] = {}
-    kept = []
+    grouped: dict[str, list[Any]] = {}
     for item in items:
-        counts[item.lang] = counts.get(item.lang, 0) + 1
-        if counts[item.lang] <= limit:
-            kept.append(item)
+        grouped.setdefault(item.lang, []).append(item)
+    kept = []
+    for group in grouped.values():
+        if len(group) <= limit:
+            kept += group
+        else:
+            kept += [group[index * len(group) // limit] for index in range(limit)]
     return kept
 
 
@@ -517,7 +521,7 @@ def load_utility_sets(
         if path is None:
             sources[name], loaded[name] = None, []
             continue
-        loaded[name] = first_per_language(loader(path, langs), max_items)
+        loaded[name] = spread_per_language(loader(path, langs), max_items)
         sources[name] = {"source": str(value), "sha256": _sha256(path)}
     return UtilitySets(
         short_answers=tuple(loaded["utility"]),

@@ -341,3 +341,15 @@ def test_organism_utility_sets_are_parallel_and_checkable(tmp_path: Path) -> Non
         assert not any(
             is_correct(item, o) for i, o in enumerate(choice.options) if i != choice.answer
         )
+
+
+def test_a_cap_spreads_over_both_kinds_in_every_language() -> None:
+    from swe_cli.utility import load_utility_sets
+
+    sets = load_utility_sets(["en", "bn"], max_items=8)
+    english = [item for item in sets.short_answers if item.lang == "en"]
+    bengali = [item for item in sets.short_answers if item.lang == "bn"]
+    assert len(english) == 8 and [i.id for i in english] == [i.id for i in bengali]
+    assert {item.kind for item in english} == {NUMBER, ENTITY}
+    assert len(sets.choices) == 16 and len(sets.probes) == 16
+    assert sets.sources["utility"] is not None and sets.sources["utility"]["source"] == "builtin"
