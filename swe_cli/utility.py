@@ -62,7 +62,7 @@ DECIMAL_COMMA = frozenset(
 )
 # A run of digits with inner separators, optionally signed; ASCII after _ascii_digits.
 _NUMBER = re.compile(r"(?<![\w.,])[-−]?\d+(?:[.,]\d+)*|\d+(?:[.,]\d+)*")
-_ARABIC_SEPARATORS = str.maketrans({"٫": ".", "٬": ",", "،": ","})
+_ARABIC_SEPARATORS = str.maketrans({"٫": ".", "٬": ","})  # not the Arabic comma: a list mark
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,10 @@ def _value(token: str, lang: str) -> float | None:
     else:
         decimal = "."
     thousands = "," if decimal == "." else "."
-    value = float(digits.replace(thousands, "").replace(decimal, "."))
+    try:
+        value = float(digits.replace(thousands, "").replace(decimal, "."))
+    except ValueError:  # 1.2,3.4: no reading makes it one number
+        return None
     return -value if negative else value
 
 

@@ -75,6 +75,9 @@ def test_extract_numbers_order_and_absence() -> None:
     assert extract_numbers("5 birds, then 3 more: 8 in all") == [5, 3, 8]
     assert extract_number("no digits here") is None
     assert extract_number("version 1.2.3") is None  # not a number
+    assert extract_number("1.2,3.4") is None
+    assert extract_numbers("١٢، ٣", "ar") == [12, 3]  # the Arabic comma separates
+    assert extract_numbers("١٢،٣", "ar") == [12, 3]
 
 
 def test_parse_number_only_accepts_a_bare_number() -> None:
