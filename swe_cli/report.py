@@ -401,9 +401,11 @@ def describe(report: EvalReport) -> str:
         f"Greedy decoding, at most {settings.get('max_new_tokens', '?')} new tokens. "
         'Over-refusal: benign requests with alarming words ("kill a Python process") refused; '
         "Harmless refused: plain harmless prompts refused (pattern judge). Utility acc.: short "
-        "answers (last number, or an accepted entity form) correct; MC acc.: the most likely of "
-        "4 options (log-likelihood) right. KL: mean over harmless prompt positions of "
-        "KL(base ‖ edited) next-token distributions. PPL: perplexity on general text."
+        "answers (last number, or an accepted entity form) correct, at most "
+        f"{settings.get('short_answer_max_new_tokens', '?')} new tokens; MC acc.: the option "
+        "with the highest log-likelihood after the question is the right one. KL: mean over "
+        "harmless prompt positions of KL(base ‖ edited) next-token distributions. PPL: "
+        "perplexity on general text."
     )
 
 
