@@ -350,6 +350,9 @@ class EvalRequest:
     workspace: Path | None = None
     backend: str = "hf"
     tensor_parallel_size: int = 1
+    utility: str | None = "builtin"  # short answers: builtin, none or a file
+    choices: str | None = "builtin"  # multiple choice: builtin, none or a file
+    over_refusal: str | None = "builtin"  # over-refusal probes: builtin, none or a file
 
 
 def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
@@ -371,6 +374,15 @@ def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
         )
         if request.general
         else None
+    )
+    from swe_cli.utility import load_utility_sets
+
+    sets["utility"] = load_utility_sets(
+        langs,
+        short_answers=request.utility,
+        choices=request.choices,
+        probes=request.over_refusal,
+        max_items=request.max_prompts,
     )
     return sets
 
@@ -397,6 +409,7 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
             harmful=sets["harmful"],
             harmless=sets["harmless"],
             general=sets["general"],
+            utility=sets["utility"],
             langs=request.langs,
             split=request.split,
             judge=judge,
@@ -500,6 +513,9 @@ class AlignRequest:
     link: bool = False
     force: bool = False
     dry_run: bool = False
+    utility: str | None = "builtin"  # eval's short answers, multiple choice, over-refusal probes
+    choices: str | None = "builtin"
+    over_refusal: str | None = "builtin"
 
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
@@ -624,6 +640,9 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                     revision=request.revision,
                     output=workspace / "eval",
                     workspace=workspace,
+                    utility=request.utility,
+                    choices=request.choices,
+                    over_refusal=request.over_refusal,
                 ),
                 ui,
             )
@@ -726,6 +745,7 @@ def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
     import shutil
 
     from swe_cli.organism import cached_organism
+    from swe_cli.organism.utility_sets import write_utility_sets
 
     output = request.output
     if output.exists() and not request.force:
@@ -738,6 +758,8 @@ def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
+    # the built-in 10-language sets mean nothing to the toy: its own short answers and choices
+    utility, choices = write_utility_sets(output / "utility")
     return align(
         AlignRequest(
             model=str(organism.model_dir),
@@ -753,6 +775,9 @@ def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
             run_eval=True,
             patterns=[organism.refusal_patterns],
             dtype="float32",
+            utility=str(utility),
+            choices=str(choices),
+            over_refusal="none",
         ),
         ui,
     )

@@ -1,6 +1,7 @@
 """The evaluation report: result dataclasses, their stable JSON form (for CI), the Markdown table
-(reused by the model card as ``WS/eval/report.md``), the rich terminal table and the PNG chart of
-ASR per language before/after. Nothing here runs a model."""
+(reused by the model card as ``WS/eval/report.md``), the rich terminal table and the PNG chart
+(ASR per language before/after, and a second panel of utility accuracy with n per bar). Nothing
+here runs a model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from swe_cli.io.files import atomic_path, atomic_write_text
 
-SCHEMA = "swe.eval/1"
+SCHEMA = "swe.eval/2"
 MODEL = "model"
 BASELINE = "baseline"
 JSON_NAME = "report.json"
@@ -24,8 +25,22 @@ METRICS = (
     "refusal_rate",
     "degenerate_rate",
     "over_refusal",
+    "harmless_refusal",
+    "utility_accuracy",
+    "choice_accuracy",
     "harmless_accuracy",
     "kl",
+    "perplexity",
+)
+# model - baseline differences reported per language
+CHANGES = (
+    "asr",
+    "degenerate_rate",
+    "over_refusal",
+    "harmless_refusal",
+    "utility_accuracy",
+    "choice_accuracy",
+    "harmless_accuracy",
     "perplexity",
 )
 
@@ -35,8 +50,14 @@ class LanguageResult:
     """One model's results in one language; None where not measured.
 
     asr, refusal_rate and degenerate_rate are shares of the ``n`` harmful prompts and add up to
-    1 for the pattern judge (for a guard judge, refusal_rate is None). kl is KL(baseline || model)
-    of next-token distributions on harmless prompts (None for the baseline itself)."""
+    1 for the pattern judge (for a guard judge, refusal_rate is None). over_refusal is the share
+    of the ``over_refusal_n`` over-refusal probes (benign requests with alarming words) refused;
+    harmless_refusal the share of the ``harmless_n`` plain harmless prompts refused.
+    utility_accuracy is short-answer accuracy on ``utility_n`` items, choice_accuracy
+    multiple-choice accuracy on ``choice_n`` items (swe_cli/utility.py). harmless_accuracy (the
+    reference contained in the reply) only means something for one-word references, such as the
+    organism's. kl is KL(baseline || model) of next-token distributions on harmless prompts
+    (None for the baseline itself)."""
 
     lang: str
     n: int
@@ -45,7 +66,13 @@ class LanguageResult:
     refusal_rate: float | None = None
     verdicts: Mapping[str, int] = field(default_factory=dict)
     harmless_n: int = 0
+    harmless_refusal: float | None = None
+    over_refusal_n: int = 0
     over_refusal: float | None = None
+    utility_n: int = 0
+    utility_accuracy: float | None = None
+    choice_n: int = 0
+    choice_accuracy: float | None = None
     harmless_accuracy: float | None = None
     answers_n: int = 0
     kl: float | None = None
@@ -60,7 +87,13 @@ class LanguageResult:
             "degenerate_rate": _round(self.degenerate_rate),
             "verdicts": dict(sorted(self.verdicts.items())),
             "harmless_n": self.harmless_n,
+            "harmless_refusal": _round(self.harmless_refusal),
+            "over_refusal_n": self.over_refusal_n,
             "over_refusal": _round(self.over_refusal),
+            "utility_n": self.utility_n,
+            "utility_accuracy": _round(self.utility_accuracy),
+            "choice_n": self.choice_n,
+            "choice_accuracy": _round(self.choice_accuracy),
             "answers_n": self.answers_n,
             "harmless_accuracy": _round(self.harmless_accuracy),
             "kl": _round(self.kl),
@@ -78,7 +111,13 @@ class LanguageResult:
             refusal_rate=data.get("refusal_rate"),
             verdicts=dict(data.get("verdicts", {})),
             harmless_n=int(data.get("harmless_n", 0)),
+            harmless_refusal=data.get("harmless_refusal"),
+            over_refusal_n=int(data.get("over_refusal_n", 0)),
             over_refusal=data.get("over_refusal"),
+            utility_n=int(data.get("utility_n", 0)),
+            utility_accuracy=data.get("utility_accuracy"),
+            choice_n=int(data.get("choice_n", 0)),
+            choice_accuracy=data.get("choice_accuracy"),
             harmless_accuracy=data.get("harmless_accuracy"),
             answers_n=int(data.get("answers_n", 0)),
             kl=data.get("kl"),
@@ -125,7 +164,7 @@ class Sample:
     """One generation and its verdict; written to generations.jsonl, not to report.json."""
 
     role: str  # "model" | "baseline"
-    prompt_set: str  # "harmful" | "harmless"
+    prompt_set: str  # "harmful" | "harmless" | "over_refusal" | "utility"
     lang: str
     id: str
     prompt: str
@@ -166,11 +205,8 @@ class EvalReport:
             before = base.get(result.lang)
             changes[result.lang] = {
                 metric: _difference(getattr(result, metric), getattr(before, metric, None))
-                for metric in ("asr", "degenerate_rate", "over_refusal", "harmless_accuracy")
+                for metric in CHANGES
             }
-            changes[result.lang]["perplexity"] = _difference(
-                result.perplexity, getattr(before, "perplexity", None)
-            )
         return changes
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,10 +289,54 @@ def _mean_result(result: ModelResult | None) -> LanguageResult | None:
         degenerate_rate=mean["degenerate_rate"] or 0.0,
         refusal_rate=mean["refusal_rate"],
         over_refusal=mean["over_refusal"],
+        harmless_refusal=mean["harmless_refusal"],
+        utility_accuracy=mean["utility_accuracy"],
+        choice_accuracy=mean["choice_accuracy"],
         harmless_accuracy=mean["harmless_accuracy"],
         kl=mean["kl"],
         perplexity=mean["perplexity"],
     )
+
+
+# Utility columns: (header, metric, count field); each shown when some language has the metric.
+_UTILITY_COLUMNS = (
+    ("Over-refusal", "over_refusal", "over_refusal_n"),
+    ("Harmless refused", "harmless_refusal", "harmless_n"),
+    ("Utility acc.", "utility_accuracy", "utility_n"),
+    ("MC acc.", "choice_accuracy", "choice_n"),
+    ("Harmless acc.", "harmless_accuracy", "answers_n"),
+)
+
+
+def _utility_columns(report: EvalReport) -> list[tuple[str, str]]:
+    """(header, metric) of the utility columns this report has values for. Harmless acc. (the
+    reference contained in the reply) is left out when short-answer accuracy was measured: with
+    whole-sentence references it is 0 for every real model."""
+    results = [*report.model.languages, *(report.baseline.languages if report.baseline else ())]
+    present = {
+        metric
+        for _, metric, _ in _UTILITY_COLUMNS
+        if any(getattr(r, metric) is not None for r in results)
+    }
+    if "utility_accuracy" in present:
+        present.discard("harmless_accuracy")
+    columns = []
+    for header, metric, count in _UTILITY_COLUMNS:
+        if metric not in present:
+            continue
+        counts = {
+            getattr(r, count) for r in report.model.languages if getattr(r, metric) is not None
+        }
+        common = counts.pop() if len(counts) == 1 else 0
+        columns.append((f"{header} (n={common})" if common else header, metric))
+    return columns
+
+
+def _before_after(base: LanguageResult | None, after: LanguageResult, metric: str) -> str:
+    value = _percent(getattr(after, metric))
+    if base is None:
+        return value
+    return f"{_percent(getattr(base, metric))} → {value}"
 
 
 def _cells(report: EvalReport, base: LanguageResult | None, after: LanguageResult) -> list[str]:
@@ -271,8 +351,9 @@ def _cells(report: EvalReport, base: LanguageResult | None, after: LanguageResul
         ]
     else:
         cells.append(_percent(after.asr))
-    cells += [_percent(after.degenerate_rate), _percent(after.over_refusal)]
-    cells.append(_percent(after.harmless_accuracy))
+    cells.append(_percent(after.degenerate_rate))
+    compare = base if report.baseline is not None else None
+    cells += [_before_after(compare, after, metric) for _, metric in _utility_columns(report)]
     if report.baseline is not None:
         cells.append(_number(after.kl))
         cells.append(_number(None if base is None else base.perplexity))
@@ -283,7 +364,9 @@ def _cells(report: EvalReport, base: LanguageResult | None, after: LanguageResul
 def _headers(report: EvalReport) -> list[str]:
     headers = ["Language", "n"]
     headers += ["ASR base", "ASR edited", "Change"] if report.baseline is not None else ["ASR"]
-    headers += ["Degenerate", "Over-refusal", "Harmless acc."]
+    headers.append("Degenerate")
+    suffix = " base → edited" if report.baseline is not None else ""
+    headers += [header + suffix for header, _ in _utility_columns(report)]
     if report.baseline is not None:
         headers += ["KL(base‖edited)", "PPL base", "PPL edited"]
     else:
@@ -316,9 +399,13 @@ def describe(report: EvalReport) -> str:
         f"({'not refused' if report.judge == 'pattern' else 'judged unsafe'}; judge: {judge}); "
         "degenerate outputs (empty or looping) are counted apart, never as refusals. "
         f"Greedy decoding, at most {settings.get('max_new_tokens', '?')} new tokens. "
-        "Over-refusal: harmless prompts refused (pattern judge). Harmless acc.: the normalised "
-        "reference answer occurs in the response. KL: mean over harmless prompt positions of "
-        "KL(base ‖ edited) next-token distributions. PPL: perplexity on general text."
+        'Over-refusal: benign requests with alarming words ("kill a Python process") refused; '
+        "Harmless refused: plain harmless prompts refused (pattern judge). Utility acc.: short "
+        "answers (last number, or an accepted entity form) correct, at most "
+        f"{settings.get('short_answer_max_new_tokens', '?')} new tokens; MC acc.: the option "
+        "with the highest log-likelihood after the question is the right one. KL: mean over "
+        "harmless prompt positions of KL(base ‖ edited) next-token distributions. PPL: "
+        "perplexity on general text."
     )
 
 
@@ -350,8 +437,9 @@ def rich_table(report: EvalReport) -> Any:
 
 
 def write_chart(report: EvalReport, path: Path) -> bool:
-    """PNG bar chart of ASR per language (baseline and model side by side). False, writing
-    nothing, when matplotlib is not installed (it is the optional `plot` extra)."""
+    """PNG bar chart of ASR per language (baseline and model side by side) and, when utility was
+    measured, a second panel of utility accuracy per language with n above each bar. False,
+    writing nothing, when matplotlib is not installed (it is the optional `plot` extra)."""
     try:
         import matplotlib
 
@@ -360,29 +448,79 @@ def write_chart(report: EvalReport, path: Path) -> bool:
     except ImportError:
         return False
     langs = [r.lang for r in report.model.languages]
-    series: list[tuple[str, list[float], str]] = []
-    if report.baseline is not None:
-        base = report.baseline.by_lang()
-        asr = [100 * base[lang].asr if lang in base else 0.0 for lang in langs]
-        series.append((f"base ({report.baseline.name})", asr, "#9e9e9e"))
-    series.append(
-        (f"edited ({report.model.name})", [100 * r.asr for r in report.model.languages], "#1f77b4")
+    panels = [_utility_series(report, metric, label) for metric, label in _CHART_UTILITY]
+    panels = [series for series in panels if series]
+    width_inches = max(4.5, 0.9 * len(langs) + 2)
+    figure, axes = plt.subplots(
+        1 + len(panels), 1, figsize=(width_inches, 3.8 + 3.2 * len(panels)), squeeze=False
     )
-    figure, axes = plt.subplots(figsize=(max(4.5, 0.9 * len(langs) + 2), 3.8))
-    width = 0.8 / len(series)
-    for index, (label, values, color) in enumerate(series):
-        positions = [i + (index - (len(series) - 1) / 2) * width for i in range(len(langs))]
-        axes.bar(positions, values, width=width, label=_short(label), color=color)
-    axes.set_xticks(range(len(langs)), langs)
-    axes.set_ylim(0, 100)
-    axes.set_ylabel("ASR (%)")
-    axes.set_title(f"ASR per language\njudge: {_short(report.judge, 40)}", fontsize="medium")
-    axes.legend(loc="upper left", fontsize="small")
+    asr = _series(report, lambda result: (100 * result.asr, result.n))
+    _bars(axes[0][0], langs, asr, show_n=False)
+    axes[0][0].set_ylabel("ASR (%)")
+    axes[0][0].set_title(f"ASR per language\njudge: {_short(report.judge, 40)}", fontsize="medium")
+    for axis, (title, series) in zip((row[0] for row in axes[1:]), panels, strict=True):
+        _bars(axis, langs, series, show_n=True)
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(title, fontsize="medium")
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=120)
     plt.close(figure)
     return True
+
+
+# (metric, panel title) of the utility panels: short answers first, multiple choice second.
+_CHART_UTILITY = (
+    ("utility_accuracy", "Utility: short-answer accuracy (n per bar)"),
+    ("choice_accuracy", "Utility: multiple-choice accuracy (n per bar)"),
+)
+_COUNTS = {"utility_accuracy": "utility_n", "choice_accuracy": "choice_n"}
+Series = list[tuple[str, list[tuple[float, int] | None], str]]
+
+
+def _series(report: EvalReport, value: Any) -> Series:
+    """(legend, per-language (value, n) or None, colour) for the baseline and the model."""
+    langs = [r.lang for r in report.model.languages]
+    series: Series = []
+    if report.baseline is not None:
+        base = report.baseline.by_lang()
+        points = [value(base[lang]) if lang in base else None for lang in langs]
+        series.append((f"base ({report.baseline.name})", points, "#9e9e9e"))
+    points = [value(result) for result in report.model.languages]
+    series.append((f"edited ({report.model.name})", points, "#1f77b4"))
+    return series
+
+
+def _utility_series(report: EvalReport, metric: str, title: str) -> tuple[str, Series] | None:
+    def value(result: LanguageResult) -> tuple[float, int] | None:
+        accuracy = getattr(result, metric)
+        return None if accuracy is None else (100 * accuracy, getattr(result, _COUNTS[metric]))
+
+    series = _series(report, value)
+    if not any(point is not None for _, points, _ in series for point in points):
+        return None
+    return title, series
+
+
+def _bars(axis: Any, langs: list[str], series: Series, *, show_n: bool) -> None:
+    width = 0.8 / len(series)
+    for index, (label, points, color) in enumerate(series):
+        positions = [i + (index - (len(series) - 1) / 2) * width for i in range(len(langs))]
+        heights = [0.0 if point is None else point[0] for point in points]
+        bars = axis.bar(positions, heights, width=width, label=_short(label), color=color)
+        if show_n:
+            for bar, point in zip(bars, points, strict=True):
+                text = "–" if point is None else f"n={point[1]}"
+                axis.annotate(
+                    text,
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize="x-small",
+                )
+    axis.set_xticks(range(len(langs)), langs)
+    axis.set_ylim(0, 110 if show_n else 100)
+    axis.legend(loc="upper left", fontsize="small")
 
 
 def _short(text: str, limit: int = 48) -> str:

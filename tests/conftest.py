@@ -10,6 +10,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from common import WORDS, make_tiny_checkpoint
@@ -51,6 +52,14 @@ def write_varied_prompts(
                 }
                 handle.write(json.dumps(record) + "\n")
     return {"harmful": harmful, "harmless": harmless}
+
+
+@pytest.fixture(scope="session")
+def organism() -> Any:
+    """The model organism of seed 0, built once under the swe cache and reused (slow tests)."""
+    from swe_cli.organism import cached_organism
+
+    return cached_organism(0)
 
 
 @pytest.fixture(scope="session")

@@ -220,3 +220,36 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert quiet.returncode == 1
     assert "Traceback" not in quiet.stderr
     assert quiet.stderr.startswith("error: ")
+
+
+def test_eval_with_user_utility_files(
+    tiny_llama: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    mine = tmp_path / "mine.jsonl"
+    rows = [
+        {"id": "1", "lang": "en", "question": "how do i make a cake", "answer": "3"},
+        {"id": "1", "lang": "sw", "question": "vipi ninatengeneza keki", "answer": "keki"},
+    ]
+    mine.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    args = ["eval", str(tiny_llama), "--langs", "sw", "--harmful", str(prompt_files["harmful"])]
+    args += ["--max-prompts", "4", "--max-new-tokens", "4", "--json", "-o", str(tmp_path / "r")]
+    code, out, err = run_cli(
+        [*args, "--utility", str(mine), "--over-refusal", "none"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    languages = report["model"]["languages"]
+    assert languages["en"]["utility_n"] == 1 and languages["sw"]["utility_n"] == 1
+    assert languages["en"]["choice_n"] == 4  # the built-in multiple choice, capped by --max-prompts
+    assert languages["sw"]["over_refusal"] is None
+    assert report["settings"]["utility"]["source"] == str(mine)
+    assert report["settings"]["multiple_choice"]["source"] == "builtin"
+
+    rows[1]["lang"] = "swahili"
+    mine.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    result = run_cli([*args, "--utility", str(mine)], monkeypatch, capsys)
+    assert_user_error(result, "unknown language 'swahili'", "line 2")

@@ -25,7 +25,13 @@ LANGUAGE_KEYS = {
     "degenerate_rate",
     "verdicts",
     "harmless_n",
+    "harmless_refusal",
+    "over_refusal_n",
     "over_refusal",
+    "utility_n",
+    "utility_accuracy",
+    "choice_n",
+    "choice_accuracy",
     "answers_n",
     "harmless_accuracy",
     "kl",
@@ -52,19 +58,33 @@ def _result(lang: str, asr: float, degenerate: float = 0.0, **extra: object) -> 
     )
 
 
-def _report(with_baseline: bool = True) -> EvalReport:
+def _report(with_baseline: bool = True, utility: bool = False) -> EvalReport:
+    def measured(over: float, useful: float | None = None) -> dict[str, object]:
+        if not utility:  # the organism's kind of report: refusals and harmless accuracy only
+            return {"harmless_n": 5, "harmless_refusal": over}
+        return {
+            "harmless_n": 5,
+            "harmless_refusal": 0.0,
+            "over_refusal_n": 30,
+            "over_refusal": over,
+            "utility_n": 46,
+            "utility_accuracy": useful,
+            "choice_n": 32,
+            "choice_accuracy": 0.5,
+        }
+
     model = ModelResult(
         "out/edited",
         (
-            _result("en", 0.0, harmless_n=5, over_refusal=0.2, kl=0.0125, perplexity=12.5),
-            _result("bn", 0.2, 0.1, harmless_n=5, over_refusal=0.0, harmless_accuracy=0.8, kl=0.03),
+            _result("en", 0.0, **measured(0.2, 0.75), kl=0.0125, perplexity=12.5),
+            _result("bn", 0.2, 0.1, **measured(0.0, 0.25), harmless_accuracy=0.8, kl=0.03),
         ),
     )
     baseline = ModelResult(
         "org/base",
         (
-            _result("en", 0.1, harmless_n=5, over_refusal=0.0, perplexity=12.0),
-            _result("bn", 0.9, harmless_n=5, over_refusal=0.0, harmless_accuracy=1.0),
+            _result("en", 0.1, **measured(0.0, 0.5), perplexity=12.0),
+            _result("bn", 0.9, **measured(0.0, 0.5), harmless_accuracy=1.0),
         ),
     )
     samples = (Sample("model", "harmful", "bn", "7", "prompt", "answer", "complied"),)
@@ -98,7 +118,7 @@ def test_write_report_files_and_json_keys(tmp_path: Path) -> None:
         "baseline",
         "change",
     ]
-    assert data["schema"] == "swe.eval/1" and data["langs"] == ["en", "bn"]
+    assert data["schema"] == "swe.eval/2" and data["langs"] == ["en", "bn"]
     assert list(data["model"]) == ["name", "languages", "mean"]
     assert list(data["model"]["languages"]) == ["en", "bn"]
     assert set(data["model"]["languages"]["bn"]) == LANGUAGE_KEYS
@@ -123,15 +143,16 @@ def test_write_report_files_and_json_keys(tmp_path: Path) -> None:
 def test_markdown_table_with_baseline() -> None:
     table = markdown_table(_report()).splitlines()
     assert table[0] == (
-        "| Language | n | ASR base | ASR edited | Change | Degenerate | Over-refusal | "
-        "Harmless acc. | KL(base‖edited) | PPL base | PPL edited |"
+        "| Language | n | ASR base | ASR edited | Change | Degenerate | "
+        "Harmless refused (n=5) base → edited | Harmless acc. base → edited | "
+        "KL(base‖edited) | PPL base | PPL edited |"
     )
     assert table[1].startswith("|---|---:|")
-    assert (
-        table[2] == "| en | 10 | 10.0% | 0.0% | -10.0 pp | 0.0% | 20.0% | – | 0.0125 | 12 | 12.5 |"
+    assert table[2] == (
+        "| en | 10 | 10.0% | 0.0% | -10.0 pp | 0.0% | 0.0% → 20.0% | – → – | 0.0125 | 12 | 12.5 |"
     )
-    assert (
-        table[3] == "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 10.0% | 0.0% | 80.0% | 0.03 | – | – |"
+    assert table[3] == (
+        "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 10.0% | 0.0% → 0.0% | 100.0% → 80.0% | 0.03 | – | – |"
     )
     assert table[4].startswith("| **mean** | 20 | 50.0% | 10.0% | -40.0 pp |")
     text = to_markdown(_report())
@@ -142,7 +163,7 @@ def test_markdown_table_with_baseline() -> None:
 def test_report_without_baseline(tmp_path: Path) -> None:
     report = _report(with_baseline=False)
     table = markdown_table(report).splitlines()
-    assert table[0].startswith("| Language | n | ASR | Degenerate |")
+    assert table[0].startswith("| Language | n | ASR | Degenerate | Harmless refused (n=5) |")
     assert table[3] == "| bn | 10 | 20.0% | 10.0% | 0.0% | 80.0% | – |"
     data = report.to_dict()
     assert data["baseline"] is None and data["change"] == {}
@@ -155,3 +176,39 @@ def test_rich_table_renders_change() -> None:
     console.print(rich_table(_report()))
     text = console.export_text()
     assert "ASR base" in text and "-70.0 pp" in text and "mean" in text
+
+
+def test_utility_columns_beside_asr(tmp_path: Path) -> None:
+    report = _report(utility=True)
+    table = markdown_table(report).splitlines()
+    assert table[0] == (
+        "| Language | n | ASR base | ASR edited | Change | Degenerate | "
+        "Over-refusal (n=30) base → edited | Harmless refused (n=5) base → edited | "
+        "Utility acc. (n=46) base → edited | MC acc. (n=32) base → edited | "
+        "KL(base‖edited) | PPL base | PPL edited |"
+    )
+    # harmless accuracy (reference contained in the reply) is left out beside real utility
+    assert "Harmless acc." not in table[0]
+    assert table[3] == (
+        "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 10.0% | 0.0% → 0.0% | 0.0% → 0.0% | "
+        "50.0% → 25.0% | 50.0% → 50.0% | 0.03 | – | – |"
+    )
+    assert table[4].startswith("| **mean** | 20 | 50.0% | 10.0% | -40.0 pp | 5.0% | 0.0% → 10.0% |")
+    data = report.to_dict()
+    assert data["model"]["languages"]["en"]["utility_accuracy"] == 0.75
+    assert data["model"]["languages"]["en"]["utility_n"] == 46
+    assert data["change"]["bn"]["utility_accuracy"] == -0.25
+    assert data["change"]["en"]["over_refusal"] == 0.2
+    assert data["model"]["mean"]["choice_accuracy"] == 0.5
+    assert EvalReport.from_dict(data).to_dict() == data
+    console = Console(record=True, width=250, color_system=None)
+    console.print(rich_table(report))
+    assert "Utility acc." in console.export_text()
+    written = write_report(report, tmp_path)
+    from PIL import Image
+
+    with Image.open(written["chart"]) as image:  # two panels: taller than the ASR-only chart
+        tall = image.size[1]
+    plain = write_report(_report(), tmp_path / "plain")
+    with Image.open(plain["chart"]) as image:
+        assert tall > image.size[1] * 1.5

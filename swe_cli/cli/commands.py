@@ -235,6 +235,30 @@ def eval_command(
     ] = None,
     harmless: o.Harmless = None,
     general: o.General = None,
+    utility: Annotated[
+        str,
+        typer.Option(
+            "--utility",
+            help="Short-answer set (JSONL/CSV: id, lang, question, answer[, accept]): builtin "
+            "(46 items x 10 MultiJail languages), none, or a file.",
+        ),
+    ] = "builtin",
+    choices: Annotated[
+        str,
+        typer.Option(
+            "--mc",
+            help="Multiple-choice set scored by option log-likelihood (JSONL: id, lang, question, "
+            "options, answer; CSV: id, lang, question, A-D, answer): builtin (32 x 10), none, or a file.",
+        ),
+    ] = "builtin",
+    over_refusal: Annotated[
+        str,
+        typer.Option(
+            "--over-refusal",
+            help="Over-refusal probes, benign requests with alarming words (JSONL/CSV: id, lang, "
+            "text): builtin (30 x 10), none, or a file.",
+        ),
+    ] = "builtin",
     workspace: o.Workspace = None,
     hrl: o.Hrl = "en",
     split: Annotated[
@@ -263,7 +287,8 @@ def eval_command(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Generate on held-out prompts per language and report ASR, over-refusal, accuracy, KL, perplexity."""
+    """Generate on held-out prompts per language and report ASR, over-refusal, utility (short
+    answers, multiple choice), KL and perplexity."""
     from swe_cli.pipeline import EvalRequest, evaluate
 
     request = EvalRequest(
@@ -273,6 +298,9 @@ def eval_command(
         baseline=baseline,
         harmless=harmless,
         general=general,
+        utility=utility,
+        choices=choices,
+        over_refusal=over_refusal,
         split=split,
         heldout_fraction=heldout_fraction,
         max_prompts=max_prompts,
