@@ -283,3 +283,125 @@ def test_numerical_rank_ignores_float32_rounding() -> None:
     assert singular_values[3] > 0  # rounding leaves tiny singular values...
     assert numerical_rank(singular_values, (40, 30)) == 3  # ...that do not count
     assert numerical_rank(singular_values * 0, (40, 30)) == 0
+
+
+# --- the organism: a solved edit, end to end (slow) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def organism_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The organism aligned with its recipe (residual down_proj edit of layers 1-3, no eval)."""
+    from common import run_swe
+
+    from swe_cli.organism import cached_organism
+
+    organism = cached_organism(0)
+    root = tmp_path_factory.mktemp("organism-lora")
+    code, _ = run_swe(
+        "align",
+        str(organism.model_dir),
+        "--langs",
+        ",".join(organism.lrls),
+        "-o",
+        str(root / "aligned"),
+        "-w",
+        str(root / "ws"),
+        "--harmful",
+        str(organism.harmful),
+        "--harmless",
+        str(organism.harmless),
+        "--general",
+        str(organism.general),
+        "--hrl",
+        organism.hrl,
+        "--dtype",
+        "float32",
+        "--quiet",
+    )
+    assert code == 0
+    return {"organism": organism, "root": root, "ws": root / "ws", "aligned": root / "aligned"}
+
+
+def organism_prompts(organism: Any) -> dict[str, torch.Tensor]:
+    """Harmful prompts in every language through the organism's chat template (padded batch)."""
+    import csv
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(organism.model_dir))
+    tokenizer.padding_side = "left"
+    with open(organism.harmful, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))[:4]
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": row[lang]}], tokenize=False, add_generation_prompt=True
+        )
+        for row in rows
+        for lang in (organism.hrl, *organism.lrls)
+    ]
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+
+
+def assert_round_trip(base: Path, adapter: Path, edited: Path, batch: dict[str, Any]) -> None:
+    from swe_cli.lora import load_with_adapter
+
+    reference = load(edited, torch.float32)
+    with_adapter = load_with_adapter(load(base, torch.float32), adapter)
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        got = with_adapter(**batch).logits
+        before = load(base, torch.float32)(**batch).logits
+    assert float((before - expected).abs().max()) > 1e-2  # the edit changes the answers
+    assert torch.allclose(got, expected, rtol=0, atol=1e-4), float((got - expected).abs().max())
+    merged = with_adapter.merge_and_unload().state_dict()
+    for name, tensor in reference.state_dict().items():
+        assert torch.allclose(merged[name], tensor, rtol=0, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_organism_edit_round_trips_as_adapter(organism_run: dict[str, Any]) -> None:
+    from swe_cli.errors import LoraError
+    from swe_cli.lora import export_workspace_lora, verify_adapter
+    from swe_cli.patch import workspace_edit
+    from swe_cli.workspace import Workspace
+
+    organism, root = organism_run["organism"], organism_run["root"]
+    workspace = Workspace(organism_run["ws"])
+    # the recipe's residual edit is unrestricted: full rank (the hidden size, 128) per layer
+    with pytest.raises(LoraError, match="rank 128, above the LoRA rank limit 64"):
+        export_workspace_lora(workspace, root / "refused")
+    assert not (root / "refused").exists()
+    result = export_workspace_lora(workspace, root / "adapter", max_rank=128)
+    assert result.rank == 128 and len(result.modules) == 3
+    assert all(module["within_rounding"] for module in result.modules)
+    report = verify_adapter(root / "adapter", organism.model_dir, workspace_edit(workspace))
+    assert report.ok, report.problems
+    batch = organism_prompts(organism)
+    assert_round_trip(organism.model_dir, root / "adapter", organism_run["aligned"], batch)
+
+
+@pytest.mark.slow
+def test_organism_rank_capped_edit_fits_the_default_limit(
+    organism_run: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    from common import run_swe
+
+    from swe_cli.lora import export_workspace_lora
+    from swe_cli.patch import apply_workspace
+    from swe_cli.workspace import Workspace
+
+    organism = organism_run["organism"]
+    shutil.copytree(organism_run["ws"], tmp_path / "ws")
+    code, _ = run_swe(
+        "solve", "-w", str(tmp_path / "ws"), "--method", "residual", "--layers", "1,2,3",
+        "--rank", "16", "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    workspace = Workspace(tmp_path / "ws")
+    result = export_workspace_lora(workspace, tmp_path / "adapter")
+    assert result.rank == 16 and [m["rank"] for m in result.modules] == [16, 16, 16]
+    apply_workspace(workspace, tmp_path / "edited", device="cpu")
+    batch = organism_prompts(organism)
+    assert_round_trip(organism.model_dir, tmp_path / "adapter", tmp_path / "edited", batch)
