@@ -45,7 +45,13 @@ from swe_cli.edit import (
     patched_row_bytes,
 )
 from swe_cli.errors import EditError, LoraError, WorkspaceError
-from swe_cli.hub import ModelCard, complete_provenance, edit_provenance, workspace_provenance
+from swe_cli.hub import (
+    ModelCard,
+    complete_provenance,
+    download_edit,
+    edit_provenance,
+    workspace_provenance,
+)
 from swe_cli.patch import (
     CALLER_KEYS,
     CARD_FILE,
@@ -342,11 +348,13 @@ def export_lora(
     card: ModelCard | None = None,
     max_rank: int = DEFAULT_MAX_RANK,
     force: bool = False,
+    edit_file: Path | None = None,
 ) -> LoraResult:
     """Write the PEFT adapter folder `output` for `edit` on `base_dir`: adapter_config.json,
     adapter_model.safetensors, swe_edit.json (provenance: `provenance` is the caller's part) and
     README.md. Written to a temporary folder beside `output` and renamed into place at the end;
-    an existing `output` is replaced only with `force`."""
+    an existing `output` is replaced only with `force`. `edit_file`, where the edit was read
+    from, is recorded so `swe verify` can find it again."""
     from safetensors.torch import save_file
 
     started = time.perf_counter()
@@ -369,6 +377,7 @@ def export_lora(
             "within_dtype_rounding": all(factor.within_rounding for factor in factors),
             "adapter_sha256": _file_sha256(weights),
             "adapter_bytes": weights.stat().st_size,
+            "edit_file": str(Path(edit_file).resolve()) if edit_file else None,
             "modules": [factor.summary() for factor in factors],
         }
         record = complete_provenance(
@@ -420,6 +429,7 @@ def export_workspace_lora(
         ),
         max_rank=max_rank,
         force=force,
+        edit_file=edit_file,
     )
     workspace.record_stage(
         "apply",
@@ -437,9 +447,14 @@ def export_artifact_lora(
     max_rank: int = DEFAULT_MAX_RANK,
     force: bool = False,
 ) -> LoraResult:
-    """`swe apply --edit EDIT --base MODEL --as-lora -o OUT` for a local edit folder or file (a
-    folder written by `--edit-only`, a checkpoint written by `apply`, an edit.safetensors)."""
-    edit_file = edit_file_of(Path(edit).expanduser())
+    """`swe apply --edit EDIT --base MODEL --as-lora -o OUT`. EDIT is a folder written by
+    `--edit-only`, a checkpoint written by `apply`, an edit.safetensors, or a Hub repo of either."""
+    source = Path(edit).expanduser()
+    if not source.exists():
+        if str(edit).startswith((".", "/", "~")) or str(edit).count("/") != 1:
+            raise EditError(f"{edit}: no such edit folder or file", hint="check the path")
+        source = download_edit(str(edit))
+    edit_file = edit_file_of(source)
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
     provenance = _artifact_provenance(edit_file)
     recorded = provenance.get("base_model") or {}
@@ -454,6 +469,7 @@ def export_artifact_lora(
         base_model_name_or_path=str(name),
         max_rank=max_rank,
         force=force,
+        edit_file=edit_file,
     )
 
 
@@ -608,8 +624,19 @@ class AdapterReport:
             "modules_checked": self.modules_checked,
             "rank": self.rank,
             "max_reconstruction_error": self.max_reconstruction_error,
+            "edit_checked": self.max_reconstruction_error is not None,
             "edit_sha256": self.edit_sha256,
         }
+
+
+def recorded_edit(folder: Path) -> Edit | None:
+    """The edit an adapter was exported from, when the file recorded in its swe_edit.json still
+    exists (its hash is checked by `verify_adapter`); None otherwise."""
+    provenance = read_adapter(folder).provenance
+    recorded = (provenance.get("lora") or {}).get("edit_file")
+    if not recorded or not Path(recorded).is_file():
+        return None
+    return load_edit(Path(recorded))
 
 
 def verify_adapter(folder: Path, base_dir: Path, edit: Edit | None = None) -> AdapterReport:

@@ -5,6 +5,7 @@ Gemma2 checkpoints here; the organism with a solved edit at the end (slow)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -360,24 +361,26 @@ def assert_round_trip(base: Path, adapter: Path, edited: Path, batch: dict[str, 
 
 @pytest.mark.slow
 def test_organism_edit_round_trips_as_adapter(organism_run: dict[str, Any]) -> None:
-    from swe_cli.errors import LoraError
-    from swe_cli.lora import export_workspace_lora, verify_adapter
-    from swe_cli.patch import workspace_edit
-    from swe_cli.workspace import Workspace
+    from common import run_swe
 
-    organism, root = organism_run["organism"], organism_run["root"]
-    workspace = Workspace(organism_run["ws"])
+    organism, root, ws = organism_run["organism"], organism_run["root"], organism_run["ws"]
     # the recipe's residual edit is unrestricted: full rank (the hidden size, 128) per layer
-    with pytest.raises(LoraError, match="rank 128, above the LoRA rank limit 64"):
-        export_workspace_lora(workspace, root / "refused")
-    assert not (root / "refused").exists()
-    result = export_workspace_lora(workspace, root / "adapter", max_rank=128)
-    assert result.rank == 128 and len(result.modules) == 3
-    assert all(module["within_rounding"] for module in result.modules)
-    report = verify_adapter(root / "adapter", organism.model_dir, workspace_edit(workspace))
-    assert report.ok, report.problems
+    code, _ = run_swe("apply", "-w", str(ws), "--as-lora", "-o", str(root / "refused"))
+    assert code == 1 and not (root / "refused").exists()
+    adapter = root / "adapter"
+    code, out = run_swe(
+        "apply", "-w", str(ws), "--as-lora", "--max-lora-rank", "128", "-o", str(adapter), "--json"
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["rank"] == 128 and len(result["modules"]) == 3
+    assert all(module["within_rounding"] for module in result["modules"])
+    # 3 x 128 x (128 + 256) float32 values: about a fifth of the 3.3 MB checkpoint
+    assert result["adapter_bytes"] < 600_000
+    code, out = run_swe("verify", str(adapter), "--base", str(organism.model_dir), "--json")
+    assert code == 0 and json.loads(out)["edit_checked"]
     batch = organism_prompts(organism)
-    assert_round_trip(organism.model_dir, root / "adapter", organism_run["aligned"], batch)
+    assert_round_trip(organism.model_dir, adapter, organism_run["aligned"], batch)
 
 
 @pytest.mark.slow
@@ -405,3 +408,120 @@ def test_organism_rank_capped_edit_fits_the_default_limit(
     apply_workspace(workspace, tmp_path / "edited", device="cpu")
     batch = organism_prompts(organism)
     assert_round_trip(organism.model_dir, tmp_path / "adapter", tmp_path / "edited", batch)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def solved_workspace(
+    workspace_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> Path:
+    from test_cli import run_cli
+
+    for args in (["localize"], ["solve", "--method", "residual"]):
+        code, _, err = run_cli([*args, "-w", str(workspace_copy), "--quiet"], monkeypatch, capsys)
+        assert code == 0, err
+    return workspace_copy
+
+
+def test_cli_apply_as_lora_verify_and_eval(
+    solved_workspace: Path,
+    tiny_llama: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from test_cli import assert_user_error, run_cli
+
+    def swe(*args: str) -> Any:
+        return run_cli([str(arg) for arg in args], monkeypatch, capsys)
+
+    ws, adapter, patched_dir = str(solved_workspace), tmp_path / "adapter", tmp_path / "patched"
+    code, out, err = swe("apply", "-w", ws, "--as-lora", "-o", adapter, "--json")
+    assert code == 0, err
+    exported = json.loads(out)
+    assert 1 <= exported["rank"] <= 16 and exported["adapter_bytes"] > 0
+    assert {m["module"] for m in exported["modules"]} == {
+        "model.layers.1.mlp.down_proj",
+        "model.layers.2.mlp.down_proj",
+    }
+    assert swe("apply", "-w", ws, "-o", patched_dir, "--quiet")[0] == 0
+
+    code, out, err = swe("verify", adapter, "--base", tiny_llama, "--json")
+    assert code == 0, err
+    verified = json.loads(out)
+    assert verified["ok"] and verified["kind"] == "lora" and verified["edit_checked"]
+
+    # the edit inside the patched checkpoint gives the same adapter
+    again = tmp_path / "again"
+    code, _, err = swe(
+        "apply", "--edit", patched_dir, "--base", tiny_llama, "--as-lora", "-o", again
+    )
+    assert code == 0, err
+    assert (again / "adapter_model.safetensors").read_bytes() == (
+        adapter / "adapter_model.safetensors"
+    ).read_bytes()
+
+    eval_args = ["--langs", "es,sw", "--harmful", prompt_files["harmful"], "--split", "all"]
+    eval_args += ["--max-prompts", "3", "--max-new-tokens", "4", "--json", "--quiet"]
+    code, out, err = swe(
+        "eval", tiny_llama, "--adapter", adapter, *eval_args, "-o", tmp_path / "e1"
+    )
+    assert code == 0, err
+    with_adapter = json.loads(out)
+    code, out, err = swe("eval", patched_dir, *eval_args, "-o", tmp_path / "e2")
+    assert code == 0, err
+
+    def responses(folder: Path) -> list[str]:
+        lines = (folder / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)["response"] for line in lines]
+
+    assert len(responses(tmp_path / "e1")) == 9  # 3 prompts in en, es, sw
+    assert responses(tmp_path / "e1") == responses(tmp_path / "e2")
+    assert with_adapter["model"]["languages"] == json.loads(out)["model"]["languages"]
+    assert with_adapter["model"]["name"].endswith(f" + {adapter}")
+
+    assert_user_error(swe("apply", "-w", ws, "--as-lora", "-o", adapter), "already exists")
+    assert_user_error(
+        swe("apply", "-w", ws, "--as-lora", "--max-lora-rank", "1", "-o", tmp_path / "r1"),
+        "above the LoRA rank limit 1",
+    )
+    monkeypatch.setitem(sys.modules, "peft", None)
+    result = swe("eval", tiny_llama, "--adapter", adapter, *eval_args)
+    assert_user_error(result, "peft is not installed")
+    assert 'pip install -e ".[lora]"' in result[2]
+
+
+def test_cli_verify_finds_a_changed_adapter(
+    solved_workspace: Path,
+    tiny_llama: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from safetensors.torch import load_file, save_file
+    from test_cli import run_cli
+
+    adapter = tmp_path / "adapter"
+    code, _, err = run_cli(
+        ["apply", "-w", str(solved_workspace), "--as-lora", "-o", str(adapter), "--quiet"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = next(key for key in tensors if key.endswith("lora_A.weight"))
+    tensors[key] = tensors[key] * 1.001
+    save_file(tensors, str(weights))
+    code, out, err = run_cli(
+        ["verify", str(adapter), "--base", str(tiny_llama), "-w", str(solved_workspace), "--json"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 1
+    report = json.loads(out)
+    assert not report["ok"] and any("rounding" in problem for problem in report["problems"])
+    assert "mismatch:" in err
