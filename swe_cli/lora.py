@@ -144,6 +144,7 @@ def factor_tensor_edit(item: TensorEdit, base_bytes: bytes, max_rank: int) -> Lo
     Raises LoraError when the delta's numerical rank exceeds `max_rank`."""
     import torch
 
+    module = module_of(item.name)
     out_features, in_features = item.shape
     delta = torch.as_tensor(as_numpy(item.delta), dtype=torch.float32)
     U, S, Vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
@@ -169,7 +170,7 @@ def factor_tensor_edit(item: TensorEdit, base_bytes: bytes, max_rank: int) -> Lo
     touched = B.abs().sum(dim=1).nonzero().flatten()
     return LoraFactor(
         tensor=item.name,
-        module=module_of(item.name),
+        module=module,
         A=A,
         B=B,
         rank=rank,
