@@ -24,17 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from swe_cli.checkpoint import (
-    ResolvedModel,
-    bytes_to_float32,
-    fingerprint,
-    locate,
-    read_header,
-    read_row_bytes,
-    rows_sha256,
-)
 from swe_cli.edit import (
-    EDIT_FILE,
     EDITABLE_DTYPES,
     Edit,
     TensorEdit,
@@ -44,27 +34,22 @@ from swe_cli.edit import (
     load_edit,
     patched_row_bytes,
 )
-from swe_cli.errors import EditError, LoraError, WorkspaceError
+from swe_cli.errors import EditError, LoraError
 from swe_cli.hub import (
-    ModelCard,
-    complete_provenance,
-    download_edit,
-    edit_provenance,
-    workspace_provenance,
-)
-from swe_cli.patch import (
-    CALLER_KEYS,
     CARD_FILE,
     PROVENANCE_FILE,
-    _check_output,
-    _move_into_place,
-    _read_yaml,
-    _sync_tree,
-    _temporary_folder,
-    _write_json,
-    workspace_base,
+    ModelCard,
+    artifact_provenance,
+    complete_provenance,
+    download_edit,
+    workspace_provenance,
+    write_provenance,
 )
-from swe_cli.workspace import Workspace, atomic_write_text
+from swe_cli.io.checkpoint import ResolvedModel, fingerprint, locate
+from swe_cli.io.files import atomic_write_text, move_into_place, sync_tree, temporary_folder
+from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
+from swe_cli.stages.apply import check_output, solved_edit, workspace_base
+from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -234,10 +219,16 @@ def _base_rows_sha256(item: TensorEdit, base_bytes: bytes, rows: list[int]) -> s
     """sha256 of the base rows `rows` (ascending), taken from the edit-ordered `base_bytes`."""
     width = len(base_bytes) // max(1, len(item.rows))
     position = {int(row): index for index, row in enumerate(as_numpy(item.rows).tolist())}
-    chunks = [
-        base_bytes[position[row] * width : (position[row] + 1) * width] for row in sorted(rows)
-    ]
-    return rows_sha256(chunks)
+    digest = hashlib.sha256()
+    for row in sorted(rows):
+        digest.update(base_bytes[position[row] * width : (position[row] + 1) * width])
+    return digest.hexdigest()
+
+
+def base_rows(entry: TensorEntry, rows: list[int]) -> bytes:
+    """Raw bytes of `rows` of a base tensor, in the given order."""
+    with entry.file.open("rb") as handle:
+        return read_row_bytes(handle.fileno(), entry, rows)
 
 
 def factor_edit(
@@ -259,14 +250,14 @@ def factor_edit(
                 f"'{item.name}' is {item.dtype}, which cannot be edited",
                 hint="supported: " + ", ".join(EDITABLE_DTYPES),
             )
-        chunks = read_row_bytes(entry, as_numpy(item.rows).tolist())
-        if rows_sha256(chunks) != item.base_sha256:
+        data = base_rows(entry, as_numpy(item.rows).tolist())
+        if hashlib.sha256(data).hexdigest() != item.base_sha256:
             raise EditError(
                 f"{entry.file}: rows of '{item.name}' do not match the edit's base",
                 hint="the edit was computed on another model or revision; pass the base named "
                 "in its swe_edit.json",
             )
-        factor = factor_tensor_edit(item, b"".join(chunks), max_rank)
+        factor = factor_tensor_edit(item, data, max_rank)
         if factor.rank:
             factors.append(factor)
     if not factors:
@@ -350,22 +341,24 @@ def export_lora(
     max_rank: int = DEFAULT_MAX_RANK,
     force: bool = False,
     edit_file: Path | None = None,
+    protected: tuple[tuple[str, Path], ...] = (),
 ) -> LoraResult:
     """Write the PEFT adapter folder `output` for `edit` on `base_dir`: adapter_config.json,
     adapter_model.safetensors, swe_edit.json (provenance: `provenance` is the caller's part) and
     README.md. Written to a temporary folder beside `output` and renamed into place at the end;
-    an existing `output` is replaced only with `force`. `edit_file`, where the edit was read
-    from, is recorded so `swe verify` can find it again."""
+    an existing `output` is replaced only with `force`, and never overlaps the base or the
+    `protected` folders. `edit_file`, where the edit was read from, is recorded so `swe verify`
+    can find it again."""
     from safetensors.torch import save_file
 
     started = time.perf_counter()
     base_dir, output = Path(base_dir), Path(output)
-    _check_output(output, base_dir, force)
+    check_output(output, [("base model folder", base_dir), *protected], force)
     factors = factor_edit(edit, base_dir, max_rank)
     config = adapter_config(factors, base_model_name_or_path)
     rank = int(config["r"])
     worst = max(factor.reconstruction_error for factor in factors)
-    temporary = _temporary_folder(output)
+    temporary = temporary_folder(output)
     try:
         weights = temporary / ADAPTER_WEIGHTS_FILE
         save_file(adapter_tensors(factors), str(weights), metadata={"format": "pt"})
@@ -384,12 +377,12 @@ def export_lora(
         record = complete_provenance(
             provenance, edit, edit_sha256(edit), {"artifact": ARTIFACT, "lora": lora}
         )
-        _write_json(temporary / ADAPTER_CONFIG_FILE, config)
-        _write_json(temporary / PROVENANCE_FILE, record)
+        atomic_write_text(temporary / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        write_provenance(temporary / PROVENANCE_FILE, record)
         card = adapter_card(card or ModelCard.for_provenance(record, base_dir))
         atomic_write_text(temporary / CARD_FILE, render_card(card, record, config))
-        _sync_tree(temporary)
-        _move_into_place(temporary, output, force)
+        sync_tree(temporary)
+        move_into_place(temporary, output, force)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -410,16 +403,12 @@ def export_workspace_lora(
 ) -> LoraResult:
     """`swe apply -w WS --as-lora -o OUT`: the workspace's edit as an adapter of its base model."""
     manifest = workspace.load()
-    workspace.require_stage("solve")
     model = dict(manifest.get("model") or {})
     base_dir = workspace_base(model)
+    check_output(Path(output), [("workspace", workspace.root)], force)
+    edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    edit_file = workspace.edit_dir / EDIT_FILE
-    if not edit_file.exists():
-        raise WorkspaceError(
-            f"{edit_file}: missing", hint=f"run `swe solve -w {workspace.root}` first"
-        )
-    provenance = workspace_provenance(manifest, _read_yaml(workspace.edit_dir / "edit.yaml"))
+    provenance = workspace_provenance(manifest, edit_yaml)
     result = export_lora(
         load_edit(edit_file),
         base_dir,
@@ -431,6 +420,7 @@ def export_workspace_lora(
         max_rank=max_rank,
         force=force,
         edit_file=edit_file,
+        protected=(("workspace", workspace.root),),
     )
     workspace.record_stage(
         "apply",
@@ -457,7 +447,8 @@ def export_artifact_lora(
         source = download_edit(str(edit))
     edit_file = edit_file_of(source)
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
-    provenance = _artifact_provenance(edit_file)
+    artifact = source if source.is_dir() else source.parent
+    provenance = artifact_provenance(edit_file, artifact)
     recorded = provenance.get("base_model") or {}
     name = recorded.get("hub_id") or (
         base.model_id if isinstance(base, ResolvedModel) else str(base_dir)
@@ -471,26 +462,8 @@ def export_artifact_lora(
         max_rank=max_rank,
         force=force,
         edit_file=edit_file,
+        protected=(("edit folder", artifact),),
     )
-
-
-def _artifact_provenance(edit_file: Path) -> dict[str, Any]:
-    """The caller part of an edit artifact's provenance: its swe_edit.json, else the edit's own
-    metadata (the same rule as `swe apply --edit`)."""
-    for candidate in (
-        edit_file.parent / PROVENANCE_FILE,
-        edit_file.parent.parent / PROVENANCE_FILE,
-    ):
-        if candidate.exists():
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                raise EditError(
-                    f"{candidate}: not valid JSON", hint="restore the file or delete it"
-                ) from None
-            if data.get("artifact") != ARTIFACT:
-                return {key: value for key, value in data.items() if key in CALLER_KEYS}
-    return edit_provenance(read_header(edit_file).metadata)
 
 
 def _file_sha256(path: Path) -> str:
@@ -709,7 +682,7 @@ def _check_module(
     if recorded is None:
         return [f"'{module}': not recorded in {PROVENANCE_FILE}"]
     rows = B.abs().sum(dim=1).nonzero().flatten().tolist()
-    if rows_sha256(read_row_bytes(entry, rows)) != recorded.get("base_rows_sha256"):
+    if hashlib.sha256(base_rows(entry, rows)).hexdigest() != recorded.get("base_rows_sha256"):
         return [
             f"'{module}': the base rows the adapter changes differ from the ones it was exported "
             "against (another base model or revision)"
@@ -747,7 +720,7 @@ def _check_against_edit(adapter: Adapter, base_dir: Path, edit: Edit) -> tuple[f
         if B[outside_rows].any() or A[:, outside_cols].any():
             problems.append(f"'{module}': the adapter changes entries outside the edited ones")
         entry = locate(base_dir, item.name)
-        base_bytes = b"".join(read_row_bytes(entry, rows.tolist()))
+        base_bytes = base_rows(entry, rows.tolist())
         error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
         worst = max(worst, error)
         if not within:

@@ -74,7 +74,7 @@ def export(edit: Any, base: Path, output: Path, **options: Any) -> Any:
 
 
 def patched(edit: Any, base: Path, output: Path) -> Path:
-    from swe_cli.patch import apply_edit
+    from swe_cli.stages.apply import apply_edit
 
     apply_edit(edit, base, output, provenance={}, device="cpu")
     return output
@@ -392,7 +392,7 @@ def test_organism_rank_capped_edit_fits_the_default_limit(
     from common import run_swe
 
     from swe_cli.lora import export_workspace_lora
-    from swe_cli.patch import apply_workspace
+    from swe_cli.stages.apply import apply_workspace
     from swe_cli.workspace import Workspace
 
     organism = organism_run["organism"]
