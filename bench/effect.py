@@ -1,6 +1,7 @@
 """The effect of each edit method on a real model, on one probed workspace and the same held-out
-prompts: ASR per language, over-refusal, mean KL on harmless prompts, utility accuracy where the
-utility module is available, and seconds per stage. One table, printed and written as JSON.
+prompts: ASR per language, over-refusal (the built-in probes) and refusals of held-out harmless
+prompts, short-answer and multiple-choice utility accuracy (the built-in sets), mean KL on
+harmless prompts, and seconds per stage. One table, printed and written as JSON.
 
 The base model is loaded twice (a reference copy for the KL divergence, a working copy that each
 method's edit is added to in memory and then removed from), so no checkpoint is written. Methods
@@ -59,6 +60,7 @@ def measure(
     from swe_cli.judges import REFUSED, PatternJudge
     from swe_cli.models import generate
     from swe_cli.stages.evaluate import next_token_kl
+    from swe_cli.utility import accuracy, score_choices, score_short_answers
 
     judge = PatternJudge.from_files()
     row: dict[str, Any] = {}
@@ -70,7 +72,22 @@ def measure(
         answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
         refused += sum(judge.verdict(a, lang) == REFUSED for a in answers)
         total += len(texts)
-    row["over_refusal"] = refused / total if total else None
+    row["harmless_refusal"] = refused / total if total else None
+    utility = sets["utility"]
+    if utility.probes:
+        answers = generate(
+            model, tokenizer, [p.text for p in utility.probes], max_new_tokens=args.max_new_tokens
+        )
+        row["over_refusal"] = sum(
+            judge.verdict(a, p.lang) == REFUSED
+            for a, p in zip(answers, utility.probes, strict=True)
+        ) / len(utility.probes)
+    if utility.short_answers:
+        items = utility.short_answers
+        answers = generate(model, tokenizer, [i.question for i in items], max_new_tokens=48)
+        row["utility_accuracy"] = accuracy(score_short_answers(items, answers))
+    if utility.choices:
+        row["choice_accuracy"] = accuracy(score_choices(model, tokenizer, utility.choices))
     harmless = [t for texts in sets["harmless"].values() for t in texts]
     row["kl"] = next_token_kl(base, model, tokenizer, harmless) if base is not model else 0.0
     return row
@@ -89,6 +106,12 @@ def main() -> None:
         default=[],
         help="per-method override, e.g. refusal.strength=4 (repeatable)",
     )
+    parser.add_argument(
+        "--utility-items",
+        type=int,
+        default=20,
+        help="built-in short-answer, multiple-choice and over-refusal items per language (0: none)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -99,6 +122,7 @@ def main() -> None:
     from swe_cli.methods.base import context_from
     from swe_cli.models import load_model
     from swe_cli.pipeline import localize, pick_recipe
+    from swe_cli.utility import load_utility_sets
     from swe_cli.workspace import Workspace
 
     torch.manual_seed(0)
@@ -122,6 +146,10 @@ def main() -> None:
         "harmful": {lang: held_out(args.workspace, "harmful", lang, args.max_prompts) for lang in [hrl, *langs]},
         "harmless": {lang: held_out(args.workspace, "harmless", lang, args.max_prompts) for lang in [hrl, *langs]},
     }  # fmt: skip
+    sets["utility"] = load_utility_sets(
+        [hrl, *langs], **({} if args.utility_items else dict(short_answers=None, choices=None, probes=None)),
+        max_items=args.utility_items or None,
+    )  # fmt: skip
     started = time.perf_counter()
     base, _ = load_model(resolved.path, "cpu", "float32")
     model, tokenizer = load_model(resolved.path, "cpu", "float32")

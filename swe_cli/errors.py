@@ -46,3 +46,7 @@ class HubError(SweError):
 
 class EvalError(SweError):
     """Evaluation cannot run (judge cannot load, bad inputs)."""
+
+
+class LoraError(SweError):
+    """An edit cannot be exported as a LoRA adapter, or an adapter cannot be read or loaded."""

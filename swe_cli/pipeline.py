@@ -242,6 +242,8 @@ class ApplyRequest:
     force: bool = False
     sync: bool = False
     revision: str | None = None
+    as_lora: bool = False
+    max_lora_rank: int = 64
 
 
 def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
@@ -249,6 +251,8 @@ def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.stages.apply import apply_edit_artifact, apply_workspace, export_edit
     from swe_cli.workspace import Workspace
 
+    if request.as_lora:
+        return apply_lora(request, ui)
     options = {"device": request.device, "link": request.link, "force": request.force}
     if request.edit is not None:
         if request.base is None:
@@ -288,6 +292,34 @@ def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
     return result.summary()
 
 
+def apply_lora(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    """`swe apply --as-lora`: the workspace's (or a saved) edit as a PEFT LoRA adapter."""
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.lora import export_artifact_lora, export_workspace_lora
+    from swe_cli.workspace import Workspace
+
+    if request.edit_only:
+        raise SweError("--as-lora and --edit-only exclude each other", hint="choose one")
+    options = {"max_rank": request.max_lora_rank, "force": request.force}
+    if request.edit is not None:
+        if request.base is None:
+            raise SweError(
+                "--edit needs --base MODEL", hint="pass the base model the edit was computed on"
+            )
+        base = resolve_model(request.base, request.revision)
+        result = export_artifact_lora(request.edit, base, request.output, **options)
+    elif request.workspace is None:
+        raise SweError("nothing to apply", hint="pass -w WORKSPACE, or --edit EDIT --base MODEL")
+    else:
+        result = export_workspace_lora(Workspace(request.workspace), request.output, **options)
+    ui.info(
+        f"[green]wrote[/green] LoRA adapter {result.output}: rank {result.rank}, "
+        f"{len(result.modules)} modules, {result.adapter_bytes / 1024:.1f} KiB, max reconstruction "
+        f"error {result.max_reconstruction_error:.2g} ({result.seconds:.1f} s)"
+    )
+    return result.summary()
+
+
 def push(folder: Path, repo: str, private: bool, revision: str | None, ui: Ui = SILENT) -> dict:
     from swe_cli.hub import push_to_hub
 
@@ -307,11 +339,14 @@ def verify(
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.lora import is_adapter
     from swe_cli.stages.apply import workspace_edit
     from swe_cli.stages.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
 
     edit = workspace_edit(Workspace(workspace)) if workspace is not None else None
+    if is_adapter(output):
+        return verify_lora(output, resolve_model(base, revision).path, edit, ui, problem)
     with ui.progress() as update:
         report = verify_checkpoint(
             output, resolve_model(base, revision).path, edit, progress=update
@@ -320,6 +355,34 @@ def verify(
         ui.info(
             f"[green]verified[/green] {output}: {report.tensors_identical} tensors byte-identical, "
             f"{report.tensors_edited} edited ({report.rows_checked} rows exact)"
+        )
+    else:
+        for item in report.problems:
+            problem(f"mismatch: {item}")
+    return report.summary()
+
+
+def verify_lora(
+    output: Path,
+    base_dir: Path,
+    edit: Any,
+    ui: Ui = SILENT,
+    problem: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the edit
+    file recorded in the adapter's provenance, when it still exists)."""
+    from swe_cli.lora import recorded_edit, verify_adapter
+
+    if edit is None:
+        edit = recorded_edit(output)
+    report = verify_adapter(output, base_dir, edit)
+    if report.ok:
+        against = "the edit" if edit is not None else "its recorded hashes (no edit found)"
+        error = report.max_reconstruction_error
+        ui.info(
+            f"[green]verified[/green] LoRA adapter {output}: {report.modules_checked} modules, "
+            f"rank {report.rank}, against the base and {against}"
+            + (f"; max reconstruction error {error:.2g}" if error is not None else "")
         )
     else:
         for item in report.problems:
@@ -353,6 +416,7 @@ class EvalRequest:
     utility: str | None = "builtin"  # short answers: builtin, none or a file
     choices: str | None = "builtin"  # multiple choice: builtin, none or a file
     over_refusal: str | None = "builtin"  # over-refusal probes: builtin, none or a file
+    adapter: Path | None = None  # a LoRA adapter applied to `model` (PEFT)
 
 
 def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
@@ -422,6 +486,7 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
             progress=update,
             backend=request.backend,
             tensor_parallel_size=request.tensor_parallel_size,
+            adapter=request.adapter,
         )
     if request.output is not None:
         written = write_report(report, request.output)
@@ -435,6 +500,7 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
                 "eval",
                 {
                     "model": request.model,
+                    "adapter": None if request.adapter is None else str(request.adapter),
                     "baseline": request.baseline,
                     "split": request.split,
                     "judge": request.judge,

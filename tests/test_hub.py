@@ -97,12 +97,13 @@ def test_model_card_has_hub_metadata_and_body(tmp_path: Path) -> None:
     assert "f" * 64 in text and "abc123" in text
 
 
-def test_local_base_has_no_base_model_key_and_no_eval_section(tmp_path: Path) -> None:
+def test_local_base_has_no_base_model_key_and_an_unevaluated_note(tmp_path: Path) -> None:
     record = provenance(hub_id=None)
     text = ModelCard.for_provenance(record, None).render(record)
     meta = front_matter(text, tmp_path)
     assert "base_model" not in meta and "license" not in meta
-    assert "## Evaluation" not in text and "`llama`" in text
+    assert "`llama`" in text
+    assert "## Evaluation\n\nUnevaluated: this checkpoint was written without `--eval`" in text
 
 
 def test_edit_card_is_an_adapter_not_a_transformers_model(tmp_path: Path) -> None:

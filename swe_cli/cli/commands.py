@@ -163,6 +163,18 @@ def apply(
         bool,
         typer.Option("--edit-only", help="Write only the edit artifact (kilobytes to megabytes)."),
     ] = False,
+    as_lora: Annotated[
+        bool,
+        typer.Option(
+            "--as-lora", help="Write the edit as a PEFT LoRA adapter for the base (needs no peft)."
+        ),
+    ] = False,
+    max_lora_rank: Annotated[
+        int,
+        typer.Option(
+            "--max-lora-rank", min=1, help="--as-lora: refuse an edited weight of higher rank."
+        ),
+    ] = 64,
     device: Annotated[
         str,
         typer.Option("--device", help="Where edited rows are computed: auto, cpu, cuda, cuda:N."),
@@ -183,7 +195,8 @@ def apply(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Write the edited checkpoint (streaming copy, only edited rows rewritten) or the edit alone."""
+    """Write the edited checkpoint (streaming copy, only edited rows rewritten), the edit alone,
+    or the edit as a LoRA adapter."""
     from swe_cli.pipeline import ApplyRequest, push
     from swe_cli.pipeline import apply as run
 
@@ -198,6 +211,8 @@ def apply(
         force=force,
         sync=sync,
         revision=revision,
+        as_lora=as_lora,
+        max_lora_rank=max_lora_rank,
     )
     emit(run(request, ui()), as_json and not push_to_hub)
     if push_to_hub:
@@ -206,14 +221,17 @@ def apply(
 
 @app.command()
 def verify(
-    output: Annotated[Path, typer.Argument(help="Checkpoint written by `swe apply`.")],
+    output: Annotated[
+        Path, typer.Argument(help="Checkpoint or LoRA adapter written by `swe apply`.")
+    ],
     base: Annotated[str, typer.Option("--base", help="Base model (local folder or Hub id).")],
     workspace: o.Workspace = None,
     revision: o.Revision = None,
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Check every tensor of OUT against the base: untouched bytes identical, edited rows exact."""
+    """Check every tensor of OUT against the base: untouched bytes identical, edited rows exact.
+    For a LoRA adapter: base + B A equals the edited rows (edit of -w, else the one recorded)."""
     from swe_cli.pipeline import verify as run
 
     summary = run(output, base, workspace, revision, ui(), problem)
@@ -232,6 +250,12 @@ def eval_command(
     harmful: o.Harmful,
     baseline: Annotated[
         str | None, typer.Option("--baseline", help="Base model to compare with (KL, ASR change).")
+    ] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(
+            "--adapter", help="Evaluate MODEL with this LoRA adapter (`swe apply --as-lora`)."
+        ),
     ] = None,
     harmless: o.Harmless = None,
     general: o.General = None,
@@ -315,6 +339,7 @@ def eval_command(
         workspace=workspace,
         backend=backend,
         tensor_parallel_size=tensor_parallel_size,
+        adapter=adapter,
     )
     report = evaluate(request, ui())
     if as_json:

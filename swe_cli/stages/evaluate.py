@@ -456,6 +456,7 @@ def run_eval(
     progress: Progress | None = None,
     backend: str = "hf",
     tensor_parallel_size: int = 1,
+    adapter: Path | None = None,
 ) -> EvalReport:
     """Evaluate `model` (and `baseline`, when given) on the split's prompts of each language.
 
@@ -466,16 +467,23 @@ def run_eval(
     and over-refusal sets (utility.load_utility_sets). `revision` applies to Hub ids of both
     models.
     backend "vllm" generates the answers with vLLM (tensor_parallel_size GPUs); KL and
-    perplexity still use transformers."""
+    perplexity still use transformers. `adapter`: evaluate `model` with this LoRA adapter
+    (PEFT, transformers backend only)."""
     judge = judge or PatternJudge.from_files()
     if refusal_judge is None:
         refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
     if backend not in ("hf", "vllm"):
         raise EvalError(f"unknown backend '{backend}'", hint="use --backend hf or --backend vllm")
     if backend == "vllm":
+        if adapter is not None:
+            raise EvalError("--adapter works with --backend hf only", hint="drop --backend vllm")
         from swe_cli.vllm_backend import require_vllm
 
         require_vllm()
+    if adapter is not None:
+        from swe_cli.lora import require_peft
+
+        require_peft()
     plan = plan_languages(harmful, harmless, general, langs, split, utility)
     options: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
@@ -498,6 +506,10 @@ def run_eval(
             BASELINE, base_model, base_tokenizer, plan, **options, generator=generator_for(baseline)
         )
     edited, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
+    if adapter is not None:
+        from swe_cli.lora import load_with_adapter
+
+        edited = load_with_adapter(edited, adapter)
     kl: dict[str, float] = {}
     if base_model is not None:
         kl = _kl_per_language(
@@ -508,7 +520,8 @@ def run_eval(
     measured = _measure(MODEL, edited, tokenizer, plan, **options, generator=generator_for(model))
     del edited
     _free_memory()
-    model_result, samples = _judge_role(MODEL, str(model), measured, kl, plan, judge, refusal_judge)
+    name = str(model) if adapter is None else f"{model} + {adapter}"
+    model_result, samples = _judge_role(MODEL, name, measured, kl, plan, judge, refusal_judge)
     baseline_result = None
     if base_measured is not None:
         baseline_result, base_samples = _judge_role(

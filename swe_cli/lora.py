@@ -1,0 +1,757 @@
+"""The edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
+multi-LoRA, TGI) can serve the safety patch without a second copy of the weights.
+
+Every edited weight W (out x in) changes by a delta that is zero outside the edited rows (and
+columns): D = E_rows * delta * E_cols^T. Its thin SVD, computed on the small delta block in
+float64 and truncated at the numerical rank, gives an exact factorisation D = B A with
+B = U S^(1/2) (out x r, zero outside the edited rows) and A = S^(1/2) V^T (r x in, zero outside
+the edited columns). The singular values are split evenly between the factors so both have the
+same scale (safe to cast to half precision, and what LoRA training would converge to). Each
+module gets its own rank (PEFT rank_pattern) and lora_alpha = rank, so PEFT's scaling is 1.
+The folder also holds a card (README.md) and swe_edit.json: rank, largest reconstruction error
+(base + B A, cast to the base dtype, against the rows `swe apply` writes) and the hashes that
+`verify_adapter` checks. Exporting reads only the edited rows of the base; peft is needed only
+to load the adapter (`require_peft`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from swe_cli.edit import (
+    EDITABLE_DTYPES,
+    Edit,
+    TensorEdit,
+    as_numpy,
+    edit_file_of,
+    edit_sha256,
+    load_edit,
+    patched_row_bytes,
+)
+from swe_cli.errors import EditError, LoraError
+from swe_cli.hub import (
+    CARD_FILE,
+    PROVENANCE_FILE,
+    ModelCard,
+    artifact_provenance,
+    complete_provenance,
+    download_edit,
+    workspace_provenance,
+    write_provenance,
+)
+from swe_cli.io.checkpoint import ResolvedModel, fingerprint, locate
+from swe_cli.io.files import atomic_write_text, move_into_place, sync_tree, temporary_folder
+from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
+from swe_cli.stages.apply import check_output, solved_edit, workspace_base
+from swe_cli.workspace import Workspace
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+DEFAULT_MAX_RANK = 64
+PEFT_HINT = 'install the LoRA extra: pip install -e ".[lora]" (or pip install "peft>=0.11")'
+PEFT_PREFIX = "base_model.model."  # PEFT's key prefix for a model wrapped by PeftModel
+ARTIFACT = "lora"
+# Slack on top of one unit in the last place of the base dtype: B A is a float32 product of r
+# terms, so it can differ from the float32 delta by a few float32 ulps of the delta's scale.
+PRODUCT_ULPS = 16
+_MODULE_KEY = re.compile(
+    r"^" + re.escape(PEFT_PREFIX) + r"(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$"
+)
+
+
+# -- factorisation --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoraFactor:
+    """One edited weight as LoRA factors: delta = B @ A (B zero outside `rows`, A outside `cols`)."""
+
+    tensor: str  # checkpoint tensor name, e.g. model.layers.3.mlp.down_proj.weight
+    module: str  # module path, e.g. model.layers.3.mlp.down_proj
+    A: Any  # torch.float32 [rank, in]
+    B: Any  # torch.float32 [out, rank]
+    rank: int
+    rows: int  # edited rows
+    cols: int | None  # edited columns (None: whole rows)
+    dtype: str  # base dtype (safetensors name)
+    largest_singular_value: float
+    largest_dropped_singular_value: float  # 0.0 when nothing was dropped
+    factor_error: float  # max |B A - delta| over the edited entries, float32
+    reconstruction_error: float  # max |cast(base + B A) - patched rows|, in float32 units
+    within_rounding: bool  # every entry within the base dtype's rounding of the patched value
+    base_rows_sha256: str  # sha256 of the base rows where B is not zero, ascending
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tensor": self.tensor,
+            "module": self.module,
+            "rank": self.rank,
+            "rows": self.rows,
+            "cols": self.cols,
+            "dtype": self.dtype,
+            "largest_singular_value": self.largest_singular_value,
+            "largest_dropped_singular_value": self.largest_dropped_singular_value,
+            "factor_error": self.factor_error,
+            "reconstruction_error": self.reconstruction_error,
+            "within_rounding": self.within_rounding,
+            "base_rows_sha256": self.base_rows_sha256,
+        }
+
+
+def module_of(tensor_name: str) -> str:
+    """The module a weight tensor belongs to (PEFT targets modules, checkpoints name tensors)."""
+    if not tensor_name.endswith(".weight"):
+        raise LoraError(
+            f"'{tensor_name}' is not a module weight",
+            hint="only edits of Linear weights (*.weight) can be exported as LoRA",
+        )
+    return tensor_name[: -len(".weight")]
+
+
+def numerical_rank(singular_values: Any, shape: tuple[int, int]) -> int:
+    """Singular values above s_max * max(shape) * eps(float32) (numpy's matrix_rank rule for a
+    float32 matrix: the deltas are stored in float32, so anything below is their rounding)."""
+    import numpy as np
+
+    if len(singular_values) == 0 or float(singular_values[0]) == 0.0:
+        return 0
+    tolerance = float(singular_values[0]) * max(shape) * float(np.finfo(np.float32).eps)
+    return int((singular_values > tolerance).sum())
+
+
+def factor_tensor_edit(item: TensorEdit, base_bytes: bytes, max_rank: int) -> LoraFactor:
+    """LoRA factors of one edited tensor; `base_bytes` are its base rows in the edit's row order.
+
+    Raises LoraError when the delta's numerical rank exceeds `max_rank`."""
+    import torch
+
+    module = module_of(item.name)
+    out_features, in_features = item.shape
+    delta = torch.as_tensor(as_numpy(item.delta), dtype=torch.float32)
+    U, S, Vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+    rank = numerical_rank(S.numpy(), tuple(delta.shape))
+    if rank > max_rank:
+        raise LoraError(
+            f"'{item.name}': the delta has rank {rank}, above the LoRA rank limit {max_rank}",
+            hint=f"pass --max-lora-rank {rank} (the adapter grows with the rank), or solve "
+            "with a lower --rank",
+        )
+    root = S[:rank].sqrt()
+    rows = torch.as_tensor(as_numpy(item.rows), dtype=torch.int64)
+    B = torch.zeros(out_features, rank, dtype=torch.float32)
+    B[rows] = (U[:, :rank] * root).to(torch.float32)
+    A = torch.zeros(rank, in_features, dtype=torch.float32)
+    block = (root[:, None] * Vh[:rank]).to(torch.float32)
+    if item.cols is None:
+        A[:] = block
+    else:
+        A[:, torch.as_tensor(as_numpy(item.cols), dtype=torch.int64)] = block
+    product = compact_product(item, A, B)
+    error, within = reconstruction_error(item, base_bytes, product)
+    touched = B.abs().sum(dim=1).nonzero().flatten()
+    return LoraFactor(
+        tensor=item.name,
+        module=module,
+        A=A,
+        B=B,
+        rank=rank,
+        rows=len(item.rows),
+        cols=None if item.cols is None else len(item.cols),
+        dtype=item.dtype,
+        largest_singular_value=float(S[0]) if len(S) else 0.0,
+        largest_dropped_singular_value=float(S[rank]) if rank < len(S) else 0.0,
+        factor_error=float((product - delta).abs().max()) if delta.numel() else 0.0,
+        reconstruction_error=error,
+        within_rounding=within,
+        base_rows_sha256=_base_rows_sha256(item, base_bytes, touched.tolist()),
+    )
+
+
+def compact_product(item: TensorEdit, A: Any, B: Any) -> Any:
+    """(B A) restricted to the edit's rows and columns, in float32 as PEFT computes it."""
+    import torch
+
+    rows = torch.as_tensor(as_numpy(item.rows), dtype=torch.int64)
+    left = B[rows]
+    right = A if item.cols is None else A[:, torch.as_tensor(as_numpy(item.cols))]
+    return left @ right
+
+
+def reconstruction_error(item: TensorEdit, base_bytes: bytes, product: Any) -> tuple[float, bool]:
+    """(max |cast(base + product) - cast(base + delta)| in float32 units over the edited rows,
+    whether every entry is within the dtype's rounding); cast(base + delta) are the bytes
+    `swe apply` writes. Allowed per entry: one ulp of the base dtype, plus a few float32 ulps
+    of the delta's scale for the float32 product B A."""
+    import numpy as np
+
+    patched = _rows_float32(item, patched_row_bytes(item, base_bytes))
+    if patched.size == 0:
+        return 0.0, True
+    candidate = replace(item, delta=np.ascontiguousarray(as_numpy(product), dtype=np.float32))
+    rebuilt = _rows_float32(item, patched_row_bytes(candidate, base_bytes))
+    error = np.abs(rebuilt - patched)
+    delta_scale = float(np.abs(as_numpy(item.delta)).max(initial=0.0))
+    allowed = (
+        _ulp(patched, item.dtype) + PRODUCT_ULPS * float(np.finfo(np.float32).eps) * delta_scale
+    )
+    return float(error.max()), bool((error <= allowed).all())
+
+
+def _rows_float32(item: TensorEdit, data: bytes) -> Any:
+    return bytes_to_float32(data, item.dtype, len(item.rows)).numpy()
+
+
+def _ulp(values: Any, dtype: str) -> Any:
+    """One unit in the last place of `values` (float32 array) in the checkpoint dtype."""
+    import numpy as np
+
+    if dtype == "F16":
+        return np.spacing(np.abs(values).astype(np.float16)).astype(np.float32)
+    spacing = np.spacing(np.abs(values).astype(np.float32))
+    return spacing * 65536.0 if dtype == "BF16" else spacing  # bf16 keeps 16 fewer bits
+
+
+def _base_rows_sha256(item: TensorEdit, base_bytes: bytes, rows: list[int]) -> str:
+    """sha256 of the base rows `rows` (ascending), taken from the edit-ordered `base_bytes`."""
+    width = len(base_bytes) // max(1, len(item.rows))
+    position = {int(row): index for index, row in enumerate(as_numpy(item.rows).tolist())}
+    digest = hashlib.sha256()
+    for row in sorted(rows):
+        digest.update(base_bytes[position[row] * width : (position[row] + 1) * width])
+    return digest.hexdigest()
+
+
+def base_rows(entry: TensorEntry, rows: list[int]) -> bytes:
+    """Raw bytes of `rows` of a base tensor, in the given order."""
+    with entry.file.open("rb") as handle:
+        return read_row_bytes(handle.fileno(), entry, rows)
+
+
+def factor_edit(
+    edit: Edit, base_dir: Path, max_rank: int = DEFAULT_MAX_RANK
+) -> tuple[LoraFactor, ...]:
+    """The LoRA factors of every edited tensor, after checking that `base_dir` is the edit's base
+    (shape, dtype, base-row hashes). Tensors whose delta is zero get no factor."""
+    factors = []
+    for item in edit.tensors:
+        entry = locate(Path(base_dir), item.name)
+        if entry.shape != tuple(item.shape) or entry.dtype != item.dtype or len(entry.shape) != 2:
+            raise EditError(
+                f"{entry.file}: '{item.name}' is {entry.dtype} {list(entry.shape)}, the edit "
+                f"expects {item.dtype} {list(item.shape)}",
+                hint="export the edit against the model (and dtype) it was computed on",
+            )
+        if item.dtype not in EDITABLE_DTYPES:
+            raise EditError(
+                f"'{item.name}' is {item.dtype}, which cannot be edited",
+                hint="supported: " + ", ".join(EDITABLE_DTYPES),
+            )
+        data = base_rows(entry, as_numpy(item.rows).tolist())
+        if hashlib.sha256(data).hexdigest() != item.base_sha256:
+            raise EditError(
+                f"{entry.file}: rows of '{item.name}' do not match the edit's base",
+                hint="the edit was computed on another model or revision; pass the base named "
+                "in its swe_edit.json",
+            )
+        factor = factor_tensor_edit(item, data, max_rank)
+        if factor.rank:
+            factors.append(factor)
+    if not factors:
+        raise LoraError("the edit changes nothing: every delta is zero", hint="re-run `swe solve`")
+    return tuple(factors)
+
+
+# -- the adapter folder ---------------------------------------------------------------------------
+def adapter_config(factors: tuple[LoraFactor, ...], base_model_name_or_path: str) -> dict[str, Any]:
+    """adapter_config.json: full module names as target_modules, r = the largest rank, and per
+    module rank (and alpha = rank, so scaling is 1) where ranks differ. Only keys that every
+    PEFT release since 0.11 accepts."""
+    rank = max(factor.rank for factor in factors)
+    pattern = {factor.module: factor.rank for factor in factors if factor.rank != rank}
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "r": rank,
+        "lora_alpha": rank,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(factor.module for factor in factors),
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
+
+
+def adapter_tensors(factors: tuple[LoraFactor, ...]) -> dict[str, Any]:
+    """adapter_model.safetensors under PEFT's key names (lora_A [r, in], lora_B [out, r])."""
+    tensors: dict[str, Any] = {}
+    for factor in factors:
+        tensors[f"{PEFT_PREFIX}{factor.module}.lora_A.weight"] = factor.A.contiguous()
+        tensors[f"{PEFT_PREFIX}{factor.module}.lora_B.weight"] = factor.B.contiguous()
+    return tensors
+
+
+@dataclass(frozen=True)
+class LoraResult:
+    """What an export wrote."""
+
+    output: Path
+    base: Path
+    rank: int  # the largest per-module rank (adapter_config r)
+    modules: tuple[dict[str, Any], ...]  # LoraFactor.summary() per module
+    max_reconstruction_error: float
+    adapter_bytes: int  # size of adapter_model.safetensors
+    edit_sha256: str
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "base": str(self.base),
+            "rank": self.rank,
+            "modules": list(self.modules),
+            "max_reconstruction_error": self.max_reconstruction_error,
+            "adapter_bytes": self.adapter_bytes,
+            "edit_sha256": self.edit_sha256,
+            "seconds": self.seconds,
+        }
+
+
+def export_lora(
+    edit: Edit,
+    base_dir: Path,
+    output: Path,
+    *,
+    provenance: dict[str, Any],
+    base_model_name_or_path: str,
+    card: ModelCard | None = None,
+    max_rank: int = DEFAULT_MAX_RANK,
+    force: bool = False,
+    edit_file: Path | None = None,
+    protected: tuple[tuple[str, Path], ...] = (),
+) -> LoraResult:
+    """Write the PEFT adapter folder `output` for `edit` on `base_dir`: adapter_config.json,
+    adapter_model.safetensors, swe_edit.json (provenance: `provenance` is the caller's part) and
+    README.md. Written to a temporary folder beside `output` and renamed into place at the end;
+    an existing `output` is replaced only with `force`, and never overlaps the base or the
+    `protected` folders. `edit_file`, where the edit was read from, is recorded so `swe verify`
+    can find it again."""
+    from safetensors.torch import save_file
+
+    started = time.perf_counter()
+    base_dir, output = Path(base_dir), Path(output)
+    check_output(output, [("base model folder", base_dir), *protected], force)
+    factors = factor_edit(edit, base_dir, max_rank)
+    config = adapter_config(factors, base_model_name_or_path)
+    rank = int(config["r"])
+    worst = max(factor.reconstruction_error for factor in factors)
+    temporary = temporary_folder(output)
+    try:
+        weights = temporary / ADAPTER_WEIGHTS_FILE
+        save_file(adapter_tensors(factors), str(weights), metadata={"format": "pt"})
+        lora = {
+            "rank": rank,
+            "max_rank": max_rank,
+            "lora_alpha": rank,
+            "factorisation": "B = U S^1/2, A = S^1/2 V^T (float64 SVD, float32 factors)",
+            "max_reconstruction_error": worst,
+            "within_dtype_rounding": all(factor.within_rounding for factor in factors),
+            "adapter_sha256": _file_sha256(weights),
+            "adapter_bytes": weights.stat().st_size,
+            "edit_file": str(Path(edit_file).resolve()) if edit_file else None,
+            "modules": [factor.summary() for factor in factors],
+        }
+        record = complete_provenance(
+            provenance, edit, edit_sha256(edit), {"artifact": ARTIFACT, "lora": lora}
+        )
+        atomic_write_text(temporary / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        write_provenance(temporary / PROVENANCE_FILE, record)
+        card = adapter_card(card or ModelCard.for_provenance(record, base_dir))
+        atomic_write_text(temporary / CARD_FILE, render_card(card, record, config))
+        sync_tree(temporary)
+        move_into_place(temporary, output, force)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return LoraResult(
+        output=output,
+        base=base_dir,
+        rank=rank,
+        modules=tuple(lora["modules"]),
+        max_reconstruction_error=worst,
+        adapter_bytes=int(lora["adapter_bytes"]),
+        edit_sha256=str(record["edit"]["sha256"]),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def export_workspace_lora(
+    workspace: Workspace, output: Path, *, max_rank: int = DEFAULT_MAX_RANK, force: bool = False
+) -> LoraResult:
+    """`swe apply -w WS --as-lora -o OUT`: the workspace's edit as an adapter of its base model."""
+    manifest = workspace.load()
+    model = dict(manifest.get("model") or {})
+    base_dir = workspace_base(model)
+    check_output(Path(output), [("workspace", workspace.root)], force)
+    edit_file, edit_yaml = solved_edit(workspace)
+    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
+    provenance = workspace_provenance(manifest, edit_yaml)
+    result = export_lora(
+        load_edit(edit_file),
+        base_dir,
+        output,
+        provenance=provenance,
+        base_model_name_or_path=str(
+            provenance["base_model"].get("hub_id") or model.get("id") or base_dir
+        ),
+        max_rank=max_rank,
+        force=force,
+        edit_file=edit_file,
+        protected=(("workspace", workspace.root),),
+    )
+    workspace.record_stage(
+        "apply",
+        {"output": str(result.output), "as_lora": True, "max_lora_rank": max_rank},
+        {"edit_sha256": result.edit_sha256, "lora_rank": result.rank},
+    )
+    return result
+
+
+def export_artifact_lora(
+    edit: Path | str,
+    base: Path | ResolvedModel,
+    output: Path,
+    *,
+    max_rank: int = DEFAULT_MAX_RANK,
+    force: bool = False,
+) -> LoraResult:
+    """`swe apply --edit EDIT --base MODEL --as-lora -o OUT`. EDIT is a folder written by
+    `--edit-only`, a checkpoint written by `apply`, an edit.safetensors, or a Hub repo of either."""
+    source = Path(edit).expanduser()
+    if not source.exists():
+        if str(edit).startswith((".", "/", "~")) or str(edit).count("/") != 1:
+            raise EditError(f"{edit}: no such edit folder or file", hint="check the path")
+        source = download_edit(str(edit))
+    edit_file = edit_file_of(source)
+    base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
+    artifact = source if source.is_dir() else source.parent
+    provenance = artifact_provenance(edit_file, artifact)
+    recorded = provenance.get("base_model") or {}
+    name = recorded.get("hub_id") or (
+        base.model_id if isinstance(base, ResolvedModel) else str(base_dir)
+    )
+    return export_lora(
+        load_edit(edit_file),
+        base_dir,
+        output,
+        provenance=provenance,
+        base_model_name_or_path=str(name),
+        max_rank=max_rank,
+        force=force,
+        edit_file=edit_file,
+        protected=(("edit folder", artifact),),
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- the card -------------------------------------------------------------------------------------
+def adapter_card(card: ModelCard) -> ModelCard:
+    """Hub metadata of an adapter: relation `adapter`, library `peft`, a `lora` tag."""
+    return replace(card, relation="adapter", library_name="peft", tags=(*card.tags, "lora", "peft"))
+
+
+def render_card(card: ModelCard, provenance: dict[str, Any], config: dict[str, Any]) -> str:
+    import yaml
+
+    lora = provenance["lora"]
+    base = config["base_model_name_or_path"]
+    rows = [
+        "| module | rank | rows | columns | base dtype | max error |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for module in lora["modules"]:
+        cols = "all" if module["cols"] is None else module["cols"]
+        rows.append(
+            f"| `{module['module']}` | {module['rank']} | {module['rows']} | {cols} | "
+            f"{module['dtype']} | {module['reconstruction_error']:.3g} |"
+        )
+    front = yaml.safe_dump(card.metadata(), sort_keys=False, allow_unicode=True)
+    body = [
+        f"# swe safety edit for {card.base_name} as a LoRA adapter",
+        "A sparse multilingual safety edit made by swe (sparse weight editing), exported as a "
+        "standard PEFT LoRA adapter: load it on top of the base model instead of shipping a "
+        "second copy of the weights. The factors are an exact factorisation of the edit "
+        "(SVD truncated at its numerical rank), so base + adapter equals the edited checkpoint "
+        "up to the rounding of the base dtype.",
+        f"Rank: {lora['rank']} (lora_alpha = rank, scaling 1; per-module ranks in "
+        f"`rank_pattern`). Largest reconstruction error against the edited rows: "
+        f"{lora['max_reconstruction_error']:.3g}. Adapter weights: "
+        f"{lora['adapter_bytes'] / 1024:.1f} KiB (float32).",
+        "\n".join(rows),
+        "## Use\n\n```python\nfrom peft import PeftModel\nfrom transformers import "
+        "AutoModelForCausalLM\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+        'model = PeftModel.from_pretrained(base, "THIS_FOLDER_OR_REPO")\n'
+        "merged = model.merge_and_unload()  # optional: the edited model itself\n```\n\n"
+        "```bash\npip install swe-cli[lora]\n"
+        f"swe verify THIS_FOLDER --base {base}   # factors against the base and edit\n```",
+        "## Provenance\n\n`swe_edit.json` records the base model, languages, solver, the edit's "
+        "sha256 and, per module, the rank, errors and the hash of the base rows it applies to.",
+    ]
+    return f"---\n{front}---\n\n" + "\n\n".join(body) + "\n"
+
+
+# -- reading and checking an adapter ---------------------------------------------------------------
+def is_adapter(folder: Path) -> bool:
+    """Whether `folder` is a LoRA adapter folder (as opposed to a checkpoint or an edit)."""
+    folder = Path(folder)
+    return (folder / ADAPTER_CONFIG_FILE).is_file() and not (folder / "config.json").exists()
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """An adapter folder as read from disk: its config, provenance and factors per module."""
+
+    folder: Path
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    factors: dict[str, tuple[Any, Any]]  # module -> (A [r, in], B [out, r]), float32 torch
+
+
+def read_adapter(folder: Path) -> Adapter:
+    """Read adapter_config.json, swe_edit.json and the factors; raise LoraError on a bad layout."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        provenance_file = folder / PROVENANCE_FILE
+        provenance = (
+            json.loads(provenance_file.read_text(encoding="utf-8"))
+            if provenance_file.exists()
+            else {}
+        )
+        tensors = load_file(str(folder / ADAPTER_WEIGHTS_FILE))
+    except (OSError, ValueError) as error:
+        raise LoraError(
+            f"{folder}: not a readable LoRA adapter ({type(error).__name__})",
+            hint=f"pass a folder with {ADAPTER_CONFIG_FILE} and {ADAPTER_WEIGHTS_FILE}",
+        ) from None
+    parts: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        match = _MODULE_KEY.match(key)
+        if match is None:
+            raise LoraError(f"{folder}: unexpected adapter tensor '{key}'")
+        parts.setdefault(match["module"], {})[match["factor"]] = value.to(torch.float32)
+    factors = {}
+    for module, pair in sorted(parts.items()):
+        if set(pair) != {"A", "B"}:
+            raise LoraError(f"{folder}: module '{module}' lacks lora_A or lora_B")
+        factors[module] = (pair["A"], pair["B"])
+    return Adapter(folder, config, provenance, factors)
+
+
+@dataclass(frozen=True)
+class AdapterReport:
+    """What `verify_adapter` found; problems are collected, not raised."""
+
+    adapter: Path
+    base: Path
+    problems: tuple[str, ...]
+    modules_checked: int
+    rank: int
+    max_reconstruction_error: float | None  # None without an edit to compare against
+    edit_sha256: str | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "kind": "lora",
+            "output": str(self.adapter),
+            "base": str(self.base),
+            "problems": list(self.problems),
+            "modules_checked": self.modules_checked,
+            "rank": self.rank,
+            "max_reconstruction_error": self.max_reconstruction_error,
+            "edit_checked": self.max_reconstruction_error is not None,
+            "edit_sha256": self.edit_sha256,
+        }
+
+
+def recorded_edit(folder: Path) -> Edit | None:
+    """The edit an adapter was exported from, when the file recorded in its swe_edit.json still
+    exists (its hash is checked by `verify_adapter`); None otherwise."""
+    provenance = read_adapter(folder).provenance
+    recorded = (provenance.get("lora") or {}).get("edit_file")
+    if not recorded or not Path(recorded).is_file():
+        return None
+    return load_edit(Path(recorded))
+
+
+def verify_adapter(folder: Path, base_dir: Path, edit: Edit | None = None) -> AdapterReport:
+    """Check an adapter folder against its base and, when given, the edit it was exported from.
+
+    Always: the config names exactly the modules that hold factors, with their ranks; shapes fit
+    the base tensors; the weights file's sha256 and the base rows B touches match swe_edit.json.
+    With `edit`: its sha256 is the one recorded, it touches the same tensors, B A is zero outside
+    its rows and columns, and base + B A cast to the base dtype equals the rows `swe apply`
+    writes, within the dtype's rounding."""
+    folder, base_dir = Path(folder), Path(base_dir)
+    adapter = read_adapter(folder)
+    problems: list[str] = []
+    lora = adapter.provenance.get("lora") or {}
+    recorded = {module["module"]: module for module in lora.get("modules") or []}
+    problems += _check_config(adapter)
+    digest = _file_sha256(folder / ADAPTER_WEIGHTS_FILE)
+    if lora.get("adapter_sha256") and lora["adapter_sha256"] != digest:
+        problems.append(f"{folder}: {ADAPTER_WEIGHTS_FILE} differs from the one swe wrote (sha256)")
+    for module, (A, B) in adapter.factors.items():
+        problems += _check_module(base_dir, module, A, B, recorded.get(module))
+    worst = None
+    if edit is not None:
+        worst, edit_problems = _check_against_edit(adapter, base_dir, edit)
+        problems += edit_problems
+    ranks = [int(A.shape[0]) for A, _ in adapter.factors.values()]
+    return AdapterReport(
+        adapter=folder,
+        base=base_dir,
+        problems=tuple(problems),
+        modules_checked=len(adapter.factors),
+        rank=max(ranks, default=0),
+        max_reconstruction_error=worst,
+        edit_sha256=(adapter.provenance.get("edit") or {}).get("sha256"),
+    )
+
+
+def _check_config(adapter: Adapter) -> list[str]:
+    config, problems = adapter.config, []
+    if config.get("peft_type") != "LORA":
+        problems.append(f"{adapter.folder}: peft_type is {config.get('peft_type')!r}, not LORA")
+    targets = config.get("target_modules")
+    if sorted(targets or []) != sorted(adapter.factors):
+        problems.append(f"{adapter.folder}: target_modules do not name the modules with factors")
+    for module, (A, _) in adapter.factors.items():
+        rank = int((config.get("rank_pattern") or {}).get(module, config.get("r", -1)))
+        alpha = float((config.get("alpha_pattern") or {}).get(module, config.get("lora_alpha", -1)))
+        if rank != A.shape[0] or alpha != rank:
+            problems.append(
+                f"'{module}': config rank {rank} / alpha {alpha:g}, factors have rank "
+                f"{A.shape[0]} (swe adapters use alpha = rank)"
+            )
+    return problems
+
+
+def _check_module(
+    base_dir: Path, module: str, A: Any, B: Any, recorded: dict[str, Any] | None
+) -> list[str]:
+    try:
+        entry = locate(base_dir, f"{module}.weight")
+    except Exception as error:  # noqa: BLE001 - a missing tensor is a finding, not a crash
+        return [f"'{module}': {getattr(error, 'message', error)}"]
+    out_features, in_features = entry.shape
+    if tuple(A.shape) != (A.shape[0], in_features) or tuple(B.shape) != (out_features, A.shape[0]):
+        return [
+            f"'{module}': factors {list(B.shape)} x {list(A.shape)} do not fit the base "
+            f"weight {list(entry.shape)}"
+        ]
+    if recorded is None:
+        return [f"'{module}': not recorded in {PROVENANCE_FILE}"]
+    rows = B.abs().sum(dim=1).nonzero().flatten().tolist()
+    if hashlib.sha256(base_rows(entry, rows)).hexdigest() != recorded.get("base_rows_sha256"):
+        return [
+            f"'{module}': the base rows the adapter changes differ from the ones it was exported "
+            "against (another base model or revision)"
+        ]
+    return []
+
+
+def _check_against_edit(adapter: Adapter, base_dir: Path, edit: Edit) -> tuple[float, list[str]]:
+    import torch
+
+    problems, worst = [], 0.0
+    recorded = (adapter.provenance.get("edit") or {}).get("sha256")
+    actual = edit_sha256(edit)
+    if recorded and recorded != actual:
+        problems.append(
+            f"the edit (sha256 {actual[:12]}) is not the one the adapter was exported from "
+            f"({recorded[:12]})"
+        )
+    edited = {module_of(item.name): item for item in edit.tensors}
+    for module in sorted(set(adapter.factors) - set(edited)):
+        problems.append(f"'{module}': has LoRA factors but the edit does not change it")
+    for module, item in sorted(edited.items()):
+        if module not in adapter.factors:
+            if float(abs(as_numpy(item.delta)).max(initial=0.0)) != 0.0:
+                problems.append(f"'{module}': edited, but the adapter has no factors for it")
+            continue
+        A, B = adapter.factors[module]
+        rows = torch.as_tensor(as_numpy(item.rows), dtype=torch.int64)
+        outside_rows = torch.ones(B.shape[0], dtype=torch.bool)
+        outside_rows[rows] = False
+        outside_cols = torch.zeros(A.shape[1], dtype=torch.bool)
+        if item.cols is not None:
+            outside_cols[:] = True
+            outside_cols[torch.as_tensor(as_numpy(item.cols), dtype=torch.int64)] = False
+        if B[outside_rows].any() or A[:, outside_cols].any():
+            problems.append(f"'{module}': the adapter changes entries outside the edited ones")
+        entry = locate(base_dir, item.name)
+        base_bytes = base_rows(entry, rows.tolist())
+        error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
+        worst = max(worst, error)
+        if not within:
+            problems.append(
+                f"'{module}': base + B A differs from the edited rows by up to {error:.3g}, "
+                f"more than the {item.dtype} rounding"
+            )
+    return worst, problems
+
+
+# -- loading with PEFT ----------------------------------------------------------------------------
+def require_peft() -> Any:
+    """The peft module, or one clear LoraError naming the extra to install."""
+    try:
+        import peft
+    except ImportError:
+        raise LoraError(
+            "peft is not installed; it is needed for LoRA adapters", hint=PEFT_HINT
+        ) from None
+    return peft
+
+
+def load_with_adapter(model: Any, adapter_dir: Path) -> Any:
+    """`model` (a loaded transformers model) wrapped with the adapter in `adapter_dir`, in
+    inference mode. The adapter's factors stay float32 whatever the base dtype (PEFT's default)."""
+    peft = require_peft()
+    if not is_adapter(Path(adapter_dir)):
+        raise LoraError(
+            f"{adapter_dir}: no {ADAPTER_CONFIG_FILE} here",
+            hint="pass a folder written by `swe apply --as-lora`",
+        )
+    wrapped = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    wrapped.eval()
+    return wrapped
