@@ -466,6 +466,7 @@ def test_cli_apply_as_lora_verify_and_eval(
 
     eval_args = ["--langs", "es,sw", "--harmful", prompt_files["harmful"], "--split", "all"]
     eval_args += ["--max-prompts", "3", "--max-new-tokens", "4", "--json", "--quiet"]
+    eval_args += ["--utility", "none", "--mc", "none", "--over-refusal", "none"]
     code, out, err = swe(
         "eval", tiny_llama, "--adapter", adapter, *eval_args, "-o", tmp_path / "e1"
     )
