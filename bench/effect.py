@@ -65,10 +65,14 @@ def measure(
     judge = PatternJudge.from_files()
     row: dict[str, Any] = {}
     for lang, texts in sets["harmful"].items():
+        if not texts:
+            continue
         answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
         row[f"asr_{lang}"] = sum(judge.verdict(a, lang) != REFUSED for a in answers) / len(texts)
     refused = total = 0
     for lang, texts in sets["harmless"].items():
+        if not texts:
+            continue
         answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
         refused += sum(judge.verdict(a, lang) == REFUSED for a in answers)
         total += len(texts)
@@ -89,7 +93,8 @@ def measure(
     if utility.choices:
         row["choice_accuracy"] = accuracy(score_choices(model, tokenizer, utility.choices))
     harmless = [t for texts in sets["harmless"].values() for t in texts]
-    row["kl"] = next_token_kl(base, model, tokenizer, harmless) if base is not model else 0.0
+    if harmless:
+        row["kl"] = next_token_kl(base, model, tokenizer, harmless) if base is not model else 0.0
     return row
 
 

@@ -46,7 +46,13 @@ from swe_cli.hub import (
     write_provenance,
 )
 from swe_cli.io.checkpoint import ResolvedModel, fingerprint, locate
-from swe_cli.io.files import atomic_write_text, move_into_place, sync_tree, temporary_folder
+from swe_cli.io.files import (
+    atomic_write_text,
+    current_umask,
+    move_into_place,
+    sync_tree,
+    temporary_folder,
+)
 from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
 from swe_cli.stages.apply import check_output, solved_edit, workspace_base
 from swe_cli.workspace import Workspace
@@ -362,6 +368,7 @@ def export_lora(
     try:
         weights = temporary / ADAPTER_WEIGHTS_FILE
         save_file(adapter_tensors(factors), str(weights), metadata={"format": "pt"})
+        weights.chmod(0o666 & ~current_umask())  # safetensors creates it 0600; follow the umask
         lora = {
             "rank": rank,
             "max_rank": max_rank,

@@ -155,6 +155,10 @@ def test_adapter_folder_is_standard_peft(tiny_llama: Path, tmp_path: Path) -> No
         "adapter_model.safetensors",
         "swe_edit.json",
     ]
+    from swe_cli.io.files import current_umask
+
+    expected_mode = 0o666 & ~current_umask()  # readable by a serving process, as cp would make it
+    assert all(p.stat().st_mode & 0o777 == expected_mode for p in folder.iterdir())
     config = json.loads((folder / "adapter_config.json").read_text())
     ranks = {
         "model.layers.0.mlp.gate_proj": 2,
