@@ -417,6 +417,7 @@ class EvalRequest:
     choices: str | None = "builtin"  # multiple choice: builtin, none or a file
     over_refusal: str | None = "builtin"  # over-refusal probes: builtin, none or a file
     adapter: Path | None = None  # a LoRA adapter applied to `model` (PEFT)
+    label: str | None = None  # the model's name in the report (default: model)
 
 
 def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
@@ -487,6 +488,7 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
             backend=request.backend,
             tensor_parallel_size=request.tensor_parallel_size,
             adapter=request.adapter,
+            label=request.label,
         )
     if request.output is not None:
         written = write_report(report, request.output)
@@ -690,6 +692,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             report = evaluate(
                 EvalRequest(
                     model=str(written),
+                    label=str(request.output),  # evaluated beside OUT, shipped as OUT
                     baseline=request.model,
                     langs=[request.hrl, *request.langs],
                     harmful=request.harmful,

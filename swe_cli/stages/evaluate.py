@@ -457,6 +457,7 @@ def run_eval(
     backend: str = "hf",
     tensor_parallel_size: int = 1,
     adapter: Path | None = None,
+    label: str | None = None,
 ) -> EvalReport:
     """Evaluate `model` (and `baseline`, when given) on the split's prompts of each language.
 
@@ -520,7 +521,7 @@ def run_eval(
     measured = _measure(MODEL, edited, tokenizer, plan, **options, generator=generator_for(model))
     del edited
     _free_memory()
-    name = str(model) if adapter is None else f"{model} + {adapter}"
+    name = label or (str(model) if adapter is None else f"{model} + {adapter}")
     model_result, samples = _judge_role(MODEL, name, measured, kl, plan, judge, refusal_judge)
     baseline_result = None
     if base_measured is not None:
