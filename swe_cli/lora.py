@@ -29,7 +29,6 @@ from swe_cli.edit import (
     Edit,
     TensorEdit,
     as_numpy,
-    edit_file_of,
     edit_sha256,
     load_edit,
     patched_row_bytes,
@@ -41,7 +40,6 @@ from swe_cli.hub import (
     ModelCard,
     artifact_provenance,
     complete_provenance,
-    download_edit,
     workspace_provenance,
     write_provenance,
 )
@@ -54,7 +52,7 @@ from swe_cli.io.files import (
     temporary_folder,
 )
 from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
-from swe_cli.stages.apply import check_output, solved_edit, workspace_base
+from swe_cli.stages.apply import check_output, locate_edit, solved_edit, workspace_base
 from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -447,14 +445,8 @@ def export_artifact_lora(
 ) -> LoraResult:
     """`swe apply --edit EDIT --base MODEL --as-lora -o OUT`. EDIT is a folder written by
     `--edit-only`, a checkpoint written by `apply`, an edit.safetensors, or a Hub repo of either."""
-    source = Path(edit).expanduser()
-    if not source.exists():
-        if str(edit).startswith((".", "/", "~")) or str(edit).count("/") != 1:
-            raise EditError(f"{edit}: no such edit folder or file", hint="check the path")
-        source = download_edit(str(edit))
-    edit_file = edit_file_of(source)
+    edit_file, artifact = locate_edit(edit)
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
-    artifact = source if source.is_dir() else source.parent
     provenance = artifact_provenance(edit_file, artifact)
     recorded = provenance.get("base_model") or {}
     name = recorded.get("hub_id") or (

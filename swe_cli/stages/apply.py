@@ -220,6 +220,18 @@ def apply_workspace(
     return result
 
 
+def locate_edit(edit: str | Path) -> tuple[Path, Path]:
+    """(edit.safetensors, the artifact folder holding it) of a saved edit: a folder written by
+    `--edit-only`, a checkpoint written by `apply`, an edit.safetensors, or a Hub repo id of
+    either (downloaded)."""
+    source = Path(edit).expanduser()
+    if not source.exists():
+        if str(edit).startswith((".", "/", "~")) or str(edit).count("/") != 1:
+            raise EditError(f"{edit}: no such edit folder or file", hint="check the path")
+        source = download_edit(str(edit))
+    return edit_file_of(source), source if source.is_dir() else source.parent
+
+
 def apply_edit_artifact(
     edit: Path | str,
     base: Path | ResolvedModel,
@@ -235,14 +247,8 @@ def apply_edit_artifact(
     checkpoint written by `apply` (its swe_edit/), an edit.safetensors, or a Hub repo id of
     either. The base-row hashes decide whether the base fits; a different fingerprint (config or
     weight map) with matching rows is only a warning."""
-    source = Path(edit).expanduser()
-    if not source.exists():
-        if str(edit).startswith((".", "/", "~")) or str(edit).count("/") != 1:
-            raise EditError(f"{edit}: no such edit folder or file", hint="check the path")
-        source = download_edit(str(edit))
-    edit_file = edit_file_of(source)
+    edit_file, artifact = locate_edit(edit)
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
-    artifact = source if source.is_dir() else source.parent
     check_output(Path(output), [("base model folder", base_dir), ("edit folder", artifact)], force)
     check_inside(edit_file, artifact, EditError)
     provenance = artifact_provenance(edit_file, artifact)
