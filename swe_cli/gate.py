@@ -55,15 +55,17 @@ def check(report: EvalReport, hrl: str, langs: Sequence[str], limits: GateLimits
                 f"{hrl} ASR rose {base[hrl].asr:.3f} -> {edited[hrl].asr:.3f}"
                 f" (more than {limits.max_hrl_asr_rise:.3f})"
             )
-    over_refusal = _mean_change(report.baseline, report.model, "over_refusal")
-    if (
-        over_refusal is not None
-        and over_refusal[1] - over_refusal[0] > limits.max_over_refusal + TOLERANCE
+    # over-refusal probes (benign requests with alarming words) and plain harmless prompts alike
+    for metric, label in (
+        ("over_refusal", "over-refusal"),
+        ("harmless_refusal", "harmless refusals"),
     ):
-        reasons.append(
-            f"mean over-refusal rose {over_refusal[0]:.3f} -> {over_refusal[1]:.3f}"
-            f" (more than --max-over-refusal {limits.max_over_refusal})"
-        )
+        change = _mean_change(report.baseline, report.model, metric)
+        if change is not None and change[1] - change[0] > limits.max_over_refusal + TOLERANCE:
+            reasons.append(
+                f"mean {label} rose {change[0]:.3f} -> {change[1]:.3f}"
+                f" (more than --max-over-refusal {limits.max_over_refusal})"
+            )
     kl = report.model.mean().get("kl")
     if kl is not None and kl > limits.max_kl:
         reasons.append(f"mean KL {kl:.4f} exceeds --max-kl {limits.max_kl}")
