@@ -18,6 +18,7 @@ from typing import Any
 
 from swe_cli.errors import PromptError, SweError
 from swe_cli.gate import GateDecision, GateLimits
+from swe_cli.gate import check as check_gate
 from swe_cli.settings import (
     LocalizeSettings,
     ProbeConfig,
@@ -763,12 +764,6 @@ def candidate_folder(output: Path) -> Path:
     """Where align writes the edited model while eval and the gate decide: a hidden sibling of
     OUT (same filesystem, so moving it into place is a rename)."""
     return output.parent / f".{output.name}.swe-candidate"
-
-
-def check_gate(report: Any, hrl: str, langs: list[str], limits: GateLimits) -> GateDecision:
-    from swe_cli.gate import check
-
-    return check(report, hrl, langs, limits)
 
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:
