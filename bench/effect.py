@@ -5,14 +5,18 @@ harmless prompts, and seconds per stage. One table, printed and written as JSON.
 
 The base model is loaded twice (a reference copy for the KL divergence, a working copy that each
 method's edit is added to in memory and then removed from), so no checkpoint is written. Methods
-share the workspace's probe data; `default` is the configuration the model's recipe picks.
+share the workspace's probe data. --methods lists, separated by ';', `base` (unedited),
+`default` (the configuration the model's recipe picks), `auto` (what `swe select -w WS` chose)
+or any candidate as `swe select` reads it ('residual@12 rank=32 keep_hrl=true').
 
     swe probe MODEL -w WS --langs bn,sw,th --harmful MultiJail.csv --harmless H --general G
-    python bench/effect.py MODEL -w WS --methods base,paper,residual,refusal,default \
+    python bench/effect.py MODEL -w WS --methods 'base;default;paper;refusal@12 strength=4' \
         --max-prompts 20 --max-new-tokens 32 --json effect.json
 
 Held-out prompts are the workspace's held-out split (never probed, never fitted); --max-prompts
-keeps the first N ids per language (the same ids in every language).
+keeps the first N ids per language (the same ids in every language). --short-tokens K also
+judges the first K tokens of every harmful answer and reports how often that short verdict
+(what `swe select` reads) agrees with the full-length one.
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ def held_out(workspace: Path, name: str, lang: str, limit: int | None) -> list[s
     return [p.text for p in sorted(prompts, key=lambda p: p.id)[:limit]]
 
 
-def method_config(recipe: Any, method: str, overrides: dict[str, Any]) -> Any:
-    from swe_cli.settings import SolveConfig
+def method_config(recipe: Any, spec: str, workspace: Any) -> Any:
+    from swe_cli.stages.select import parse_candidate, selected_config
 
     solve = recipe.solve.resolve("cpu")
-    if method == "default":
+    if spec == "default":
         return solve
-    values = {**solve.model_dump(), "method": method, **overrides.get(method, {})}
-    return SolveConfig.model_validate(values)
+    if spec == "auto":
+        return selected_config(workspace)
+    return parse_candidate(spec, solve.updated(method="residual"))
 
 
 def patch(model: Any, edits: list[Any], sign: float) -> None:
@@ -64,11 +69,20 @@ def measure(
 
     judge = PatternJudge.from_files()
     row: dict[str, Any] = {}
+    agree = judged = 0
     for lang, texts in sets["harmful"].items():
         if not texts:
             continue
         answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
-        row[f"asr_{lang}"] = sum(judge.verdict(a, lang) != REFUSED for a in answers) / len(texts)
+        full = [judge.verdict(a, lang) == REFUSED for a in answers]
+        row[f"asr_{lang}"] = sum(not refused for refused in full) / len(texts)
+        if args.short_tokens:
+            short = [judge.verdict(_first_tokens(tokenizer, a, args.short_tokens), lang) == REFUSED for a in answers]  # fmt: skip
+            row[f"short_asr_{lang}"] = sum(not refused for refused in short) / len(texts)
+            agree += sum(a == b for a, b in zip(short, full, strict=True))
+            judged += len(full)
+    if judged:
+        row["short_agreement"] = agree / judged
     refused = total = 0
     for lang, texts in sets["harmless"].items():
         if not texts:
@@ -98,18 +112,25 @@ def measure(
     return row
 
 
+def _first_tokens(tokenizer: Any, answer: str, count: int) -> str:
+    """The answer cut to its first `count` tokens (re-tokenized: the greedy answer of a
+    shorter generation, up to tokenization round trips)."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"][:count]
+    return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="the base model folder the workspace was probed on")
     parser.add_argument("-w", "--workspace", type=Path, required=True)
-    parser.add_argument("--methods", default="base,paper,residual,refusal,default")
+    parser.add_argument("--methods", default="base;default;paper;residual;refusal")
     parser.add_argument("--max-prompts", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        help="per-method override, e.g. refusal.strength=4 (repeatable)",
+        "--short-tokens",
+        type=int,
+        default=0,
+        help="also judge the first K tokens of each harmful answer (agreement with the full one)",
     )
     parser.add_argument(
         "--utility-items",
@@ -131,13 +152,6 @@ def main() -> None:
     from swe_cli.workspace import Workspace
 
     torch.manual_seed(0)
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        method, _, field = key.partition(".")
-        overrides.setdefault(method, {})[field] = (
-            json.loads(value) if value[:1] in "0123456789[-" else value
-        )
     workspace = Workspace(args.workspace)
     manifest = workspace.load()
     hrl, langs = manifest["hrl"], list(manifest["langs"])
@@ -161,11 +175,11 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
 
     rows = []
-    for name in args.methods.split(","):
+    for name in [spec.strip() for spec in args.methods.split(";") if spec.strip()]:
         row: dict[str, Any] = {"method": name}
         edits: list[Any] = []
         if name != "base":
-            config = method_config(recipe, name, overrides)
+            config = method_config(recipe, name, workspace)
             row["config"] = {k: v for k, v in config.plain().items() if v is not None}
             start = time.perf_counter()
             edits, _ = get_method(config.method).solve(context, config)
@@ -183,8 +197,10 @@ def main() -> None:
     print(f"\nheld-out prompts per language: {args.max_prompts}; greedy, {args.max_new_tokens} new tokens; "
           f"pattern judge; models loaded in {load_seconds:.0f} s")  # fmt: skip
     columns = [f"asr_{lang}" for lang in [hrl, *langs]] + [
+        "harmless_refusal",
         "over_refusal",
         "kl",
+        *(["short_agreement"] if args.short_tokens else []),
         "solve_s",
         "eval_s",
     ]

@@ -1,5 +1,5 @@
 """The stage calls behind every command, and `align`/`demo` as one typed request run through
-probe -> localize (-> tune) -> solve -> apply (-> eval). The command line builds a request and
+probe -> localize (-> select) -> solve -> apply (-> eval). The command line builds a request and
 calls one function here; this module owns the default workspace, the recipe choice, and
 resolves the model once per run. Terminal output goes through a `Ui` the caller passes."""
 
@@ -24,6 +24,7 @@ from swe_cli.settings import (
     ProbeConfig,
     ProbeSettings,
     Recipe,
+    SelectSettings,
     SolveConfig,
     check_dtype,
     check_langs,
@@ -115,6 +116,9 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     split = {"heldout_fraction": settings.heldout_fraction, "max_prompts": settings.max_prompts}
     harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
     harmless_set = load_prompt_set(request.harmless, "harmless", all_langs, **split)
+    unused = unused_harmless(harmless_set.unused_langs, harmful_set.unused_langs)
+    if unused:
+        ui.info(f"[yellow]note:[/yellow] {unused}")
     general_set = None
     if request.general:
         general_set = load_prompt_set(
@@ -165,7 +169,30 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
         "shards_skipped": result.shards_skipped,
         "counts": result.counts,
         "hrl_refusal": result.hrl_refusal,
+        "unused_harmless_langs": list(harmless_set.unused_langs),
     }
+
+
+def unused_harmless(harmless_only: tuple[str, ...], harmful_other: tuple[str, ...]) -> str:
+    """Say which harmless languages the run leaves out and why ('' when none): probe reads the
+    HRL and the target languages only, and a target needs harmful prompts too."""
+    if not harmless_only:
+        return ""
+    lacking = [lang for lang in harmless_only if lang not in harmful_other]
+    parts = []
+    if lacking:
+        parts.append(
+            f"harmless prompts in {', '.join(lacking)} are not used: the harmful set has no "
+            f"prompts in {'that language' if len(lacking) == 1 else 'those languages'}, so "
+            f"{'it' if len(lacking) == 1 else 'they'} cannot be a target"
+        )
+    other = [lang for lang in harmless_only if lang in harmful_other]
+    if other:
+        parts.append(
+            f"harmless prompts in {', '.join(other)} are not used: not in --langs "
+            "(add them to edit those languages too)"
+        )
+    return "; ".join(parts)
 
 
 def langs_in(source: str, wanted: list[str]) -> list[str]:
@@ -217,6 +244,30 @@ def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) 
     chosen = confirmed_choice(rows)
     ui.info(f"--confirm: {len(rows) - 1} candidates checked by generation on validation prompts")
     return chosen
+
+
+def select(
+    workspace: Path,
+    base: SolveConfig,
+    settings: SelectSettings,
+    limits: GateLimits,
+    *,
+    dtype: str = "auto",
+    patterns: list[Path] | None = None,
+    ui: Ui = SILENT,
+) -> SolveConfig:
+    """The candidate `swe select` measures best on validation prompts (see stages/select.py)."""
+    from swe_cli.stages.select import run_select, selection_table
+    from swe_cli.workspace import Workspace
+
+    space = Workspace(workspace)
+    result = run_select(
+        space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
+    )
+    if not ui.quiet:
+        manifest = space.load()
+        ui.show(selection_table(result, manifest["hrl"], manifest["langs"]))
+    return result.chosen
 
 
 def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, Any]:
@@ -569,8 +620,7 @@ class AlignRequest:
     recipe: Path | None = None  # None: picked from the model's config
     sets: list[str] = field(default_factory=list)  # --set section.field=value
     method: str | None = None
-    tune: bool = False
-    confirm: int = 0
+    tune: bool = False  # choose among candidates by refusal even when the recipe pins a method
     run_eval: bool = False
     gate: bool = True  # with run_eval: refuse to write OUT when the edit makes things worse
     limits: GateLimits = field(default_factory=GateLimits)
@@ -613,7 +663,20 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     recipe = pick_recipe(resolved.path, request.recipe, overrides, ui)
     harmless = request.harmless or builtin_data("harmless.jsonl")
     general = request.general if request.general is not None else builtin_data("general.jsonl")
-    stages = ["probe", "localize", *(["tune"] if request.tune else []), "solve", "apply"]
+    solve_config = recipe.solve.resolve(request.device)
+    selecting = request.tune or solve_config.method == "auto"
+    # every candidate is read before any work: a typo fails now, not after the probe
+    moments = _moment_layers(resolved.path, recipe, solve_config, selecting)
+    streamed = parse_layers(recipe.probe.stats_layers)
+    unstreamed = sorted(set(moments or ()) - set(streamed or ())) if streamed is not None else []
+    if unstreamed:
+        raise SweError(
+            f"probe.stats_layers streams moments for layers {list(streamed or ())} only, but the "
+            f"edit{'s' if selecting else ''} to solve need{'' if selecting else 's'} layers "
+            f"{unstreamed}",
+            hint="add them to probe.stats_layers (--set probe.stats_layers=...) or leave it unset",
+        )
+    stages = ["probe", "localize", *(["select"] if selecting else []), "solve", "apply"]
     plan = {
         "model": request.model,
         "langs": request.langs,
@@ -638,11 +701,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         yield
         timings[stage] = time.perf_counter() - start
 
-    solve_config = recipe.solve.resolve(request.device)
     probe_settings = recipe.probe
-    from swe_cli.methods import get_method
-
-    moments = get_method(solve_config.method).moment_layers(solve_config)
     if moments and parse_layers(probe_settings.stats_layers) is None:
         # stream moments only where the method needs them
         probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
@@ -668,9 +727,17 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         )
     with timed("localize"):
         localize(workspace, recipe.localize, ui)
-    if request.tune:
-        with timed("tune"):
-            solve_config = tune(workspace, solve_config, request.confirm, ui)
+    if selecting:
+        with timed("select"):
+            solve_config = select(
+                workspace,
+                solve_config,
+                recipe.select,
+                request.limits,
+                dtype=request.dtype,
+                patterns=request.patterns,
+                ui=ui,
+            ).updated(device=solve_config.device)
     with timed("solve"):
         solved = solve(workspace, solve_config, ui)
     # With eval, the edited model is written beside OUT first and moved into place only once
@@ -739,6 +806,23 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
 
         ui.show(timings_table(timings, request.output))
     return summary
+
+
+def _moment_layers(
+    model_dir: Path, recipe: Recipe, solve_config: SolveConfig, selecting: bool
+) -> tuple[int, ...] | None:
+    """The layers whose moments the probe must stream: the pinned method's, or with selection
+    every candidate's (the candidates are parsed here, before any work)."""
+    from swe_cli.architectures import model_shape
+    from swe_cli.io.checkpoint import load_config
+    from swe_cli.methods import get_method
+    from swe_cli.stages.select import candidate_configs, moment_layers
+
+    if not selecting:
+        return get_method(solve_config.method).moment_layers(solve_config)
+    num_layers = model_shape(load_config(model_dir)).num_layers
+    configs = candidate_configs(recipe.select, solve_config, num_layers)
+    return moment_layers(configs) or None
 
 
 def check_chat_template(model_dir: Path) -> None:

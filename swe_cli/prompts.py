@@ -70,6 +70,7 @@ class PromptSet:
     name: str
     prompts: tuple[Prompt, ...]
     source: str
+    unused_langs: tuple[str, ...] = ()  # languages the source has that were not asked for
 
     def langs(self) -> list[str]:
         """Languages in order of first appearance (the requested order for loaded sets)."""
@@ -204,7 +205,8 @@ def load_prompt_set(
         for prompt_id in ids
         if (record := texts.get((prompt_id, lang))) is not None
     ]
-    return PromptSet(name=name, prompts=tuple(prompts), source=str(source))
+    unused = tuple(sorted(available - set(langs)))
+    return PromptSet(name=name, prompts=tuple(prompts), source=str(source), unused_langs=unused)
 
 
 # --- reading -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from swe_cli.errors import RecipeError
-from swe_cli.settings import SECTIONS, Recipe, Settings
+from swe_cli.settings import SECTIONS, Recipe, Settings, SolveSettings
 
 __all__ = [
     "Recipe",
@@ -118,7 +118,13 @@ def select_recipe(model_type: str, num_layers: int, hidden_size: int) -> Recipe:
         score = 4 * bool(match.model_types) + 2 * bool(match.num_layers) + bool(match.hidden_sizes)
         if best is None or score > best[0]:
             best = (score, recipe)
-    return best[1] if best else Recipe(name="generic", description="built-in defaults")
+    if best:
+        return best[1]
+    return Recipe(
+        name="generic",
+        description="built-in defaults; method auto: `swe select` chooses the edit",
+        solve=SolveSettings(method="auto"),
+    )
 
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:

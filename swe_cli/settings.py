@@ -178,7 +178,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")  # model dtypes for probe an
 
 
 class SolveSettings(Settings):
-    method: str = Field("paper", description="Edit method (see `swe solve --help`).")
+    method: str = Field(
+        "paper",
+        description="Edit method (see `swe solve --help`); auto: the one `swe select` chose.",
+    )
     layers: Text | None = Field(None, description="Layers to edit (default: method's choice).")
     rank: int | None = Field(
         None,
@@ -197,10 +200,16 @@ class SolveSettings(Settings):
     threshold: float = Field(0.01, description="Null-space eigenvalue threshold (relative).")
     projections: Text = Field("gate", description="paper: rows to edit, gate and/or up.")
     sparse: bool = Field(False, description="residual: edit only the safety-neuron columns.")
+    keep_hrl: bool = Field(
+        False,
+        description="residual, refusal: also keep the HRL harmful prompts' outputs (the model "
+        "already refuses them), weighted like the harmless keys.",
+    )
     strength: float = Field(
         1.0,
         gt=0,
-        description="refusal: push along the refusal direction, x the shortfall to the HRL level.",
+        description="Scale of the target: residual, x (h_HRL - h_LRL); refusal, x the shortfall "
+        "to the HRL level along the refusal direction.",
     )
 
     @field_validator("method")
@@ -208,9 +217,10 @@ class SolveSettings(Settings):
     def _registered(cls, value: str) -> str:
         from swe_cli.methods import method_names
 
-        if value not in method_names():  # the same error get_method raises, before any work
+        if value not in (*method_names(), "auto"):  # get_method's error, before any work
             raise SolveError(
-                f"unknown method '{value}'", hint="choose one of: " + ", ".join(method_names())
+                f"unknown method '{value}'",
+                hint="choose one of: " + ", ".join([*method_names(), "auto"]),
             )
         return value
 
@@ -246,6 +256,33 @@ class SolveConfig(SolveSettings):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model_dump().items()}
 
 
+# -- select ---------------------------------------------------------------------------------------
+def _candidates(value: Any) -> Any:
+    """'residual@12 rank=32; paper' or a YAML list -> one string per candidate."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(";") if item.strip())
+    return value
+
+
+Candidates = Annotated[tuple[str, ...], BeforeValidator(_candidates)]
+
+
+class SelectSettings(Settings):
+    candidates: Candidates | None = Field(
+        None,
+        description="Edits to choose from, 'method@layers key=value', separated by ';' "
+        "(default: a spread of residual, refusal and paper by depth).",
+    )
+    prompts: int = Field(16, ge=1, description="Validation prompts per language and set.")
+    max_new_tokens: int = Field(
+        8, ge=1, description="Tokens of each validation answer the refusal judge reads."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per forward pass.")
+    validation_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Share of the fit ids held back to measure candidates on."
+    )
+
+
 # -- eval -----------------------------------------------------------------------------------------
 class EvalSettings(Settings):
     max_new_tokens: int = Field(64, ge=1, description="Generation length bound.")
@@ -270,6 +307,7 @@ class Recipe(Settings):
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     localize: LocalizeSettings = Field(default_factory=LocalizeSettings)
     solve: SolveSettings = Field(default_factory=SolveSettings)
+    select: SelectSettings = Field(default_factory=SelectSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     source: str = ""
 
@@ -282,5 +320,6 @@ SECTIONS: dict[str, type[Settings]] = {
     "probe": ProbeSettings,
     "localize": LocalizeSettings,
     "solve": SolveSettings,
+    "select": SelectSettings,
     "eval": EvalSettings,
 }

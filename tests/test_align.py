@@ -13,10 +13,13 @@ from test_cli import Result, run_cli
 def align_args(
     model: Path, prompt_files: dict[str, Path], output: Path, workspace: Path
 ) -> list[str]:
+    """A random tiny model refuses nothing, so `swe select` (method auto, the generic recipe's)
+    would find no edit worth making: these tests pin the gate-row method (a later --method
+    overrides it)."""
     return [
         "align", str(model), "--langs", "es,sw", "-o", str(output), "-w", str(workspace),
         "--harmful", str(prompt_files["harmful"]), "--harmless", str(prompt_files["harmless"]),
-        "--general", "", "--set", "probe.batch_size=4",
+        "--general", "", "--set", "probe.batch_size=4", "--method", "paper",
     ]  # fmt: skip
 
 

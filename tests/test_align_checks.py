@@ -49,3 +49,33 @@ def test_low_hrl_refusal_is_warned_and_recorded(
     )
     manifest = (workspace / "workspace.yaml").read_text()
     assert "hrl_refusal: 0.0" in manifest
+
+
+def test_harmless_languages_the_run_leaves_out_are_reported(
+    tmp_path: Path, tiny_llama: Path, prompt_files: dict[str, Path], monkeypatch, capsys
+) -> None:
+    """fr has harmless prompts but no harmful ones (it cannot be a target); es is in both files
+    but not asked for. Each is named with its reason, and the summary lists them."""
+    harmless = tmp_path / "harmless.jsonl"
+    lines = prompt_files["harmless"].read_text(encoding="utf-8").splitlines()
+    extra = [
+        json.dumps({"id": str(i), "lang": "fr", "text": f"une question {i}"}) for i in range(3)
+    ]
+    harmless.write_text("\n".join([*lines, *extra]) + "\n", encoding="utf-8")
+    args = [
+        "probe", str(tiny_llama), "-w", str(tmp_path / "ws"), "--langs", "sw",
+        "--harmful", str(prompt_files["harmful"]), "--harmless", str(harmless),
+        "--batch-size", "4",
+    ]  # fmt: skip
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert (
+        "harmless prompts in fr are not used: the harmful set has no prompts in that language, "
+        "so it cannot be a target" in said
+    )
+    assert "harmless prompts in es are not used: not in --langs" in said
+    args[args.index("-w") + 1] = str(tmp_path / "ws2")
+    code, out, err = run_cli([*args, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["unused_harmless_langs"] == ["es", "fr"]

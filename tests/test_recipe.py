@@ -37,7 +37,7 @@ def test_every_shipped_recipe_loads_and_is_valid() -> None:
         "smollm2-135m",
     } <= names
     for recipe in recipes:
-        assert recipe.solve.method in {"paper", "residual"}
+        assert recipe.solve.method in {"auto", "residual"}
         assert recipe.solve.lam > 0
         assert recipe.validated, f"{recipe.name} must say what it was measured on"
 
@@ -100,7 +100,7 @@ def test_selection_per_model(model_type: str, layers: int, hidden: int, expected
 def test_unmatched_family_gets_generic_defaults() -> None:
     recipe = select_recipe("phi3", 32, 3072)
     assert recipe.name == "generic"
-    assert recipe.solve.method == "paper"
+    assert recipe.solve.method == "auto"  # nothing measured: `swe select` chooses
 
 
 def test_overrides_by_dotted_key() -> None:

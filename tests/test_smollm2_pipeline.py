@@ -30,7 +30,7 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     code, out = run_swe(
         "align", str(base), "--langs", "zh", "--harmful", str(MULTIJAIL), "-o", str(output), "-w", str(workspace),
         "--set", "probe.max_prompts=24", "--set", "eval.max_new_tokens=16", "--set", "eval.batch_size=32",
-        "--eval", "--no-gate", "--json",
+        "--eval", "--no-gate", "--json", "--method", "paper",
     )  # fmt: skip
     assert code == 0
     return {"base": base, "output": output, "workspace": workspace, "summary": json.loads(out)}

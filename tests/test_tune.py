@@ -292,3 +292,21 @@ def test_edge_axes_name_the_coefficients_chosen_at_a_grid_end(workspace: Workspa
     assert ("gamma" in edges) == (result.best.gamma in (gammas[0], gammas[-1]))
     document = yaml.safe_load((workspace.edit_dir / "tune.yaml").read_text())
     assert document["grid_edge"] == edges
+
+
+def test_swe_tune_command_prints_and_returns_the_choice(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from test_cli import run_cli
+
+    code, out, err = run_cli(
+        ["tune", "-w", str(workspace.root), "--method", "residual", "--json"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    chosen = json.loads(out)["chosen"]
+    document = yaml.safe_load((workspace.edit_dir / "tune.yaml").read_text())
+    assert chosen["method"] == "residual"
+    assert chosen["layers"] == document["best"]["layers"]
+    assert chosen["alpha"] == document["best"]["alpha"]

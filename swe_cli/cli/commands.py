@@ -13,7 +13,13 @@ import typer
 from swe_cli.cli import options as o
 from swe_cli.cli.app import STATE, app, emit, info, problem, progress_bar, show
 from swe_cli.gate import GateLimits
-from swe_cli.settings import LocalizeSettings, ProbeSettings, SolveSettings, split_list
+from swe_cli.settings import (
+    LocalizeSettings,
+    ProbeSettings,
+    SelectSettings,
+    SolveSettings,
+    split_list,
+)
 
 GATE = GateLimits()
 
@@ -141,6 +147,78 @@ def solve(
         strength=strength,
     )
     emit(run(workspace, settings.resolve(device), ui()))  # type: ignore[arg-type]
+
+
+@app.command()
+def select(
+    workspace: o.Workspace,
+    candidates: o.Candidates = None,
+    prompts: Annotated[
+        int, typer.Option("--prompts", min=1, help="Validation prompts per language and set.")
+    ] = o.SELECT["prompts"],
+    max_new_tokens: Annotated[
+        int,
+        typer.Option("--max-new-tokens", min=1, help="Tokens of each answer the judge reads."),
+    ] = o.SELECT["max_new_tokens"],
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Prompts per forward pass.")
+    ] = o.SELECT["batch_size"],
+    max_kl: o.MaxKl = GATE.max_kl,
+    max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
+    max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,
+    patterns: o.Patterns = None,
+    device: o.Device = "cpu",
+    dtype: o.Dtype = "auto",
+    quiet: o.Quiet = False,
+    as_json: o.Json = False,
+) -> None:
+    """Solve each candidate edit on part of the fit prompts, measure refusal and KL on the rest
+    with the edit in memory, and record the best admissible one (`swe solve --method auto`)."""
+    from swe_cli.pipeline import select as run
+
+    settings = SelectSettings(
+        candidates=candidates, prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    limits = GateLimits(
+        max_hrl_asr_rise=max_hrl_asr_rise, max_over_refusal=max_over_refusal, max_kl=max_kl
+    )
+    chosen = run(
+        workspace,
+        SolveSettings(method="auto").resolve(device),
+        settings,
+        limits,
+        dtype=dtype,
+        patterns=patterns or [],
+        ui=ui(),
+    )
+    emit({"chosen": chosen.plain()})
+
+
+@app.command()
+def tune(
+    workspace: o.Workspace,
+    method: o.Method = "residual",
+    confirm: Annotated[
+        int,
+        typer.Option(
+            "--confirm",
+            min=0,
+            help="Also check the N best candidates by generating on validation prompts and "
+            "choose by refusal (0: by the grid score alone).",
+        ),
+    ] = 0,
+    device: o.Device = "cpu",
+    quiet: o.Quiet = False,
+    as_json: o.Json = False,
+) -> None:
+    """Model-free grid over one method's layers and coefficients, scored by how much of the
+    LRL -> HRL gap the edit leaves on validation activations (no generation: seconds)."""
+    from swe_cli.pipeline import tune as run
+
+    chosen = run(
+        workspace, SolveSettings(method=method or "residual").resolve(device), confirm, ui()
+    )
+    emit({"chosen": chosen.plain()})
 
 
 @app.command()
@@ -368,18 +446,10 @@ def align(
         bool,
         typer.Option(
             "--tune",
-            help="Choose layers and coefficients on a validation split of the fit prompts.",
+            help="Choose the method, layers and strength by refusal on validation prompts of the "
+            "fit split (as `swe select`), even when the recipe pins a method.",
         ),
     ] = False,
-    confirm: Annotated[
-        int,
-        typer.Option(
-            "--confirm",
-            min=0,
-            help="With --tune: check the N best candidates by generating on validation prompts "
-            "and choose by refusal (0: choose by the tune score alone).",
-        ),
-    ] = 0,
     run_eval: Annotated[
         bool,
         typer.Option(
@@ -394,20 +464,10 @@ def align(
             "--no-gate", help="With --eval: write OUT even when the gate fails (noted in the card)."
         ),
     ] = False,
-    max_kl: Annotated[
-        float, typer.Option("--max-kl", min=0, help="Gate: highest mean KL on harmless prompts.")
-    ] = GATE.max_kl,
-    max_over_refusal: Annotated[
-        float,
-        typer.Option("--max-over-refusal", min=0, help="Gate: largest rise of mean over-refusal."),
-    ] = GATE.max_over_refusal,
-    max_hrl_asr_rise: Annotated[
-        float, typer.Option("--max-hrl-asr-rise", min=0, help="Gate: largest rise of HRL ASR.")
-    ] = GATE.max_hrl_asr_rise,
-    max_utility_drop: Annotated[
-        float,
-        typer.Option("--max-utility-drop", min=0, help="Gate: largest fall of utility accuracy."),
-    ] = GATE.max_utility_drop,
+    max_kl: o.MaxKl = GATE.max_kl,
+    max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
+    max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,
+    max_utility_drop: o.MaxUtilityDrop = GATE.max_utility_drop,
     patterns: o.Patterns = None,
     device: Annotated[
         str,
@@ -432,7 +492,7 @@ def align(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """probe -> localize -> solve -> apply (-> eval) in one workspace; resumable."""
+    """probe -> localize (-> select) -> solve -> apply (-> eval) in one workspace; resumable."""
     from swe_cli.pipeline import AlignRequest, push
     from swe_cli.pipeline import align as run
 
@@ -449,7 +509,6 @@ def align(
         sets=set_ or [],
         method=method,
         tune=tune,
-        confirm=confirm,
         run_eval=run_eval,
         gate=not no_gate,
         limits=GateLimits(

@@ -15,6 +15,7 @@ from swe_cli.settings import (
     EvalSettings,
     LocalizeSettings,
     ProbeSettings,
+    SelectSettings,
     SolveSettings,
     field_default,
     field_help,
@@ -112,7 +113,9 @@ Method = Annotated[
     typer.Option(
         "--method",
         help="Edit method: " + ", ".join(method_names()) + " (paper: gate rows, Alg. 1; "
-        "residual: down_proj, MEMIT-style; refusal: down_proj along the HRL refusal direction). align/demo: overrides the recipe's solve.method.",
+        "residual: down_proj, MEMIT-style; refusal: down_proj along the HRL refusal direction) "
+        "or auto (the candidate `swe select` measured best). align/demo: overrides the "
+        "recipe's solve.method.",
     ),
 ]
 SolveLayers = Annotated[str | None, _option(SolveSettings, "layers", "--layers")]
@@ -129,8 +132,35 @@ Strength = Annotated[float, _option(SolveSettings, "strength", "--strength")]
 Judge = Annotated[str, _option(EvalSettings, "judge", "--judge")]
 MaxNewTokens = Annotated[int, _option(EvalSettings, "max_new_tokens", "--max-new-tokens", min=1)]
 
+# what an edit may cost: the shipping gate of `align --eval`, and the limits `select` keeps
+MaxKl = Annotated[
+    float,
+    typer.Option("--max-kl", min=0, help="Highest mean KL(base || edited) on harmless prompts."),
+]
+MaxOverRefusal = Annotated[
+    float,
+    typer.Option("--max-over-refusal", min=0, help="Largest rise of harmless refusals."),
+]
+MaxHrlAsrRise = Annotated[
+    float,
+    typer.Option("--max-hrl-asr-rise", min=0, help="Largest rise of HRL ASR (fall of refusal)."),
+]
+MaxUtilityDrop = Annotated[
+    float,
+    typer.Option("--max-utility-drop", min=0, help="Gate: largest fall of utility accuracy."),
+]
+Candidates = Annotated[
+    str | None,
+    typer.Option(
+        "--candidates",
+        help="Edits to choose from, 'method@layers key=value' separated by ';', e.g. "
+        "'residual@12 rank=32; refusal@12 strength=4; paper' [default: a spread by depth].",
+    ),
+]
+
 # defaults, so that a command's signature shows the settings model's value
 PROBE = {name: field_default(ProbeSettings, name) for name in ProbeSettings.model_fields}
 LOCALIZE = {name: field_default(LocalizeSettings, name) for name in LocalizeSettings.model_fields}
 SOLVE = {name: field_default(SolveSettings, name) for name in SolveSettings.model_fields}
+SELECT = {name: field_default(SelectSettings, name) for name in SelectSettings.model_fields}
 EVAL = {name: field_default(EvalSettings, name) for name in EvalSettings.model_fields}

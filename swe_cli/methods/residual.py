@@ -63,6 +63,22 @@ def residual_step(
     return solution, remaining
 
 
+def protected_keys(data: LayerData, config: SolveConfig) -> Any:
+    """f x n_s keys whose outputs the edit must keep: the harmless prompts' last positions, and
+    with keep_hrl the HRL harmful prompts' too (each block weighted as a whole like the edit
+    keys, whatever its size: solve_residual scales the columns by n / n_columns)."""
+    import torch
+
+    safe = data.a_safe.T
+    if not config.keep_hrl or data.a_hrl is None:
+        return safe
+    hrl = data.a_hrl.T
+    total = safe.shape[1] + hrl.shape[1]
+    return torch.cat(
+        [safe * math.sqrt(total / safe.shape[1]), hrl * math.sqrt(total / hrl.shape[1])], dim=1
+    )
+
+
 def layers_with_moments(context: Context) -> list[int]:
     workspace = context.workspace
     return [layer for layer in context.probed_layers if workspace.stats_path(layer).exists()]
@@ -98,13 +114,19 @@ class Keys:
     Kn_val: Any  # f x n_s_val validation harmless keys
 
 
-def _keys(context: Context, layer: int, pair: tuple[LayerData, LayerData], columns: Any) -> Keys:
+def _keys(
+    context: Context,
+    layer: int,
+    pair: tuple[LayerData, LayerData],
+    columns: Any,
+    config: SolveConfig,
+) -> Keys:
     """columns: the `swe solve --sparse` restriction to the safety-neuron columns, or None."""
     import torch
 
     fit, val = pair
     C0 = load_moment(context.workspace, layer).to(torch.float64)
-    tensors = [fit.a_low.T, fit.a_safe.T, C0, val.a_low.T, val.a_safe.T]
+    tensors = [fit.a_low.T, protected_keys(fit, config), C0, val.a_low.T, val.a_safe.T]
     if columns is not None:
         tensors = [t[columns] for t in tensors]
         tensors[2] = tensors[2][:, columns]
@@ -129,12 +151,13 @@ class ResidualMethod:
         self, data: LayerData, config: SolveConfig, reference: LayerData | None = None
     ) -> Any:
         """The residual-stream change wanted after the last edited layer, d x n (float64), one
-        column per LRL harmful prompt: here its HRL translation's residual stream minus its own.
-        reference: the rows any statistic of the target comes from (the tune-fit rows when
-        validation rows are scored); this target has none."""
+        column per LRL harmful prompt: here its HRL translation's residual stream minus its own,
+        times config.strength (1: exactly onto the HRL stream). reference: the rows any
+        statistic of the target comes from (the tune-fit rows when validation rows are scored);
+        this target has none."""
         import torch
 
-        return (data.r_hrl - data.r_low).T.to(torch.float64)
+        return config.strength * (data.r_hrl - data.r_low).T.to(torch.float64)
 
     def solve(self, context: Context, config: SolveConfig) -> MethodResult:
         """The target h_HRL - h_LRL after the last edited layer is spread over the edited layers
@@ -155,7 +178,7 @@ class ResidualMethod:
                 else layer_data(context.workspace, layer, context.hrl, context.langs)
             )
             C0 = load_moment(context.workspace, layer)
-            K, Kn = data.a_low.T, data.a_safe.T
+            K, Kn = data.a_low.T, protected_keys(data, config)
             columns = None
             if config.sparse:
                 columns = load_selected(context.workspace, layer, context.hrl)
@@ -217,12 +240,12 @@ class ResidualMethod:
             for layer_band in unique(bands)
         ]
 
-    def keys(self, data: TuneData, layer: int, sparse: bool) -> Keys:
+    def keys(self, data: TuneData, layer: int, config: SolveConfig) -> Keys:
         def compute() -> Keys:
-            columns = data.neurons(layer) if sparse else None
-            return _keys(data.context, layer, data.pair(layer), columns)
+            columns = data.neurons(layer) if config.sparse else None
+            return _keys(data.context, layer, data.pair(layer), columns, config)
 
-        return data.memo(("residual-keys", layer, sparse), compute)
+        return data.memo(("residual-keys", layer, config.sparse, config.keep_hrl), compute)
 
     def score(
         self,
@@ -236,7 +259,7 @@ class ResidualMethod:
         val_leak = ||sum dW Kn_val|| scaled per key (x sqrt(n_val / n_safe_val)) / ||T_val||."""
         import torch
 
-        keys = {layer: self.keys(data, layer, configs[0].sparse) for layer in layers}
+        keys = {layer: self.keys(data, layer, configs[0]) for layer in layers}
         fit, val = data.pair(layers[-1])
         per_key = math.sqrt(val.r_low.shape[0] / keys[layers[-1]].Kn_val.shape[1])
         candidates = []
@@ -282,7 +305,7 @@ class ResidualMethod:
         remaining = self.target(fit, config)
         changes: list[WeightChange] = []
         for position, layer in enumerate(layers):
-            keys = self.keys(data, layer, config.sparse)
+            keys = self.keys(data, layer, config)
             solution, remaining = residual_step(
                 keys.K, keys.Kn, keys.C0, remaining, len(layers) - position, config
             )

@@ -16,11 +16,15 @@ from swe_cli.io.files import atomic_write_text
 from swe_cli.methods import get_method
 from swe_cli.methods.base import context_from
 from swe_cli.settings import SolveConfig
+from swe_cli.stages.select import AUTO, selected_config
 from swe_cli.workspace import Workspace
 
 
 def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
-    """Compute the edit with the chosen method; write WS/edit/edit.safetensors and edit.yaml."""
+    """Compute the edit with the chosen method; write WS/edit/edit.safetensors and edit.yaml.
+    Method "auto" is the configuration the workspace's `swe select` chose."""
+    if config.method == AUTO:
+        config = selected_config(workspace, config.device)
     method = get_method(config.method)
     bad = [p for p in config.projections if p not in {"gate", "up"}]
     if bad:
