@@ -376,3 +376,34 @@ def test_own_answers_zero_streams_prompts_and_references_only(
     stats, metadata = load_tensors(Workspace(tmp_path / "ws").stats_path(0))
     fit = [p for p in stored_prompts(tmp_path / "ws", "harmless") if p["split"] == "fit"]
     assert metadata["texts"] == str(len(fit))
+
+
+def test_a_rerun_generates_nothing_when_every_answer_is_cached(
+    probed_workspace: Path,
+    tiny_llama: Path,
+    prompt_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Own answers and the HRL refusal check are both cached in WS/answers/: re-probing the same
+    prompts calls generation not once, and the check gives the same rate."""
+    import yaml
+
+    import swe_cli.stages.probe as probe_stage
+
+    copy = tmp_path / "ws"
+    shutil.copytree(probed_workspace, copy)
+    assert (copy / "answers" / "hrl_check.jsonl").is_file()
+    calls: list[int] = []
+    original = probe_stage.generate
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probe_stage, "generate", counting)
+    result = probe_workspace(copy, tiny_llama, prompt_files)
+    assert calls == []
+    before = yaml.safe_load((probed_workspace / "workspace.yaml").read_text())
+    rate = before["stages"]["probe"]["outputs"]["hrl_refusal"]
+    assert result.hrl_refusal == rate  # type: ignore[attr-defined]

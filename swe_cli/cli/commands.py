@@ -125,6 +125,7 @@ def solve(
     projections: o.Projections = o.SOLVE["projections"],
     sparse: o.Sparse = o.SOLVE["sparse"],
     strength: o.Strength = o.SOLVE["strength"],
+    keep_hrl: o.KeepHrl = o.SOLVE["keep_hrl"],
     device: o.Device = "cpu",
     quiet: o.Quiet = False,
     as_json: o.Json = False,
@@ -145,6 +146,7 @@ def solve(
         projections=projections,
         sparse=sparse,
         strength=strength,
+        keep_hrl=keep_hrl,
     )
     emit(run(workspace, settings.resolve(device), ui()))  # type: ignore[arg-type]
 

@@ -129,6 +129,7 @@ Threshold = Annotated[float, _option(SolveSettings, "threshold", "--threshold")]
 Projections = Annotated[str, _option(SolveSettings, "projections", "--projections")]
 Sparse = Annotated[bool, _option(SolveSettings, "sparse", "--sparse")]
 Strength = Annotated[float, _option(SolveSettings, "strength", "--strength")]
+KeepHrl = Annotated[bool, _option(SolveSettings, "keep_hrl", "--keep-hrl")]
 Judge = Annotated[str, _option(EvalSettings, "judge", "--judge")]
 MaxNewTokens = Annotated[int, _option(EvalSettings, "max_new_tokens", "--max-new-tokens", min=1)]
 

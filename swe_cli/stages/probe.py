@@ -47,18 +47,33 @@ class ProbeResult:
 
 
 def hrl_refusal_rate(
-    model: Any, tokenizer: Any, prompts: Sequence[Prompt], lang: str, patterns: Sequence[Path]
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    lang: str,
+    patterns: Sequence[Path],
+    cache: Path | None = None,
 ) -> float | None:
     """How often the model refuses a few HRL harmful fit prompts (greedy, short, pattern judge):
     an edit copies the HRL's refusal, so a model that rarely refuses there has little to copy.
-    None without a chat template (a base model) or without prompts."""
+    None without a chat template (a base model) or without prompts. With cache (a JSONL file in
+    the workspace), answers already generated are reused."""
     from swe_cli.judges import REFUSED, PatternJudge
 
     chosen = list(prompts)[:HRL_CHECK_PROMPTS]
     if not chosen or getattr(tokenizer, "chat_template", None) is None:
         return None
     judge = PatternJudge.from_files(patterns)
-    answers = generate(model, tokenizer, [p.text for p in chosen], max_new_tokens=HRL_CHECK_TOKENS)
+    wanted = [(lang, prompt) for prompt in chosen]
+    if cache is not None:
+        found = cached_answers(
+            cache, model, tokenizer, wanted, max_new_tokens=HRL_CHECK_TOKENS, batch_size=16
+        )
+        answers = [found[(lang, prompt.id)] for prompt in chosen]
+    else:
+        answers = generate(
+            model, tokenizer, [p.text for p in chosen], max_new_tokens=HRL_CHECK_TOKENS
+        )
     return sum(judge.verdict(answer, lang) == REFUSED for answer in answers) / len(chosen)
 
 
@@ -343,40 +358,64 @@ def own_answers(
     no answer turn) or with own_answers 0."""
     if config.own_answers == 0 or getattr(tokenizer, "chat_template", None) is None:
         return {}
-    path = workspace.answers_path
-    cached = _read_answers(path)
+
+    def advance(done: int, total: int) -> None:
+        if progress:
+            progress("own answers", done, total)
+
     wanted = [(lang, p) for lang in langs for p in harmless.select(lang, FIT)]
+    return cached_answers(
+        workspace.answers_path,
+        model,
+        tokenizer,
+        wanted,
+        max_new_tokens=config.own_answers,
+        batch_size=config.batch_size,
+        progress=advance,
+    )
+
+
+def cached_answers(
+    path: Path,
+    model: Any,
+    tokenizer: Any,
+    wanted: Sequence[tuple[str, Prompt]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[tuple[str, str], str]:
+    """Greedy answers to (language, prompt) pairs, cached in the JSONL file at path (a
+    workspace is bound to one model) keyed by language, id, prompt text and length: only the
+    missing ones are generated, and the file is rewritten atomically."""
+    cached = _read_answers(path)
     answers: dict[tuple[str, str], str] = {}
     missing = []
     for lang, prompt in wanted:
-        key = _answer_key(lang, prompt, config.own_answers)
+        key = _answer_key(lang, prompt, max_new_tokens)
         if key in cached:
             answers[(lang, prompt.id)] = cached[key]
         else:
             missing.append((lang, prompt))
     if missing:
-
-        def advance(done: int) -> None:  # generate reports how many prompts are done
-            if progress:
-                progress("own answers", done, len(missing))
-
         generated = generate(
             model,
             tokenizer,
             [prompt.text for _, prompt in missing],
-            max_new_tokens=config.own_answers,
-            batch_size=config.batch_size,
-            on_batch=advance,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            on_batch=(lambda done: progress(done, len(missing))) if progress else None,
         )
         for (lang, prompt), answer in zip(missing, generated, strict=True):
             answers[(lang, prompt.id)] = answer
-            cached[_answer_key(lang, prompt, config.own_answers)] = answer
+            cached[_answer_key(lang, prompt, max_new_tokens)] = answer
         lines = [
             json.dumps(
                 {**dict(zip(ANSWER_KEY, key, strict=True)), "answer": answer}, ensure_ascii=False
             )
             for key, answer in cached.items()
         ]
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "".join(line + "\n" for line in lines))
     return answers
 
@@ -485,7 +524,12 @@ def run_probe(
                 result.shards_written += written
                 result.shards_skipped += skipped
         result.hrl_refusal = hrl_refusal_rate(
-            model, tokenizer, harmful.select(config.hrl, FIT), config.hrl, config.patterns
+            model,
+            tokenizer,
+            harmful.select(config.hrl, FIT),
+            config.hrl,
+            config.patterns,
+            cache=workspace.answers_path.with_name("hrl_check.jsonl"),
         )
         if stats_layers:
             own = own_answers(workspace, model, tokenizer, harmless, all_langs, config, progress)

@@ -517,40 +517,43 @@ def _rate(value: float) -> str:
 
 
 def selection_table(selection: Selection, hrl: str, langs: Sequence[str]) -> Any:
-    """A rich Table: the unedited model, then every candidate; the choice is marked."""
+    """A rich Table: the unedited model, then every candidate; the choice is marked. Narrow
+    enough for an 80-column terminal with three target languages."""
     from rich.table import Table
 
+    seconds = selection.base.seconds + sum(
+        row.solve_seconds + (row.measure.seconds if row.measure else 0.0) for row in selection.rows
+    )
     table = Table(
         title=f"select: {len(selection.rows)} candidates on validation prompts of the fit split",
-        caption=f"choice (*): {describe(selection.chosen)}. Refusal: share of harmful prompts "
-        "refused (higher is better); broken: the limits a candidate breaks (select.yaml says "
-        "how); '-' not measured: no target language gained",
+        caption=f"choice (*): {describe(selection.chosen)} ({seconds:.0f} s). Share of harmful "
+        "prompts refused per language (higher is better), harmless prompts refused, KL; broken: "
+        "the limits a candidate breaks (select.yaml says how); '-': not measured, no target "
+        "language gained",
     )
-    for column in ["", "candidate", *langs, hrl, "harmless ref.", "KL", "gain", "s", "broken"]:
-        table.add_column(column, justify="left" if column in ("candidate", "broken") else "right")
+    table.add_column("candidate", min_width=14, overflow="fold")
+    for column in [*langs, hrl, "harm-\nless", "KL", "gain"]:
+        table.add_column(column, justify="right")
+    table.add_column("broken", overflow="fold")
 
     def cells(measure: Measure) -> list[str]:
         return [
             *(_rate(measure.refusal[lang]) for lang in [*langs, hrl]),
             _rate(measure.harmless_refusal),
-            "-" if math.isnan(measure.kl) else f"{measure.kl:.4f}",
+            "-" if math.isnan(measure.kl) else f"{measure.kl:.3f}",
         ]
 
-    table.add_row("", "unedited", *cells(selection.base), "", f"{selection.base.seconds:.0f}", "")
+    table.add_row("unedited", *cells(selection.base), "", "")
     for row in selection.rows:
-        mark = row.config == selection.chosen
+        name = describe(row.config)
         if row.measure is None:
-            table.add_row(
-                "", describe(row.config), *["-"] * (len(langs) + 3), "-", "", f"failed: {row.error}"
-            )
+            table.add_row(name, *["-"] * (len(langs) + 4), f"failed: {row.error}")
             continue
-        seconds = row.solve_seconds + row.measure.seconds
+        mark = row.config == selection.chosen
         table.add_row(
-            "*" if mark else "",
-            describe(row.config),
+            f"* {name}" if mark else name,
             *cells(row.measure),
             f"{row.gain:+.2f}",
-            f"{seconds:.0f}",
             ", ".join(reason.split()[0] for reason in row.reasons) or "-",
             style="bold green" if mark else None,
         )
