@@ -147,7 +147,8 @@ def main() -> None:
     from swe_cli.methods import get_method
     from swe_cli.methods.base import context_from
     from swe_cli.models import load_model
-    from swe_cli.pipeline import localize, pick_recipe
+    from swe_cli.align import pick_recipe
+    from swe_cli.pipeline import localize
     from swe_cli.utility import load_utility_sets
     from swe_cli.workspace import Workspace
 

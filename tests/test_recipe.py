@@ -132,7 +132,7 @@ def test_recipe_probe_max_length_reaches_probe(
 ) -> None:
     """Every probe setting of a recipe reaches the probe stage (max_length used to be dropped)."""
     import swe_cli.stages.probe as probe_stage
-    from swe_cli.pipeline import AlignRequest, align
+    from swe_cli.align import AlignRequest, align
 
     seen: dict[str, object] = {}
 

@@ -495,8 +495,9 @@ def align(
     as_json: o.Json = False,
 ) -> None:
     """probe -> localize (-> select) -> solve -> apply (-> eval) in one workspace; resumable."""
-    from swe_cli.pipeline import AlignRequest, push
-    from swe_cli.pipeline import align as run
+    from swe_cli.align import AlignRequest
+    from swe_cli.align import align as run
+    from swe_cli.pipeline import push
 
     request = AlignRequest(
         model=model,
@@ -549,8 +550,8 @@ def demo(
     as_json: o.Json = False,
 ) -> None:
     """Build (or reuse) the model organism, align it for its low-resource languages, and evaluate."""
-    from swe_cli.pipeline import DemoRequest
-    from swe_cli.pipeline import demo as run
+    from swe_cli.align import DemoRequest
+    from swe_cli.align import demo as run
 
     request = DemoRequest(output=output, seed=seed, method=method, sets=set_ or [], force=force)
     emit(run(request, ui()))

@@ -1,0 +1,397 @@
+"""`swe align` and `swe demo`: the whole pipeline as one typed request, probe -> localize
+(-> select) -> solve -> apply (-> eval and the shipping gate), in one resumable workspace. This
+module owns the default workspace, the recipe choice and the model card's gate note; the stage
+calls it makes are those of swe_cli/pipeline.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from swe_cli.errors import SweError
+from swe_cli.gate import GateDecision, GateLimits
+from swe_cli.gate import check as check_gate
+from swe_cli.pipeline import (
+    SILENT,
+    ApplyRequest,
+    EvalRequest,
+    ProbeRequest,
+    Ui,
+    apply,
+    check_run,
+    evaluate,
+    localize,
+    probe,
+    select,
+    solve,
+)
+from swe_cli.settings import Recipe, SolveConfig, parse_layers
+
+
+def default_workspace(model: str, langs: list[str]) -> Path:
+    """A cache folder keyed by model and languages, so a re-run resumes."""
+    cache = Path(os.environ.get("SWE_CACHE", Path.home() / ".cache" / "swe"))
+    name = Path(model).name or model
+    slug = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in name)[:60]
+    key = hashlib.sha256(
+        f"{Path(model).resolve() if Path(model).exists() else model}|{','.join(langs)}".encode()
+    ).hexdigest()[:10]
+    return cache / "workspaces" / f"{slug}-{'-'.join(langs)}-{key}"
+
+
+def builtin_data(name: str) -> str:
+    from importlib import resources
+
+    return str(resources.files("swe_cli") / "data" / name)
+
+
+def pick_recipe(
+    model_dir: Path, recipe_file: Path | None, overrides: dict[str, Any], ui: Ui = SILENT
+) -> Recipe:
+    from swe_cli.architectures import model_shape
+    from swe_cli.io.checkpoint import load_config
+    from swe_cli.recipe import apply_overrides, load_recipe, select_recipe
+
+    shape = model_shape(load_config(model_dir))
+    if recipe_file is not None:
+        recipe = load_recipe(recipe_file)
+        reason = f"from {recipe_file}"
+    else:
+        recipe = select_recipe(shape.model_type, shape.num_layers, shape.hidden_size)
+        reason = f"picked for model_type={shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}"
+    recipe = apply_overrides(recipe, overrides)
+    validated = " — " + recipe.validated if recipe.validated else ""
+    ui.info(f"recipe [bold]{recipe.name}[/bold] ({reason}){validated}")
+    return recipe
+
+
+@dataclass(frozen=True)
+class AlignRequest:
+    model: str
+    langs: list[str]
+    output: Path
+    workspace: Path | None = None
+    harmful: str = "DAMO-NLP-SG/MultiJail"
+    harmless: str | None = None  # None: the built-in set
+    general: str | None = None  # None: the built-in set
+    hrl: str = "en"
+    recipe: Path | None = None  # None: picked from the model's config
+    sets: list[str] = field(default_factory=list)  # --set section.field=value
+    method: str | None = None
+    tune: bool = False  # choose among candidates by refusal even when the recipe pins a method
+    run_eval: bool = False
+    gate: bool = True  # with run_eval: refuse to write OUT when the edit makes things worse
+    limits: GateLimits = field(default_factory=GateLimits)
+    patterns: list[Path] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "auto"
+    device_map: str | None = None
+    revision: str | None = None
+    link: bool = False
+    force: bool = False
+    dry_run: bool = False
+    utility: str | None = "builtin"  # eval's short answers, multiple choice, over-refusal probes
+    choices: str | None = "builtin"
+    over_refusal: str | None = "builtin"
+
+
+def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.io.files import check_overlap, move_into_place
+    from swe_cli.recipe import parse_set_options
+    from swe_cli.stages.apply import check_output
+
+    check_run(request.langs, request.hrl, request.device, request.dtype)
+    if request.output.exists() and not request.force and not request.dry_run:
+        raise SweError(
+            f"output {request.output} already exists",
+            hint="choose another -o or pass --force to replace it",
+        )
+    overrides = parse_set_options(request.sets)
+    if request.method:
+        overrides["solve.method"] = request.method
+    resolved = resolve_model(request.model, request.revision)  # once per run
+    workspace = request.workspace or default_workspace(request.model, request.langs)
+    protected = [("base model folder", resolved.path), ("workspace", workspace)]
+    if request.dry_run:
+        check_overlap(request.output, protected)
+    else:
+        check_output(request.output, protected, request.force)
+    check_chat_template(resolved.path)
+    recipe = pick_recipe(resolved.path, request.recipe, overrides, ui)
+    harmless = request.harmless or builtin_data("harmless.jsonl")
+    general = request.general if request.general is not None else builtin_data("general.jsonl")
+    solve_config = recipe.solve.resolve(request.device)
+    selecting = request.tune or solve_config.method == "auto"
+    # every candidate is read before any work: a typo fails now, not after the probe
+    moments = _moment_layers(resolved.path, recipe, solve_config, selecting)
+    streamed = parse_layers(recipe.probe.stats_layers)
+    unstreamed = sorted(set(moments or ()) - set(streamed or ())) if streamed is not None else []
+    if unstreamed:
+        raise SweError(
+            f"probe.stats_layers streams moments for layers {list(streamed or ())} only, but the "
+            f"edit{'s' if selecting else ''} to solve need{'' if selecting else 's'} layers "
+            f"{unstreamed}",
+            hint="add them to probe.stats_layers (--set probe.stats_layers=...) or leave it unset",
+        )
+    stages = ["probe", "localize", *(["select"] if selecting else []), "solve", "apply"]
+    plan = {
+        "model": request.model,
+        "langs": request.langs,
+        "hrl": request.hrl,
+        "workspace": str(workspace),
+        "output": str(request.output),
+        "recipe": recipe.to_dict(),
+        "harmful": request.harmful,
+        "harmless": harmless,
+        "general": general,
+        "stages": [*stages, *(["eval"] if request.run_eval else [])],
+    }
+    if request.dry_run:
+        ui.info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {request.output}")
+        return {"dry_run": True, **plan}
+    ui.info(f"workspace {workspace}")
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def timed(stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        timings[stage] = time.perf_counter() - start
+
+    probe_settings = recipe.probe
+    if moments and parse_layers(probe_settings.stats_layers) is None:
+        # stream moments only where the method needs them
+        probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
+    with timed("probe"):
+        probe(
+            ProbeRequest(
+                model=request.model,
+                workspace=workspace,
+                langs=request.langs,
+                harmful=request.harmful,
+                harmless=harmless,
+                general=general,
+                hrl=request.hrl,
+                settings=probe_settings,
+                device=request.device,
+                dtype=request.dtype,
+                device_map=request.device_map,
+                revision=request.revision,
+                resolved=resolved,
+                patterns=request.patterns,
+            ),
+            ui,
+        )
+    with timed("localize"):
+        localize(workspace, recipe.localize, ui)
+    if selecting:
+        with timed("select"):
+            solve_config = select(
+                workspace,
+                solve_config,
+                recipe.select,
+                request.limits,
+                dtype=request.dtype,
+                patterns=request.patterns,
+                ui=ui,
+            ).updated(device=solve_config.device)
+    with timed("solve"):
+        solved = solve(workspace, solve_config, ui)
+    # With eval, the edited model is written beside OUT first and moved into place only once
+    # the shipping gate has passed: a rejected edit never takes OUT's name.
+    written = candidate_folder(request.output) if request.run_eval else request.output
+    with timed("apply"):
+        applied = apply(
+            ApplyRequest(
+                output=written,
+                workspace=workspace,
+                link=request.link,
+                force=request.force or request.run_eval,
+                revision=request.revision,
+            ),
+            ui,
+        )
+    summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
+    if request.run_eval:
+        with timed("eval"):
+            report = evaluate(
+                EvalRequest(
+                    model=str(written),
+                    label=str(request.output),  # evaluated beside OUT, shipped as OUT
+                    baseline=request.model,
+                    langs=[request.hrl, *request.langs],
+                    harmful=request.harmful,
+                    harmless=harmless,
+                    general=general,
+                    heldout_fraction=probe_settings.heldout_fraction,
+                    max_prompts=probe_settings.max_prompts,
+                    judge=recipe.eval.judge,
+                    patterns=request.patterns,
+                    max_new_tokens=recipe.eval.max_new_tokens,
+                    batch_size=recipe.eval.batch_size,
+                    device=request.device,
+                    dtype=request.dtype,
+                    revision=request.revision,
+                    output=workspace / "eval",
+                    workspace=workspace,
+                    utility=request.utility,
+                    choices=request.choices,
+                    over_refusal=request.over_refusal,
+                ),
+                ui,
+            )
+            summary["eval"] = report.to_dict()
+        decision = check_gate(report, request.hrl, request.langs, request.limits)
+        summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+        refresh_card(written, workspace, gate_note(decision, request.gate))
+        if not decision.passed and request.gate:
+            shutil.rmtree(written, ignore_errors=True)
+            raise SweError(
+                f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
+                hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+            )
+        if not decision.passed:
+            ui.info(
+                "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
+                + "; ".join(decision.reasons)
+            )
+        move_into_place(written, request.output, replace=request.force)
+        summary["apply"] = {**applied, "output": str(request.output)}
+    summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+    if not ui.quiet:
+        from swe_cli.report import timings_table
+
+        ui.show(timings_table(timings, request.output))
+    return summary
+
+
+def _moment_layers(
+    model_dir: Path, recipe: Recipe, solve_config: SolveConfig, selecting: bool
+) -> tuple[int, ...] | None:
+    """The layers whose moments the probe must stream: the pinned method's, or with selection
+    every candidate's (the candidates are parsed here, before any work)."""
+    from swe_cli.architectures import model_shape
+    from swe_cli.io.checkpoint import load_config
+    from swe_cli.methods import get_method
+    from swe_cli.stages.select import candidate_configs, moment_layers
+
+    if not selecting:
+        return get_method(solve_config.method).moment_layers(solve_config)
+    num_layers = model_shape(load_config(model_dir)).num_layers
+    configs = candidate_configs(recipe.select, solve_config, num_layers)
+    return moment_layers(configs) or None
+
+
+def check_chat_template(model_dir: Path) -> None:
+    """align formats every prompt as a chat turn: a model without a chat template (a base model,
+    or a folder missing its tokenizer files) is refused before any work."""
+    config = Path(model_dir) / "tokenizer_config.json"
+    if (Path(model_dir) / "chat_template.jinja").is_file() or (
+        Path(model_dir) / "chat_template.json"
+    ).is_file():
+        return
+    try:
+        if json.loads(config.read_text(encoding="utf-8")).get("chat_template"):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise SweError(
+        f"{model_dir} has no chat template: swe aligns chat (instruct) models",
+        hint="use the model's instruct version, or add its chat template to tokenizer_config.json",
+    )
+
+
+def candidate_folder(output: Path) -> Path:
+    """Where align writes the edited model while eval and the gate decide: a hidden sibling of
+    OUT (same filesystem, so moving it into place is a rename)."""
+    return output.parent / f".{output.name}.swe-candidate"
+
+
+def gate_note(decision: GateDecision, enforced: bool) -> str:
+    if decision.passed:
+        return "Shipping gate: passed (" + _limits_text(decision.limits) + ")."
+    state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
+    return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
+
+
+def _limits_text(limits: GateLimits) -> str:
+    return (
+        f"no target language's ASR up, HRL ASR up at most {limits.max_hrl_asr_rise}, "
+        f"over-refusal up at most {limits.max_over_refusal}, mean KL at most {limits.max_kl}, "
+        f"utility accuracy down at most {limits.max_utility_drop}"
+    )
+
+
+def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
+    """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
+    from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
+    from swe_cli.io.files import atomic_write_text
+    from swe_cli.stages.apply import eval_report, workspace_base
+    from swe_cli.workspace import Workspace
+
+    space = Workspace(workspace)
+    provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    card = replace(card, gate_note=gate)
+    atomic_write_text(output / CARD_FILE, card.render(provenance))
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    output: Path = Path("swe-demo")
+    seed: int = 0
+    method: str | None = None
+    sets: list[str] = field(default_factory=list)
+    force: bool = False
+
+
+def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    """Build (or reuse) the organism and align it for its LRLs with eval, into one folder."""
+    import shutil
+
+    from swe_cli.organism import cached_organism
+    from swe_cli.organism.utility_sets import write_utility_sets
+
+    output = request.output
+    if output.exists() and not request.force:
+        raise SweError(
+            f"demo folder {output} already exists", hint="choose another -o or pass --force"
+        )
+    ui.info("model organism: building or reusing the cached one (about 3 minutes the first time)")
+    organism = cached_organism(request.seed)
+    ui.info(f"organism at {organism.path}: HRL {organism.hrl}, LRLs {', '.join(organism.lrls)}")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    # the built-in 10-language sets mean nothing to the toy: its own short answers and choices
+    utility, choices = write_utility_sets(output / "utility")
+    return align(
+        AlignRequest(
+            model=str(organism.model_dir),
+            langs=list(organism.lrls),
+            output=output / "aligned",
+            workspace=output / "workspace",
+            harmful=str(organism.harmful),
+            harmless=str(organism.harmless),
+            general=str(organism.general),
+            hrl=organism.hrl,
+            sets=request.sets,
+            method=request.method,
+            run_eval=True,
+            patterns=[organism.refusal_patterns],
+            dtype="float32",
+            utility=str(utility),
+            choices=str(choices),
+            over_refusal="none",
+        ),
+        ui,
+    )
