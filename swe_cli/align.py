@@ -221,6 +221,13 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             ui,
         )
     summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
+    if selecting:
+        from swe_cli.stages.select import SELECT_FILE, describe
+
+        summary["select"] = {
+            "chosen": describe(solve_config),
+            "table": str(workspace / "edit" / SELECT_FILE),
+        }
     if request.run_eval:
         with timed("eval"):
             report = evaluate(

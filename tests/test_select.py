@@ -74,14 +74,18 @@ def test_describe_names_what_a_candidate_spec_would() -> None:
 
 def test_default_candidates_spread_over_methods_by_depth() -> None:
     assert default_candidates(24) == (
-        "residual@12 rank=32",
-        "residual@15 rank=32",
-        "residual@12,15 rank=32",
-        "refusal@12 strength=4",
+        "residual@12 rank=32 keep_hrl=true",
+        "residual@15 rank=32 keep_hrl=true",
+        "residual@12,15 rank=32 keep_hrl=true",
+        "refusal@12 strength=4 keep_hrl=true",
         "paper",
     )
     # a shallow model: the residual depths coincide and are listed once
-    assert default_candidates(4) == ("residual@2 rank=32", "refusal@2 strength=4", "paper")
+    assert default_candidates(4) == (
+        "residual@2 rank=32 keep_hrl=true",
+        "refusal@2 strength=4 keep_hrl=true",
+        "paper",
+    )
 
 
 def test_a_pinned_recipe_method_competes_with_the_spread() -> None:
@@ -223,10 +227,10 @@ def test_select_measures_each_candidate_on_validation_prompts_and_restores_the_m
     result = run_select(workspace, BASE, SelectSettings(prompts=4), limits)
     described = [describe(row.config) for row in result.rows]
     assert described == [
-        "residual@1 rank=32",
-        "residual@2 rank=32",
-        "residual@1,2 rank=32",
-        "refusal@1 strength=4",
+        "residual@1 rank=32 keep_hrl=true",
+        "residual@2 rank=32 keep_hrl=true",
+        "residual@1,2 rank=32 keep_hrl=true",
+        "refusal@1 keep_hrl=true strength=4",
         describe(result.rows[-1].config),
     ]
     assert result.rows[-1].config.method == "paper"
@@ -357,6 +361,7 @@ def test_on_the_organism_selection_picks_an_edit_that_closes_the_gap(
     assert rows["paper"]["gain"] == 0.0
     assert document["config"]["method"] in ("residual", "refusal")
     assert summary["solve"]["method"] == document["config"]["method"]
+    assert summary["select"]["chosen"] == document["chosen"]
     base = summary["eval"]["baseline"]["languages"]
     edited = summary["eval"]["model"]["languages"]
     lrls = list(organism.lrls)

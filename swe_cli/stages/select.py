@@ -82,14 +82,16 @@ def parse_candidate(text: str, base: SolveConfig) -> SolveConfig:
 
 
 def default_candidates(num_layers: int) -> tuple[str, ...]:
-    """A small spread, after what moved Qwen2.5-Coder-0.5B (README): the residual edit on
-    down_proj of the middle layer, of the layer 5/8 deep and of both; the refusal-direction
-    edit at the middle layer; the paper's gate-row edit at its own layer."""
+    """A small spread, after what moved Qwen2.5-Coder-0.5B and the organism (README): the
+    residual edit on down_proj of the middle layer, of the layer 5/8 deep and of both; the
+    refusal-direction edit at the middle layer; the paper's gate-row edit at its own layer. The
+    down_proj edits keep the HRL harmful prompts' outputs (keep_hrl): without it every
+    one-layer edit of the organism lost most of its English refusals."""
     middle = num_layers // 2
     upper = min(num_layers - 1, round(num_layers * 5 / 8))
     bands = dict.fromkeys([str(middle), str(upper), ",".join(map(str, sorted({middle, upper})))])
-    specs = [f"residual@{layers} rank=32" for layers in bands]
-    specs += [f"refusal@{middle} strength=4", "paper"]
+    specs = [f"residual@{layers} rank=32 keep_hrl=true" for layers in bands]
+    specs += [f"refusal@{middle} strength=4 keep_hrl=true", "paper"]
     return tuple(specs)
 
 
