@@ -264,7 +264,7 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 def test_patched_weights_are_restored_exactly() -> None:
     import torch
 
-    from swe_cli.stages.tune import _patched
+    from swe_cli.stages.tune import patched
 
     gate = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.bfloat16), requires_grad=False)
     down = torch.nn.Parameter(torch.randn(4, 6), requires_grad=False)
@@ -275,7 +275,7 @@ def test_patched_weights_are_restored_exactly() -> None:
         (down, None, columns, torch.ones(4, 2)),
         (down, None, None, torch.full((4, 6), 0.5)),
     ]
-    with _patched(changes):
+    with patched(changes):
         assert torch.equal(gate[rows], (before[0][rows].float() + 1).bfloat16())
         assert torch.allclose(down[:, columns], before[1][:, columns] + 1.5)
         assert torch.allclose(down[:, 1:5], before[1][:, 1:5] + 0.5)

@@ -38,7 +38,7 @@ from swe_cli.methods import get_method, method_names
 from swe_cli.methods.base import Context, TuneData, context_from
 from swe_cli.prompts import sort_ids
 from swe_cli.settings import SelectSettings, SolveConfig, parse_layers
-from swe_cli.stages.tune import TUNE_SALT, _patched, _split, _validation_prompts
+from swe_cli.stages.tune import TUNE_SALT, patched, split_ids, validation_prompts
 from swe_cli.workspace import Workspace
 
 SELECT_FILE = "select.yaml"
@@ -203,14 +203,14 @@ def run_select(
         _with_layers(config, context) for config in candidate_configs(settings, base, num_layers)
     ]
     _check_layers(workspace, configs, context.probed_layers)
-    split = _split(context, context.probed_layers[:1], settings.validation_fraction)
+    split = split_ids(context, context.probed_layers[:1], settings.validation_fraction)
     data = TuneData(context, split.fit, split.validation)
     harmful = _capped(
-        _validation_prompts(workspace, "harmful", [context.hrl, *context.langs], split.validation),
+        validation_prompts(workspace, "harmful", [context.hrl, *context.langs], split.validation),
         settings.prompts,
     )
     harmless = _capped(
-        _validation_prompts(workspace, "harmless", [context.hrl, *context.langs], split.validation),
+        validation_prompts(workspace, "harmless", [context.hrl, *context.langs], split.validation),
         settings.prompts,
     )
     if not any(harmless.values()):
@@ -328,7 +328,7 @@ class _Meter:
         import contextlib
 
         start = time.perf_counter()
-        patch = _patched(edited) if edited is not None else contextlib.nullcontext()
+        patch = patched(edited) if edited is not None else contextlib.nullcontext()
         refusal: dict[str, float] = {}
         with patch:
             for lang in targets:
@@ -376,7 +376,7 @@ class _Meter:
         for batch in length_batches([len(row) for row in encoded], self.settings.batch_size):
             input_ids, mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
             base_log = torch.log_softmax(_logits(self.model, input_ids, mask), dim=-1)
-            with _patched(edited):
+            with patched(edited):
                 edited_log = torch.log_softmax(_logits(self.model, input_ids, mask), dim=-1)
             kl = (base_log.exp() * (base_log - edited_log)).sum(-1)
             weights = mask.to(kl.device).float()

@@ -37,7 +37,17 @@ from swe_cli.workspace import Workspace
 TUNE_SALT = "swe-tune"
 TUNE_FILE = "tune.yaml"
 SMALL_SYSTEM = 1024  # largest system order solved single-threaded
-__all__ = ["Candidate", "TuneResult", "candidates_table", "confirm", "default_bands", "tune"]
+__all__ = [
+    "Candidate",
+    "TuneResult",
+    "candidates_table",
+    "confirm",
+    "default_bands",
+    "patched",
+    "split_ids",
+    "tune",
+    "validation_prompts",
+]
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class TuneResult:
 
 
 @dataclass(frozen=True)
-class _Split:
+class Split:
     fit: frozenset[str]
     validation: frozenset[str]
     harmful: frozenset[str]
@@ -92,7 +102,7 @@ def tune(
             hint="narrow the grid or raise max_candidates",
         )
     layers = sorted({layer for key, _ in plan for layer in key})
-    split = _split(data.context, layers, validation_fraction)
+    split = split_ids(data.context, layers, validation_fraction)
     data.fit, data.validation = split.fit, split.validation
     with _threads_for(method.system_size(data.context)):
         candidates = [
@@ -163,7 +173,7 @@ def _grid(method: Method, overrides: dict[str, list[Any]] | None) -> dict[str, l
 # The tune-fit / validation split of the probed ids
 
 
-def _split(context: Context, layers: Sequence[int], fraction: float) -> _Split:
+def split_ids(context: Context, layers: Sequence[int], fraction: float) -> Split:
     """Split the ids stored in the shards of `layers` (the probe's fit split and nothing else)."""
     languages = [context.hrl, *context.langs]
     harmful = {lang: _stored_ids(context.workspace, layers, "harmful", lang) for lang in languages}
@@ -179,7 +189,7 @@ def _split(context: Context, layers: Sequence[int], fraction: float) -> _Split:
                 _too_few(f"harmful prompts of '{lang}' paired with '{context.hrl}'", part)
         if not harmless & ids:
             _too_few("harmless prompts", part)
-    return _Split(fit, validation, frozenset(set().union(*harmful.values())), frozenset(harmless))
+    return Split(fit, validation, frozenset(set().union(*harmful.values())), frozenset(harmless))
 
 
 def _stored_ids(
@@ -353,8 +363,8 @@ def confirm(
     context = _context(workspace)
     validation = frozenset(result.validation_ids)
     data = TuneData(context, frozenset(result.fit_ids), validation)
-    harmful = _validation_prompts(workspace, "harmful", context.langs, validation)
-    harmless = _validation_prompts(workspace, "harmless", [context.hrl, *context.langs], validation)
+    harmful = validation_prompts(workspace, "harmful", context.langs, validation)
+    harmless = validation_prompts(workspace, "harmless", [context.hrl, *context.langs], validation)
     model, tokenizer = load_model(context.model_dir, device=device)
     judge = PatternJudge.from_files()
 
@@ -369,7 +379,7 @@ def confirm(
     rows = [check(None, math.nan)]
     for candidate in ranked:
         method = get_method(candidate.config.method)
-        with _patched(method.weight_changes(model, data, candidate.config)):
+        with patched(method.weight_changes(model, data, candidate.config)):
             rows.append(check(candidate.config, candidate.score))
     _record_confirmation(workspace, rows)
     return tuple(rows)
@@ -385,7 +395,7 @@ def confirmed_choice(rows: Sequence[Confirmation]) -> SolveConfig:
     return best.config
 
 
-def _validation_prompts(
+def validation_prompts(
     workspace: Workspace, name: str, langs: Sequence[str], validation: frozenset[str]
 ) -> dict[str, list[str]]:
     """Texts of the validation ids per language (only fit-split prompts are considered)."""
@@ -419,7 +429,7 @@ def _refusal_rate(
 
 
 @contextlib.contextmanager
-def _patched(changes: Sequence[WeightChange]) -> Iterator[None]:
+def patched(changes: Sequence[WeightChange]) -> Iterator[None]:
     """Add each delta to its weight block; restore the exact original values afterwards."""
     import torch
 
