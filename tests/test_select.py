@@ -77,12 +77,14 @@ def test_default_candidates_spread_over_methods_by_depth() -> None:
         "residual@12 rank=32 keep_hrl=true",
         "residual@15 rank=32 keep_hrl=true",
         "residual@12,15 rank=32 keep_hrl=true",
+        "residual@12 rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5",
         "refusal@12 strength=4 keep_hrl=true",
         "paper",
     )
     # a shallow model: the residual depths coincide and are listed once
     assert default_candidates(4) == (
         "residual@2 rank=32 keep_hrl=true",
+        "residual@2 rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5",
         "refusal@2 strength=4 keep_hrl=true",
         "paper",
     )
@@ -91,7 +93,7 @@ def test_default_candidates_spread_over_methods_by_depth() -> None:
 def test_a_pinned_recipe_method_competes_with_the_spread() -> None:
     pinned = SolveConfig(method="residual", layers=(7,), rank=16)
     configs = candidate_configs(SelectSettings(), pinned, 24)
-    assert configs[0] == pinned and len(configs) == 6
+    assert configs[0] == pinned and len(configs) == 7
     assert candidate_configs(SelectSettings(), BASE, 24)[0].method == "residual"
     chosen = candidate_configs(SelectSettings(candidates="paper; residual@3"), BASE, 24)
     assert [describe(c) for c in chosen] == ["paper", "residual@3"]
@@ -230,6 +232,7 @@ def test_select_measures_each_candidate_on_validation_prompts_and_restores_the_m
         "residual@1 rank=32 keep_hrl=true",
         "residual@2 rank=32 keep_hrl=true",
         "residual@1,2 rank=32 keep_hrl=true",
+        "residual@1 rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5",
         "refusal@1 keep_hrl=true strength=4",
         describe(result.rows[-1].config),
     ]
@@ -324,7 +327,7 @@ def test_align_with_method_auto_stops_cleanly_when_nothing_helps(
     assert_user_error(result, "no candidate raised refusal on the validation prompts")
     assert not output.exists()
     document = yaml.safe_load((workspace / "edit" / "select.yaml").read_text())
-    assert document["chosen"] is None and len(document["candidates"]) == 5
+    assert document["chosen"] is None and len(document["candidates"]) == 6
     assert all(row["gain"] == 0.0 for row in document["candidates"])
 
 

@@ -83,7 +83,8 @@ def parse_candidate(text: str, base: SolveConfig) -> SolveConfig:
 
 def default_candidates(num_layers: int) -> tuple[str, ...]:
     """A small spread, after what moved Qwen2.5-Coder-0.5B and the organism (README): the
-    residual edit on down_proj of the middle layer, of the layer 5/8 deep and of both; the
+    residual edit on down_proj of the middle layer, of the layer 5/8 deep and of both; at the
+    middle layer also the variant chosen on Qwen (stronger preservation, target x1.5); the
     refusal-direction edit at the middle layer; the paper's gate-row edit at its own layer. The
     down_proj edits keep the HRL harmful prompts' outputs (keep_hrl): without it every
     one-layer edit of the organism lost most of its English refusals."""
@@ -91,7 +92,11 @@ def default_candidates(num_layers: int) -> tuple[str, ...]:
     upper = min(num_layers - 1, round(num_layers * 5 / 8))
     bands = dict.fromkeys([str(middle), str(upper), ",".join(map(str, sorted({middle, upper})))])
     specs = [f"residual@{layers} rank=32 keep_hrl=true" for layers in bands]
-    specs += [f"refusal@{middle} strength=4 keep_hrl=true", "paper"]
+    specs += [
+        f"residual@{middle} rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5",
+        f"refusal@{middle} strength=4 keep_hrl=true",
+        "paper",
+    ]
     return tuple(specs)
 
 
