@@ -270,8 +270,9 @@ Candidates = Annotated[tuple[str, ...], BeforeValidator(_candidates)]
 class SelectSettings(Settings):
     candidates: Candidates | None = Field(
         None,
-        description="Edits to choose from, 'method@layers key=value', separated by ';' "
-        "(default: a spread of residual, refusal and paper by depth).",
+        description="Edits to choose from, 'method@layers key=value', separated by ';', e.g. "
+        "'residual@12 rank=32; refusal@12 strength=4; paper' (default: a spread of residual, "
+        "refusal and paper edits by depth).",
     )
     prompts: int = Field(16, ge=1, description="Validation prompts per language and set.")
     max_new_tokens: int = Field(

@@ -154,6 +154,34 @@ def write_prompt_files(
     return {"harmful": harmful, "harmless": harmless}
 
 
+def localized_workspace(
+    root: Path, langs: tuple[str, ...] = ("en", "es", "sw"), **probe: Any
+) -> Path:
+    """A tiny llama probed on every layer with 40 parallel prompts per language (langs[0] the
+    HRL) and localized with low thresholds, so every layer of the random model has safety
+    neurons. probe: extra ProbeConfig fields. Returns the workspace folder."""
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.prompts import load_prompt_set
+    from swe_cli.settings import LocalizeConfig
+    from swe_cli.stages.localize import run_localize
+    from swe_cli.stages.probe import ProbeConfig, run_probe
+    from swe_cli.workspace import Workspace
+
+    model = make_tiny_checkpoint(root / "model", "llama")
+    files = write_prompt_files(root / "prompts", langs, count=40)
+    workspace = Workspace(root / "ws")
+    run_probe(
+        workspace,
+        resolve_model(str(model)),
+        load_prompt_set(files["harmful"], "harmful", list(langs)),
+        load_prompt_set(files["harmless"], "harmless", list(langs)),
+        None,
+        ProbeConfig(langs=langs[1:], batch_size=16, **probe),
+    )
+    run_localize(workspace, LocalizeConfig(tau_mag=0.5, tau_stat=0.2))
+    return workspace.root
+
+
 def run_swe(*args: str) -> tuple[int, str]:
     """Run `swe ARGS` in-process through the console entry point: (exit code, stdout)."""
     import contextlib

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from common import make_tiny_checkpoint, write_prompt_files
+from common import localized_workspace
 
 from swe_cli.errors import SolveError
 from swe_cli.gate import GateLimits
@@ -161,26 +161,7 @@ def test_no_admissible_gain_is_a_clear_error() -> None:
 # -- mechanics on a tiny random model -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.prompts import load_prompt_set
-    from swe_cli.settings import LocalizeConfig
-    from swe_cli.stages.localize import run_localize
-    from swe_cli.stages.probe import ProbeConfig, run_probe
-
-    root = tmp_path_factory.mktemp("select")
-    model = make_tiny_checkpoint(root / "model", "llama")
-    files = write_prompt_files(root / "prompts", LANGS, count=40)
-    workspace = Workspace(root / "ws")
-    run_probe(
-        workspace,
-        resolve_model(str(model)),
-        load_prompt_set(files["harmful"], "harmful", list(LANGS)),
-        load_prompt_set(files["harmless"], "harmless", list(LANGS)),
-        None,
-        ProbeConfig(langs=LANGS[1:], batch_size=16, own_answers=0),
-    )
-    run_localize(workspace, LocalizeConfig(tau_mag=0.5, tau_stat=0.2))
-    return workspace.root
+    return localized_workspace(tmp_path_factory.mktemp("select"), LANGS, own_answers=0)
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from common import make_tiny_checkpoint, write_prompt_files
+from common import localized_workspace
 
 from swe_cli.prompts import FIT, HELDOUT, PromptSet
 from swe_cli.settings import SolveConfig
@@ -24,27 +24,7 @@ LANGS = ("en", "es", "sw")
 @pytest.fixture(scope="module")
 def tuned_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace probed on every layer of the tiny llama and localized (read-only)."""
-    from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.prompts import load_prompt_set
-    from swe_cli.settings import LocalizeConfig
-    from swe_cli.stages.localize import run_localize
-    from swe_cli.stages.probe import ProbeConfig, run_probe
-
-    root = tmp_path_factory.mktemp("tune")
-    model = make_tiny_checkpoint(root / "model", "llama")
-    files = write_prompt_files(root / "prompts", LANGS, count=40)
-    workspace = Workspace(root / "ws")
-    run_probe(
-        workspace,
-        resolve_model(str(model)),
-        load_prompt_set(files["harmful"], "harmful", list(LANGS)),
-        load_prompt_set(files["harmless"], "harmless", list(LANGS)),
-        None,
-        ProbeConfig(langs=LANGS[1:], batch_size=16),
-    )
-    # low thresholds so that every layer of a random model has safety neurons to edit
-    run_localize(workspace, LocalizeConfig(tau_mag=0.5, tau_stat=0.2))
-    return workspace.root
+    return localized_workspace(tmp_path_factory.mktemp("tune"), LANGS)
 
 
 @pytest.fixture()

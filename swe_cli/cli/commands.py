@@ -155,16 +155,9 @@ def solve(
 def select(
     workspace: o.Workspace,
     candidates: o.Candidates = None,
-    prompts: Annotated[
-        int, typer.Option("--prompts", min=1, help="Validation prompts per language and set.")
-    ] = o.SELECT["prompts"],
-    max_new_tokens: Annotated[
-        int,
-        typer.Option("--max-new-tokens", min=1, help="Tokens of each answer the judge reads."),
-    ] = o.SELECT["max_new_tokens"],
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Prompts per forward pass.")
-    ] = o.SELECT["batch_size"],
+    prompts: o.SelectPrompts = o.SELECT["prompts"],
+    max_new_tokens: o.SelectTokens = o.SELECT["max_new_tokens"],
+    batch_size: o.SelectBatch = o.SELECT["batch_size"],
     max_kl: o.MaxKl = GATE.max_kl,
     max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
     max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,

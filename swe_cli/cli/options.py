@@ -150,14 +150,10 @@ MaxUtilityDrop = Annotated[
     float,
     typer.Option("--max-utility-drop", min=0, help="Gate: largest fall of utility accuracy."),
 ]
-Candidates = Annotated[
-    str | None,
-    typer.Option(
-        "--candidates",
-        help="Edits to choose from, 'method@layers key=value' separated by ';', e.g. "
-        "'residual@12 rank=32; refusal@12 strength=4; paper' [default: a spread by depth].",
-    ),
-]
+Candidates = Annotated[str | None, _option(SelectSettings, "candidates", "--candidates")]
+SelectPrompts = Annotated[int, _option(SelectSettings, "prompts", "--prompts", min=1)]
+SelectTokens = Annotated[int, _option(SelectSettings, "max_new_tokens", "--max-new-tokens", min=1)]
+SelectBatch = Annotated[int, _option(SelectSettings, "batch_size", "--batch-size", min=1)]
 
 # defaults, so that a command's signature shows the settings model's value
 PROBE = {name: field_default(ProbeSettings, name) for name in ProbeSettings.model_fields}

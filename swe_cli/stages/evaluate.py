@@ -97,6 +97,26 @@ def next_token_kl(
 ) -> float:
     """Mean KL(base || edited) of next-token distributions over the positions of each
     chat-templated prompt, then over prompts. Exactly 0.0 for identical weights."""
+    return paired_kl(
+        lambda ids, mask: (_logits(base, ids, mask), _logits(edited, ids, mask)),
+        tokenizer,
+        prompts,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
+
+
+def paired_kl(
+    logits: Callable[[Any, Any], tuple[Any, Any]],
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> float:
+    """next_token_kl for any pair of logits: logits(input_ids, attention_mask) gives the base's
+    and the edited model's logits of one batch (two models, or one model with and without an
+    in-memory edit, as `swe select` measures)."""
     import torch
 
     if not prompts:
@@ -109,8 +129,9 @@ def next_token_kl(
     for batch in length_batches([len(row) for row in encoded], batch_size):
         # Right padding: pad tokens come after every real one, so causal attention ignores them.
         input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
-        base_log = torch.log_softmax(_logits(base, input_ids, attention_mask), dim=-1)
-        edited_log = torch.log_softmax(_logits(edited, input_ids, attention_mask), dim=-1)
+        base_logits, edited_logits = logits(input_ids, attention_mask)
+        base_log = torch.log_softmax(base_logits, dim=-1)
+        edited_log = torch.log_softmax(edited_logits, dim=-1)
         if base_log.shape != edited_log.shape:
             raise EvalError(
                 "base and edited models have different vocabularies",

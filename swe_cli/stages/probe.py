@@ -52,12 +52,12 @@ def hrl_refusal_rate(
     prompts: Sequence[Prompt],
     lang: str,
     patterns: Sequence[Path],
-    cache: Path | None = None,
+    cache: Path,
 ) -> float | None:
     """How often the model refuses a few HRL harmful fit prompts (greedy, short, pattern judge):
     an edit copies the HRL's refusal, so a model that rarely refuses there has little to copy.
-    None without a chat template (a base model) or without prompts. With cache (a JSONL file in
-    the workspace), answers already generated are reused."""
+    None without a chat template (a base model) or without prompts. The answers are cached in
+    the workspace file `cache`: a re-run generates none of them again."""
     from swe_cli.judges import REFUSED, PatternJudge
 
     chosen = list(prompts)[:HRL_CHECK_PROMPTS]
@@ -65,15 +65,10 @@ def hrl_refusal_rate(
         return None
     judge = PatternJudge.from_files(patterns)
     wanted = [(lang, prompt) for prompt in chosen]
-    if cache is not None:
-        found = cached_answers(
-            cache, model, tokenizer, wanted, max_new_tokens=HRL_CHECK_TOKENS, batch_size=16
-        )
-        answers = [found[(lang, prompt.id)] for prompt in chosen]
-    else:
-        answers = generate(
-            model, tokenizer, [p.text for p in chosen], max_new_tokens=HRL_CHECK_TOKENS
-        )
+    found = cached_answers(
+        cache, model, tokenizer, wanted, max_new_tokens=HRL_CHECK_TOKENS, batch_size=16
+    )
+    answers = [found[(lang, prompt.id)] for prompt in chosen]
     return sum(judge.verdict(answer, lang) == REFUSED for answer in answers) / len(chosen)
 
 

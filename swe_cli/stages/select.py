@@ -367,26 +367,15 @@ class _Meter:
         return sum(self.judge.verdict(a, lang) == REFUSED for a in answers) / len(texts)
 
     def _kl(self, edited: Any) -> float:
-        import torch
+        from swe_cli.stages.evaluate import _logits, paired_kl
 
-        from swe_cli.models import encode_texts, format_chat, length_batches, pad_rows
-        from swe_cli.stages.evaluate import _logits
+        def logits(input_ids: Any, mask: Any) -> tuple[Any, Any]:
+            base = _logits(self.model, input_ids, mask)
+            with patched(edited):
+                return base, _logits(self.model, input_ids, mask)
 
         prompts = [text for texts in self.harmless.values() for text in texts]
-        tokenizer = self.tokenizer
-        chats = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-        encoded = encode_texts(tokenizer, chats, special_tokens=False)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        per_prompt: list[float] = []
-        for batch in length_batches([len(row) for row in encoded], self.settings.batch_size):
-            input_ids, mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
-            base_log = torch.log_softmax(_logits(self.model, input_ids, mask), dim=-1)
-            with patched(edited):
-                edited_log = torch.log_softmax(_logits(self.model, input_ids, mask), dim=-1)
-            kl = (base_log.exp() * (base_log - edited_log)).sum(-1)
-            weights = mask.to(kl.device).float()
-            per_prompt += ((kl * weights).sum(-1) / weights.sum(-1)).tolist()
-        return max(0.0, sum(per_prompt) / len(per_prompt))
+        return paired_kl(logits, self.tokenizer, prompts, batch_size=self.settings.batch_size)
 
 
 def _broken(
