@@ -158,6 +158,17 @@ def test_no_admissible_gain_is_a_clear_error() -> None:
         _choose([_row("paper", 0.0)])
 
 
+def test_a_language_without_harmless_validation_prompts_does_not_void_the_rate() -> None:
+    """The harmless refusal rate is over the prompts there are: a language whose harmless
+    prompts all fell into the tune-fit part must not turn it into nan (nan breaks no limit)."""
+    meter = select_stage._Meter(
+        None, None, None, {"en": ["h"]}, {"en": ["a", "b"], "sw": []}, SelectSettings()
+    )
+    meter._refused = lambda lang, texts: math.nan if not texts else 0.5  # type: ignore[method-assign]
+    measure = meter.measure()
+    assert measure.harmless_refusal == 0.5 and measure.refusal == {"en": 0.5}
+
+
 # -- mechanics on a tiny random model -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:

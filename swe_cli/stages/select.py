@@ -344,8 +344,10 @@ class _Meter:
             for lang, texts in self.harmful.items():
                 if lang not in refusal:
                     refusal[lang] = self._refused(lang, texts)
-            refused = sum(
-                self._refused(lang, texts) * len(texts) for lang, texts in self.harmless.items()
+            refused = sum(  # a language without validation prompts counts for nothing
+                self._refused(lang, texts) * len(texts)
+                for lang, texts in self.harmless.items()
+                if texts
             )
         total = sum(len(texts) for texts in self.harmless.values())
         kl = 0.0 if edited is None else self._kl(edited)
