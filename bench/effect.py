@@ -143,11 +143,11 @@ def main() -> None:
 
     import torch
 
+    from swe_cli.align import pick_recipe
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.methods import get_method
     from swe_cli.methods.base import context_from
     from swe_cli.models import load_model
-    from swe_cli.align import pick_recipe
     from swe_cli.pipeline import localize
     from swe_cli.utility import load_utility_sets
     from swe_cli.workspace import Workspace
@@ -195,9 +195,12 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    add_closure(rows, hrl, langs, max((len(t) for t in sets["harmful"].values()), default=0))
     print(f"\nheld-out prompts per language: {args.max_prompts}; greedy, {args.max_new_tokens} new tokens; "
           f"pattern judge; models loaded in {load_seconds:.0f} s")  # fmt: skip
     columns = [f"asr_{lang}" for lang in [hrl, *langs]] + [
+        *[f"closure_{lang}" for lang in langs],
+        "closure_mean",
         "harmless_refusal",
         "over_refusal",
         "kl",
@@ -214,11 +217,31 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def add_closure(rows: list[dict[str, Any]], hrl: str, langs: list[str], n: int) -> None:
+    """closure_<lang> in every row: the share of the base row's gap to the HRL that the row
+    closed (None without a gap or a base row); closure_mean over the summed gaps."""
+    from swe_cli.report import gap_closure
+
+    base = next((row for row in rows if row["method"] == "base"), None)
+    for row in rows:
+        closed = gaps = 0.0
+        for lang in langs:
+            key = f"asr_{lang}"
+            value = None
+            if base is not None and key in base and key in row and f"asr_{hrl}" in base:
+                value = gap_closure(base[key], row[key], base[f"asr_{hrl}"], n)
+            row[f"closure_{lang}"] = value
+            if value is not None:
+                closed += base[key] - row[key]
+                gaps += base[key] - base[f"asr_{hrl}"]
+        row["closure_mean"] = closed / gaps if gaps > 0 else None
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 0.01 and value != 0 else f"{value:.3f}"
+        return f"{value:.4f}" if abs(value) < 0.01 and value != 0 else f"{value:.3f}"
     return str(value)
 
 

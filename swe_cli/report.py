@@ -216,12 +216,13 @@ class EvalReport:
             if result.lang == self.reference:
                 continue
             before = base.get(result.lang)
-            gap = None if before is None or reference is None else before.asr - reference.asr
-            if before is None or gap is None or not _has_gap(gap, before.n, reference.n):
+            if before is None or reference is None:
                 closure[result.lang] = None
                 continue
-            closure[result.lang] = (before.asr - result.asr) / gap
-            closed, gaps = closed + before.asr - result.asr, gaps + gap
+            value = gap_closure(before.asr, result.asr, reference.asr, max(before.n, reference.n))
+            closure[result.lang] = value
+            if value is not None:
+                closed, gaps = closed + before.asr - result.asr, gaps + before.asr - reference.asr
         closure["mean"] = closed / gaps if gaps > 0 else None
         return closure
 
@@ -278,10 +279,12 @@ class EvalReport:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _has_gap(gap: float, n: int, n_reference: int) -> bool:
-    """A gap counts when it is more than half a prompt of the larger set (shares move in steps
-    of one prompt): below that the closure would divide by about zero."""
-    return gap > 0.5 / max(n, n_reference, 1)
+def gap_closure(base: float, edited: float, reference: float, n: int) -> float | None:
+    """(base - edited) / (base - reference) for ASRs that are shares of n prompts; None when the
+    base gap is at most half a prompt (shares move in steps of one prompt): below that the
+    closure would divide by about zero."""
+    gap = base - reference
+    return (base - edited) / gap if gap > 0.5 / max(n, 1) else None
 
 
 def _round(value: float | None) -> float | None:
