@@ -161,6 +161,12 @@ class ProbeSettings(Settings):
         description="Tokens of the model's own greedy answer to each harmless fit prompt that the "
         "preservation moments cover (0: prompts and reference answers only).",
     )
+    borderline: str = Field(
+        "none",
+        description="Borderline benign requests (benign, with alarming words) probed with the "
+        "harmless prompts: the edit keeps the model's own answers to them and select counts "
+        "their refusals; builtin: swe's set in the MultiJail languages, none, or a file.",
+    )
 
 
 class ProbeConfig(ProbeSettings):
