@@ -26,6 +26,7 @@ from swe_cli.pipeline import (
     ProbeRequest,
     Ui,
     apply,
+    check_method,
     check_run,
     evaluate,
     localize,
@@ -68,6 +69,7 @@ def pick_recipe(
         recipe = select_recipe(shape.model_type, shape.num_layers, shape.hidden_size)
         reason = f"picked for model_type={shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}"
     recipe = apply_overrides(recipe, overrides)
+    check_method(recipe.solve.method)
     validated = " — " + recipe.validated if recipe.validated else ""
     ui.info(f"recipe [bold]{recipe.name}[/bold] ({reason}){validated}")
     return recipe
@@ -342,12 +344,12 @@ def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
     from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
-    from swe_cli.stages.apply import eval_report, workspace_base
+    from swe_cli.stages.apply import eval_report
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    card = ModelCard.for_provenance(provenance, space.base_dir(), eval_report(space))
     card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 

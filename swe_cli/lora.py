@@ -52,7 +52,7 @@ from swe_cli.io.files import (
     temporary_folder,
 )
 from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
-from swe_cli.stages.apply import check_output, locate_edit, solved_edit, workspace_base
+from swe_cli.stages.apply import check_output, locate_edit, solved_edit
 from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -407,20 +407,19 @@ def export_workspace_lora(
     workspace: Workspace, output: Path, *, max_rank: int = DEFAULT_MAX_RANK, force: bool = False
 ) -> LoraResult:
     """`swe apply -w WS --as-lora -o OUT`: the workspace's edit as an adapter of its base model."""
-    manifest = workspace.load()
-    model = dict(manifest.get("model") or {})
-    base_dir = workspace_base(model)
+    manifest = workspace.manifest()
+    base_dir = workspace.base_dir()
     check_output(Path(output), [("workspace", workspace.root)], force)
     edit_file, edit_yaml = solved_edit(workspace)
-    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    provenance = workspace_provenance(manifest, edit_yaml)
+    workspace.check_model(fingerprint(base_dir), manifest.model.id)
+    provenance = workspace_provenance(manifest.data, edit_yaml)
     result = export_lora(
         load_edit(edit_file),
         base_dir,
         output,
         provenance=provenance,
         base_model_name_or_path=str(
-            provenance["base_model"].get("hub_id") or model.get("id") or base_dir
+            provenance["base_model"].get("hub_id") or manifest.model.id or base_dir
         ),
         max_rank=max_rank,
         force=force,

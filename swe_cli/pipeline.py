@@ -78,6 +78,13 @@ def check_run(langs: list[str], hrl: str, device: str, dtype: str) -> None:
     check_device(device)
 
 
+def check_method(name: str) -> None:
+    """A clear error, before any work, unless the edit method is registered (or auto)."""
+    from swe_cli.methods import check_method_name
+
+    check_method_name(name)
+
+
 # -- probe ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProbeRequest:
@@ -258,8 +265,8 @@ def select(
         space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
     )
     if not ui.quiet:
-        manifest = space.load()
-        ui.show(selection_table(result, manifest["hrl"], manifest["langs"]))
+        manifest = space.manifest()
+        ui.show(selection_table(result, manifest.hrl, list(manifest.langs)))
     return result.chosen
 
 

@@ -58,7 +58,7 @@ def test_tune_returns_a_minimum_score_candidate_and_records_it(
     document = yaml.safe_load((workspace.edit_dir / "tune.yaml").read_text())
     assert len(document["candidates"]) == len(result.candidates)
     assert document["best"]["layers"] == list(result.best.layers or ())
-    assert workspace.require_stage("tune")["outputs"]["candidates"] == len(result.candidates)
+    assert workspace.require_stage("tune").outputs["candidates"] == len(result.candidates)
 
 
 def test_paper_grid_covers_layers_with_neurons_and_caps_the_rank(workspace: Workspace) -> None:
@@ -149,7 +149,7 @@ def test_validation_scores_are_what_the_solver_edit_does_on_validation_rows(
     from swe_cli.io.checkpoint import read_rows
     from swe_cli.methods.base import layer_data
     from swe_cli.methods.linalg import solve_paper
-    from swe_cli.stages.localize import load_selected
+    from swe_cli.workspace import load_selected
 
     result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "rank": [4]})
     candidate: Candidate = result.candidates[0]

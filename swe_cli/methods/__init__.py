@@ -24,6 +24,15 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def check_method_name(name: str) -> None:
+    """A SolveError unless name is a registered method or auto (what `swe select` chose): the
+    settings models know no method, so the pipeline checks the name before any work."""
+    if name not in (*METHODS, "auto"):
+        raise SolveError(
+            f"unknown method '{name}'", hint="choose one of: " + ", ".join([*METHODS, "auto"])
+        )
+
+
 def get_method(name: str) -> Method:
     """The registered method called name; a SolveError listing the known names otherwise."""
     from importlib import import_module

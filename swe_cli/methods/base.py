@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from swe_cli.edit import TensorEdit
-from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.errors import SolveError
 from swe_cli.settings import SolveConfig
-from swe_cli.stages.localize import load_selected
-from swe_cli.stages.probe import load_acts
-from swe_cli.workspace import Workspace, load_tensors
+from swe_cli.workspace import Manifest, Workspace, load_acts, load_selected
 
 # (edited tensors, diagnostics per layer: {"neurons": m, <weight>: {...}})
 MethodResult = tuple[list[TensorEdit], dict[int, dict[str, Any]]]
@@ -40,19 +38,19 @@ class Context:
     hidden_size: int = 0
 
 
-def context_from(workspace: Workspace, manifest: dict[str, Any] | None = None) -> Context:
-    """The context of a probed and localized workspace (manifest parsed once by the caller)."""
-    manifest = manifest if manifest is not None else workspace.load()
-    model = manifest["model"]
+def context_from(workspace: Workspace, manifest: Manifest | None = None) -> Context:
+    """The context of a probed and localized workspace (manifest read once by the caller)."""
+    manifest = manifest if manifest is not None else workspace.manifest()
+    model = manifest.model
     return Context(
         workspace=workspace,
-        model_dir=Path(model["path"]),
-        hrl=manifest["hrl"],
-        langs=list(manifest["langs"]),
-        probed_layers=list(manifest["stages"]["probe"]["params"]["layers"]),
-        intermediate_size=int(model["intermediate_size"]),
-        model_type=str(model["model_type"]),
-        hidden_size=int(model.get("hidden_size", 0)),
+        model_dir=model.path,
+        hrl=manifest.hrl,
+        langs=list(manifest.langs),
+        probed_layers=manifest.probed_layers,
+        intermediate_size=model.intermediate_size,
+        model_type=model.model_type,
+        hidden_size=model.hidden_size,
     )
 
 
@@ -120,18 +118,6 @@ def layer_data(
         a_hrl=torch.cat(low["a_hrl"]),
         n_safe_hrl=len(safe["r"][0]),
     )
-
-
-def load_moment(workspace: Workspace, layer: int) -> Any:
-    """Mean second moment of the neuron activations over all streamed positions."""
-    path = workspace.stats_path(layer)
-    if not path.exists():
-        raise WorkspaceError(
-            f"no activation moments for layer {layer} in {workspace.root}",
-            hint=f"re-run `swe probe` with --stats-layers including {layer}",
-        )
-    tensors, _ = load_tensors(path)
-    return tensors["aa"] / float(tensors["count"].item())
 
 
 # -- tuning ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from swe_cli.methods.base import (
     unique,
 )
 from swe_cli.settings import PAPER_RANK, SolveConfig
-from swe_cli.stages.localize import load_selected
+from swe_cli.workspace import load_selected
 
 
 def paper_solution(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
@@ -65,10 +65,9 @@ def paper_solution(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
 
 def default_layer(context: Context) -> int:
     """The probed layer with the most HRL safety neurons (the paper edits one layer)."""
-    sizes = context.workspace.require_stage("localize")["outputs"]["layers"]
-    return max(
-        context.probed_layers, key=lambda layer: (sizes[layer]["sizes"][context.hrl], -layer)
-    )
+    context.workspace.require_stage("localize")
+    sizes = context.workspace.manifest().neuron_counts(context.hrl)
+    return max(context.probed_layers, key=lambda layer: (sizes[layer], -layer))
 
 
 def gate_weights(

@@ -27,14 +27,13 @@ from swe_cli.methods.base import (
     band,
     failed,
     layer_data,
-    load_moment,
     module_weight,
     ratio,
     relative,
     unique,
 )
 from swe_cli.settings import SolveConfig
-from swe_cli.stages.localize import load_selected
+from swe_cli.workspace import load_moment, load_selected
 
 
 def residual_step(

@@ -51,7 +51,6 @@ from swe_cli.io.checkpoint import (
     ResolvedModel,
     checkpoint_layout,
     fingerprint,
-    resolve_model,
     tensor_files,
 )
 from swe_cli.io.files import (
@@ -186,15 +185,14 @@ def apply_workspace(
 ) -> ApplyResult:
     """`swe apply -w WS -o OUT`: apply the workspace's edit to the model it was computed on,
     with the provenance and eval table of the workspace, and record the apply stage."""
-    manifest = workspace.load()
-    model = dict(manifest.get("model") or {})
-    base_dir = workspace_base(model)
+    manifest = workspace.manifest()
+    base_dir = workspace.base_dir()
     check_output(
         Path(output), [("base model folder", base_dir), ("workspace", workspace.root)], force
     )
     edit_file, edit_yaml = solved_edit(workspace)
-    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    provenance = workspace_provenance(manifest, edit_yaml)
+    workspace.check_model(fingerprint(base_dir), manifest.model.id)
+    provenance = workspace_provenance(manifest.data, edit_yaml)
     card = ModelCard.for_provenance(provenance, base_dir, eval_report(workspace))
     result = _apply(
         EditSource(file=edit_file),
@@ -288,15 +286,18 @@ def apply_edit_artifact(
 def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> Path:
     """`swe apply -w WS --edit-only -o EDIT_DIR`: the edit as a small pushable folder:
     edit.safetensors, swe_edit.json (provenance), README.md (card) and the eval table if any."""
-    manifest = workspace.load()
-    model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
+    manifest = workspace.manifest()
+    model_path = manifest.model.path
     protected = [("base model folder", model_path)] if model_path.is_dir() else []
     output = Path(output)
     check_output(output, [*protected, ("workspace", workspace.root)], force)
     edit_file, edit_yaml = solved_edit(workspace)
     edit = load_edit(edit_file, framework="np")
     provenance = complete_provenance(
-        workspace_provenance(manifest, edit_yaml), edit, edit_sha256(edit), {"artifact": "edit"}
+        workspace_provenance(manifest.data, edit_yaml),
+        edit,
+        edit_sha256(edit),
+        {"artifact": "edit"},
     )
     report = eval_report(workspace)
     card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
@@ -327,7 +328,7 @@ def solved_edit(workspace: Workspace) -> tuple[Path, dict[str, Any] | None]:
         )
     edit_yaml = _read_yaml(workspace.edit_dir / "edit.yaml")
     recorded = [
-        (record.get("outputs") or {}).get("edit_sha256"),
+        record.outputs.get("edit_sha256"),
         (edit_yaml or {}).get("edit_sha256"),
     ]
     actual = edit_sha256(load_edit(edit_file, framework="np"))
@@ -342,16 +343,6 @@ def solved_edit(workspace: Workspace) -> tuple[Path, dict[str, Any] | None]:
 def workspace_edit(workspace: Workspace) -> Edit:
     """The edit computed in a workspace (for `swe verify OUT --base MODEL -w WS`), as numpy."""
     return load_edit(workspace.edit_dir / EDIT_FILE, framework="np")
-
-
-def workspace_base(model: dict[str, Any]) -> Path:
-    """The base checkpoint of a workspace model record: its local path, or its Hub snapshot."""
-    path = Path(str(model.get("path") or ""))
-    if model.get("path") and (path / "config.json").exists():
-        return path
-    if not model.get("id"):
-        raise WorkspaceError("the workspace records no base model", hint="run `swe probe` first")
-    return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
 
 
 def eval_report(workspace: Workspace) -> str | None:

@@ -199,11 +199,11 @@ def run_select(
     from swe_cli.judges import PatternJudge
     from swe_cli.models import load_model
 
-    manifest = workspace.load()
+    manifest = workspace.manifest()
     for stage in ("probe", "localize"):
         workspace.require_stage(stage)
     context = context_from(workspace, manifest)
-    num_layers = int(manifest["model"]["num_layers"])
+    num_layers = manifest.model.num_layers
     configs = [
         _with_layers(config, context) for config in candidate_configs(settings, base, num_layers)
     ]
@@ -497,14 +497,14 @@ def _record(
 
 def selected_config(workspace: Workspace, device: str = "cpu") -> SolveConfig:
     """The configuration the workspace's last `swe select` chose (for `swe solve --method auto`)."""
-    record = workspace.load().get("stages", {}).get("select")
-    if not record or record.get("status") != "done":
+    record = workspace.manifest().stage("select")
+    if not record or not record.done:
         raise SolveError(
             f"method 'auto' solves what `swe select` chose, and {workspace.root} has no finished "
             "selection",
             hint=f"run `swe select -w {workspace.root}` first, or name a --method",
         )
-    config = dict(record["outputs"]["config"])
+    config = dict(record.outputs["config"])
     config["device"] = device
     config["layers"] = parse_layers(config.get("layers"))
     return SolveConfig.model_validate(config)

@@ -144,9 +144,10 @@ def _threads_for(system_size: int) -> Iterator[None]:
 
 
 def _context(workspace: Workspace) -> Context:
-    manifest = workspace.load()
+    manifest = workspace.manifest()
     for stage in ("probe", "localize"):
-        if manifest.get("stages", {}).get(stage, {}).get("status") != "done":
+        record = manifest.stage(stage)
+        if not record or not record.done:
             workspace.require_stage(stage)  # raises the stage's usual error
     return context_from(workspace, manifest)
 
