@@ -13,9 +13,10 @@ import pytest
 import yaml
 from common import localized_workspace
 
+from swe_cli.methods.residual import default_bands
 from swe_cli.prompts import FIT, HELDOUT, PromptSet
 from swe_cli.settings import SolveConfig
-from swe_cli.stages.tune import Candidate, TuneResult, candidates_table, default_bands, tune
+from swe_cli.stages.tune import Candidate, TuneResult, candidates_table, tune
 from swe_cli.workspace import Workspace
 
 LANGS = ("en", "es", "sw")
@@ -244,7 +245,7 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 def test_patched_weights_are_restored_exactly() -> None:
     import torch
 
-    from swe_cli.stages.tune import patched
+    from swe_cli.measure import patched
 
     gate = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.bfloat16), requires_grad=False)
     down = torch.nn.Parameter(torch.randn(4, 6), requires_grad=False)

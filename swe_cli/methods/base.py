@@ -13,13 +13,12 @@ from typing import Any, Protocol
 
 from swe_cli.edit import TensorEdit
 from swe_cli.errors import SolveError
+from swe_cli.measure import WeightChange
 from swe_cli.settings import SolveConfig
 from swe_cli.workspace import Manifest, Workspace, load_acts, load_selected
 
 # (edited tensors, diagnostics per layer: {"neurons": m, <weight>: {...}})
 MethodResult = tuple[list[TensorEdit], dict[int, dict[str, Any]]]
-# (weight parameter, row indices or None, column indices or None, delta for that block)
-WeightChange = tuple[Any, Any, Any, Any]
 # tuning candidates grouped by the layers they edit (each layer's data is read once)
 Plan = list[tuple[tuple[int, ...], list[SolveConfig]]]
 

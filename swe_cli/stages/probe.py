@@ -58,7 +58,8 @@ def hrl_refusal_rate(
     an edit copies the HRL's refusal, so a model that rarely refuses there has little to copy.
     None without a chat template (a base model) or without prompts. The answers are cached in
     the workspace file `cache`: a re-run generates none of them again."""
-    from swe_cli.judges import REFUSED, PatternJudge
+    from swe_cli.judges import PatternJudge
+    from swe_cli.measure import refusal_rate
 
     chosen = list(prompts)[:HRL_CHECK_PROMPTS]
     if not chosen or getattr(tokenizer, "chat_template", None) is None:
@@ -69,7 +70,7 @@ def hrl_refusal_rate(
         cache, model, tokenizer, wanted, max_new_tokens=HRL_CHECK_TOKENS, batch_size=16
     )
     answers = [found[(lang, prompt.id)] for prompt in chosen]
-    return sum(judge.verdict(answer, lang) == REFUSED for answer in answers) / len(chosen)
+    return refusal_rate(judge.judge([], answers, lang))
 
 
 def model_record(resolved: ResolvedModel, dtype: str) -> dict[str, Any]:

@@ -34,11 +34,12 @@ import yaml
 from swe_cli.errors import SolveError
 from swe_cli.gate import TOLERANCE, GateLimits
 from swe_cli.io.files import atomic_write_text
+from swe_cli.measure import judged_answers, logits_of, paired_kl, patched, refusal_rate
 from swe_cli.methods import get_method, method_names
 from swe_cli.methods.base import Context, TuneData, context_from
 from swe_cli.prompts import sort_ids
 from swe_cli.settings import SelectSettings, SolveConfig, parse_layers
-from swe_cli.stages.tune import TUNE_SALT, patched, split_ids, validation_prompts
+from swe_cli.stages.tune import TUNE_SALT, split_ids, validation_prompts
 from swe_cli.workspace import Workspace
 
 SELECT_FILE = "select.yaml"
@@ -354,27 +355,22 @@ class _Meter:
         return Measure(refusal, refused / total, kl, time.perf_counter() - start)
 
     def _refused(self, lang: str, texts: list[str]) -> float:
-        from swe_cli.judges import REFUSED
-        from swe_cli.models import generate
-
-        if not texts:
-            return math.nan
-        answers = generate(
+        verdicts = judged_answers(
             self.model,
             self.tokenizer,
+            self.judge,
             texts,
+            lang,
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
         )
-        return sum(self.judge.verdict(a, lang) == REFUSED for a in answers) / len(texts)
+        return refusal_rate(verdicts)
 
     def _kl(self, edited: Any) -> float:
-        from swe_cli.stages.evaluate import _logits, paired_kl
-
         def logits(input_ids: Any, mask: Any) -> tuple[Any, Any]:
-            base = _logits(self.model, input_ids, mask)
+            base = logits_of(self.model, input_ids, mask)
             with patched(edited):
-                return base, _logits(self.model, input_ids, mask)
+                return base, logits_of(self.model, input_ids, mask)
 
         prompts = [text for texts in self.harmless.values() for text in texts]
         return paired_kl(logits, self.tokenizer, prompts, batch_size=self.settings.batch_size)
