@@ -327,17 +327,9 @@ def candidate_folder(output: Path) -> Path:
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:
     if decision.passed:
-        return "Shipping gate: passed (" + _limits_text(decision.limits) + ")."
+        return "Shipping gate: passed (" + decision.limits.describe() + ")."
     state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
     return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
-
-
-def _limits_text(limits: GateLimits) -> str:
-    return (
-        f"no target language's ASR up, HRL ASR up at most {limits.max_hrl_asr_rise}, "
-        f"over-refusal up at most {limits.max_over_refusal}, mean KL at most {limits.max_kl}, "
-        f"utility accuracy down at most {limits.max_utility_drop}"
-    )
 
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
