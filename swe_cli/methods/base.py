@@ -166,17 +166,27 @@ class TuneData:
 
 
 class Method(Protocol):
-    """An edit method. `solve` computes the edit from the workspace; the rest serves `--tune`:
-    a default grid of relative coefficients, the candidates it spans, and a score of each
-    candidate on validation prompts (lower is better)."""
+    """An edit method. `solve` computes the edit from the workspace, on `default_layers` when
+    the settings name none; `candidates` is its share of `swe select`'s default spread and
+    `weight_changes` the in-memory edit select measures; the rest serves `swe tune`: a default
+    grid of relative coefficients, the candidates it spans, and a score of each candidate on
+    validation prompts (lower is better). Its name and description are its registry line."""
 
     name: str
-    description: str
     grid: dict[str, list[Any]]  # default tuning values per key
     grid_keys: tuple[str, ...]  # the settings a tuning grid may vary ("layers" first)
     extra_columns: tuple[str, ...]  # Candidate fields beyond the common ones in the tune table
 
     def solve(self, context: Context, config: SolveConfig) -> MethodResult: ...
+
+    def default_layers(self, context: Context) -> tuple[int, ...]:
+        """The layers edited when none are given (`swe solve`, a candidate without @layers)."""
+        ...
+
+    def candidates(self, num_layers: int) -> tuple[str, ...]:
+        """This method's share of `swe select`'s default spread for a model of num_layers, as
+        candidate specs ('name@layers key=value'); () for none."""
+        ...
 
     def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
         """Layers whose all-position moments probe must stream for this configuration (None:

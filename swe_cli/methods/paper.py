@@ -87,7 +87,6 @@ def gate_weights(
 
 class PaperMethod:
     name = "paper"
-    description = "gate rows of the safety neurons, paper Algorithm 1"
     grid: dict[str, list[Any]] = {  # noqa: RUF012 - read-only class data
         "gamma": [0.1, 1.0, 10.0],
         "lam": [0.01, 0.1, 1.0],
@@ -99,12 +98,18 @@ class PaperMethod:
     def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
         return None  # the paper's solve uses last-position activations only
 
+    def default_layers(self, context: Context) -> tuple[int, ...]:
+        return (default_layer(context),)
+
+    def candidates(self, num_layers: int) -> tuple[str, ...]:
+        return ("paper",)  # at its own layer
+
     def solve(self, context: Context, config: SolveConfig) -> MethodResult:
         """Paper Algorithm 1 on the gate (and optionally up) rows of the HRL safety neurons."""
         import torch
 
         adapter = adapter_for(context.model_type)
-        layers = list(config.layers) if config.layers else [default_layer(context)]
+        layers = list(config.layers or self.default_layers(context))
         edits: list[TensorEdit] = []
         report: dict[int, dict[str, Any]] = {}
         for layer in layers:

@@ -92,22 +92,11 @@ def parse_candidate(text: str, base: SolveConfig) -> SolveConfig:
 
 
 def default_candidates(num_layers: int) -> tuple[str, ...]:
-    """A small spread, after what moved Qwen2.5-Coder-0.5B and the organism (README): the
-    residual edit on down_proj of the middle layer, of the layer 5/8 deep and of both; at the
-    middle layer also the variant chosen on Qwen (stronger preservation, target x1.5); the
-    refusal-direction edit at the middle layer; the paper's gate-row edit at its own layer. The
-    down_proj edits keep the HRL harmful prompts' outputs (keep_hrl): without it every
-    one-layer edit of the organism lost most of its English refusals."""
-    middle = num_layers // 2
-    upper = min(num_layers - 1, round(num_layers * 5 / 8))
-    bands = dict.fromkeys([str(middle), str(upper), ",".join(map(str, sorted({middle, upper})))])
-    specs = [f"residual@{layers} rank=32 keep_hrl=true" for layers in bands]
-    specs += [
-        f"residual@{middle} rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5",
-        f"refusal@{middle} strength=4 keep_hrl=true",
-        "paper",
-    ]
-    return tuple(specs)
+    """A small spread: each registered method's own candidates, in registry order (the residual
+    edit by depth, the refusal-direction edit, the paper's gate-row edit)."""
+    return tuple(
+        spec for name in method_names() for spec in get_method(name).candidates(num_layers)
+    )
 
 
 def candidate_specs(settings: SelectSettings, num_layers: int) -> tuple[str, ...]:
@@ -298,17 +287,9 @@ def _check_layers(workspace: Workspace, configs: Sequence[SolveConfig], probed: 
 
 def _with_layers(config: SolveConfig, context: Context) -> SolveConfig:
     """A candidate without layers gets its method's default ones (as `swe solve` would)."""
-    from swe_cli.methods.paper import PaperMethod, default_layer
-    from swe_cli.methods.residual import ResidualMethod, default_layers
-
     if config.layers:
         return config
-    method = get_method(config.method)
-    if isinstance(method, ResidualMethod):
-        return config.updated(layers=tuple(default_layers(context)))
-    if isinstance(method, PaperMethod):
-        return config.updated(layers=(default_layer(context),))
-    return config
+    return config.updated(layers=get_method(config.method).default_layers(context))
 
 
 def _capped(prompts: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
