@@ -32,6 +32,7 @@ from swe_cli.edit import (
     edit_sha256,
     load_edit,
     patched_row_bytes,
+    solved_edit,
 )
 from swe_cli.errors import EditError, LoraError
 from swe_cli.hub import (
@@ -52,7 +53,7 @@ from swe_cli.io.files import (
     temporary_folder,
 )
 from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
-from swe_cli.stages.apply import check_output, locate_edit, solved_edit
+from swe_cli.stages.apply import check_output, locate_edit
 from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"

@@ -85,6 +85,14 @@ def check_method(name: str) -> None:
     check_method_name(name)
 
 
+def check_output(output: Path, protected: list[tuple[str, Path]], force: bool) -> None:
+    """An output folder apply may write: outside every protected folder, and an existing one
+    only with force (and only a model or edit folder)."""
+    from swe_cli.stages.apply import check_output as check
+
+    check(output, protected, force)
+
+
 # -- probe ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProbeRequest:
@@ -270,6 +278,31 @@ def select(
     return result.chosen
 
 
+def moment_layers(
+    model_dir: Path, settings: SelectSettings, config: SolveConfig, selecting: bool
+) -> tuple[int, ...] | None:
+    """The layers whose moments the probe must stream: the pinned method's, or with selection
+    every candidate's (the candidates are parsed here, before any work)."""
+    from swe_cli.architectures import model_shape
+    from swe_cli.io.checkpoint import load_config
+    from swe_cli.methods import get_method
+    from swe_cli.stages.select import candidate_configs
+    from swe_cli.stages.select import moment_layers as candidate_moment_layers
+
+    if not selecting:
+        return get_method(config.method).moment_layers(config)
+    num_layers = model_shape(load_config(model_dir)).num_layers
+    configs = candidate_configs(settings, config, num_layers)
+    return candidate_moment_layers(configs) or None
+
+
+def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, str]:
+    """The chosen candidate as a spec, and where select's table of every candidate is."""
+    from swe_cli.stages.select import SELECT_FILE, describe
+
+    return {"chosen": describe(chosen), "table": str(workspace / "edit" / SELECT_FILE)}
+
+
 def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.report import solve_table
     from swe_cli.stages.solve import run_solve
@@ -390,9 +423,9 @@ def verify(
     ui: Ui = SILENT,
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
+    from swe_cli.edit import workspace_edit
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.lora import is_adapter
-    from swe_cli.stages.apply import workspace_edit
     from swe_cli.stages.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
 
@@ -492,7 +525,7 @@ def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
         if request.general
         else None
     )
-    from swe_cli.utility import load_utility_sets
+    from swe_cli.accuracy import load_utility_sets
 
     sets["utility"] = load_utility_sets(
         langs,

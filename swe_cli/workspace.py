@@ -330,6 +330,16 @@ class Workspace:
             )
         return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
 
+    def eval_report(self) -> str | None:
+        """The Markdown table of the last `swe eval -w` (WS/eval/report.md), if any."""
+        from swe_cli.io.files import check_inside
+
+        path = self.eval_dir / "report.md"
+        if not path.exists():
+            return None
+        check_inside(path, self.root, WorkspaceError)
+        return path.read_text(encoding="utf-8")
+
     def record_languages(self, hrl: str, langs: list[str], prompt_sets: dict[str, Any]) -> None:
         """The HRL, the target languages and the prompt sets' sources and hashes (probe)."""
         manifest = self.load()

@@ -123,3 +123,12 @@ def test_the_circle_finder_finds_a_circle() -> None:
 
 def test_no_import_circle() -> None:
     assert circles(graph()) == []
+
+
+def test_align_runs_stages_only_through_the_pipeline() -> None:
+    reached = sorted(
+        target
+        for target in graph()["swe_cli.align"]
+        if target.startswith(("swe_cli.stages", "swe_cli.methods"))
+    )
+    assert reached == []

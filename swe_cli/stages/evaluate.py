@@ -1,6 +1,6 @@
 """The eval stage: generate answers (swe_cli/models.py: batched greedy decoding with left padding),
 judge them, and measure utility (over-refusal on probes and on harmless prompts, short-answer and
-multiple-choice accuracy (swe_cli/utility.py), KL(base || edited) of next-token distributions,
+multiple-choice accuracy (swe_cli/accuracy.py), KL(base || edited) of next-token distributions,
 perplexity). ``run_eval`` ties these into an EvalReport
 (swe_cli/report.py); judges live in swe_cli/judges.py. torch/transformers are imported lazily.
 
@@ -36,6 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swe_cli.accuracy import (
+    SHORT_ANSWER_TOKENS,
+    Choice,
+    ShortAnswer,
+    UtilitySets,
+    is_correct,
+    score_choices,
+)
 from swe_cli.errors import EvalError, PromptError
 from swe_cli.judges import (
     ATTACK_SUCCESS,
@@ -56,14 +64,6 @@ from swe_cli.models import (
 )
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 from swe_cli.report import BASELINE, MODEL, EvalReport, LanguageResult, ModelResult, Sample
-from swe_cli.utility import (
-    SHORT_ANSWER_TOKENS,
-    Choice,
-    ShortAnswer,
-    UtilitySets,
-    is_correct,
-    score_choices,
-)
 
 # progress(task description, completed, total): called after every batch of every task.
 Progress = Callable[[str, int, int], None]
