@@ -380,7 +380,7 @@ def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
 def apply_lora(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
     """`swe apply --as-lora`: the workspace's (or a saved) edit as a PEFT LoRA adapter."""
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import export_artifact_lora, export_workspace_lora
+    from swe_cli.stages.export import export_artifact_lora, export_workspace_lora
     from swe_cli.workspace import Workspace
 
     if request.edit_only:
@@ -425,7 +425,7 @@ def verify(
 ) -> dict[str, Any]:
     from swe_cli.edit import workspace_edit
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import is_adapter
+    from swe_cli.stages.export import is_adapter
     from swe_cli.stages.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
 
@@ -456,7 +456,7 @@ def verify_lora(
 ) -> dict[str, Any]:
     """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the edit
     file recorded in the adapter's provenance, when it still exists)."""
-    from swe_cli.lora import recorded_edit, verify_adapter
+    from swe_cli.stages.export import recorded_edit, verify_adapter
 
     if edit is None:
         edit = recorded_edit(output)

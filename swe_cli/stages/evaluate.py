@@ -429,7 +429,7 @@ def run_eval(
 
         require_vllm()
     if adapter is not None:
-        from swe_cli.lora import require_peft
+        from swe_cli.stages.export import require_peft
 
         require_peft()
     plan = plan_languages(harmful, harmless, general, langs, split, utility)
@@ -455,7 +455,7 @@ def run_eval(
         )
     edited, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
     if adapter is not None:
-        from swe_cli.lora import load_with_adapter
+        from swe_cli.stages.export import load_with_adapter
 
         edited = load_with_adapter(edited, adapter)
     kl: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""The edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
+"""The export stage: the edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
 multi-LoRA, TGI) can serve the safety patch without a second copy of the weights.
 
 Every edited weight W (out x in) changes by a delta that is zero outside the edited rows (and
