@@ -242,6 +242,7 @@ def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) 
     from swe_cli.stages.tune import tune as run_tune
     from swe_cli.workspace import Workspace
 
+    check_method(base.method)
     space = Workspace(workspace)
     result = run_tune(space, base)
     if not ui.quiet:
@@ -308,6 +309,7 @@ def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, An
     from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
 
+    check_method(config.method)
     summary = run_solve(Workspace(workspace), config)
     if not ui.quiet:
         ui.show(solve_table(summary))
