@@ -458,7 +458,7 @@ def verify_lora(
 ) -> dict[str, Any]:
     """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the edit
     file recorded in the adapter's provenance, when it still exists)."""
-    from swe_cli.stages.export import recorded_edit, verify_adapter
+    from swe_cli.stages.verify import recorded_edit, verify_adapter
 
     if edit is None:
         edit = recorded_edit(output)
