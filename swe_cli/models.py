@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from swe_cli import DISTRIBUTION
 from swe_cli.errors import CheckpointError, EvalError, SweError
 from swe_cli.settings import DTYPES
 
@@ -52,7 +53,8 @@ def load_model(
             import accelerate  # noqa: F401
         except ImportError:
             raise SweError(
-                "--device-map needs the accelerate package", hint="pip install 'swe-cli[scale]'"
+                "--device-map needs the accelerate package",
+                hint=f"pip install '{DISTRIBUTION}[scale]'",
             ) from None
         kwargs["device_map"] = device_map
     path = resolve_model(str(model), revision).path

@@ -92,15 +92,25 @@ def load_recipe(path: Path) -> Recipe:
     return recipe_from_dict(data, str(path))
 
 
+def recipe_folder() -> Any:
+    """Where the built-in recipes live: swe_cli/recipes in an installed wheel (and in an editable
+    install, which maps it to the repository's recipes/), else recipes/ next to the package in a
+    source checkout. The repository's recipes/ folder holds the only copy of each file."""
+    try:
+        folder = resources.files("swe_cli.recipes")
+    except ModuleNotFoundError:
+        folder = None
+    if folder is not None and folder.is_dir():
+        return folder
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
 def builtin_recipes() -> list[Recipe]:
     """The recipes shipped with swe (recipes/*.yaml in the repo, swe_cli/recipes in the wheel)."""
-    folder = resources.files("swe_cli") / "recipes"
-    repo_folder = Path(__file__).resolve().parent.parent / "recipes"
-    paths: list[Any] = []
-    if repo_folder.is_dir():
-        paths = sorted(repo_folder.glob("*.yaml"))
-    elif folder.is_dir():
-        paths = sorted(p for p in folder.iterdir() if p.name.endswith(".yaml"))
+    folder = recipe_folder()
+    if not folder.is_dir():
+        return []
+    paths = sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
     return [load_recipe(Path(str(p))) for p in paths]
 
 

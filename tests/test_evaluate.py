@@ -249,7 +249,7 @@ def test_vllm_backend_absent_is_a_clear_error_before_loading(
     empty = PromptSet(name="harmful", prompts=(), source="none")
     with pytest.raises(EvalError) as caught:
         run_eval("/nonexistent-model", harmful=empty, langs=["en"], backend="vllm")
-    assert "vllm" in caught.value.message and "swe-cli[vllm]" in caught.value.hint
+    assert "vllm" in caught.value.message and "swe-multilingual-safety[vllm]" in caught.value.hint
     with pytest.raises(EvalError, match="unknown backend 'tgi'"):
         run_eval("/nonexistent-model", harmful=empty, langs=["en"], backend="tgi")
 
