@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 STATE: dict[str, bool] = {"debug": False, "quiet": False, "json": False}
+CONTEXT: dict[str, Any] = {}  # the root click context of this run, for usage lines
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -92,11 +93,13 @@ def problem(message: str) -> None:
 
 @app.callback(invoke_without_command=True)
 def root(
+    context: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     STATE["debug"] = debug
     STATE["quiet"] = STATE["json"] = False
+    CONTEXT["root"] = context
     if version:
         out.print(f"swe {__version__}")
         raise typer.Exit()
@@ -108,11 +111,93 @@ def _fail(message: str, hint: str | None) -> None:
         err.print(f"[yellow]hint:[/yellow] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Console entry point: run the app, turning SweError into one red line and exit code 1."""
-    STATE.update(debug=False, quiet=False, json=False)  # a fresh run (main may run in-process)
+def _command_context() -> Any:
+    """The click context of the command that ran (for its usage line), or the root's."""
+    root = CONTEXT.get("root")
+    if root is None or not root.invoked_subcommand:
+        return root
+    command = root.command.get_command(root, root.invoked_subcommand)
+    return type(root)(command, info_name=root.invoked_subcommand, parent=root)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """click's usage errors: typer's own copy of click (typer >= 0.16) or click itself."""
+    import click
+
+    return isinstance(error, click.ClickException | typer.TyperException) and hasattr(error, "show")
+
+
+def _usage_error(error: Any) -> NoReturn:
+    """click's rendering (usage, a try --help line, one line naming the option), exit 2. A
+    missing option also says what it takes (its help text)."""
+    param = getattr(error, "param", None)
+    if type(error).__name__ == "MissingParameter" and param is not None and not error.message:
+        error.message = (getattr(param, "help", "") or "").split(" [")[0]
+    error.show()
+    sys.exit(getattr(error, "exit_code", 2) or 2)
+
+
+def _option_usage_error(error: Any) -> NoReturn:
+    """A pydantic ValidationError of a command's options as click's bad-parameter error: the
+    failing field named as its command-line option, what it accepts, usage, exit 2."""
+    from swe_cli.settings import describe
+
+    problem = error.errors()[0]
+    field = str(problem["loc"][0]) if problem["loc"] else ""
+    context = _command_context()
+    hint = None
+    if context is not None:
+        for param in context.command.params:
+            if param.name == field and getattr(param, "opts", None):
+                hint = "'" + max(param.opts, key=len) + "'"
+    if hint is None:
+        message = f"invalid option: {describe(error)}"
+    else:
+        reason = str(problem["msg"]).removeprefix("Value error, ")
+        message = f"{problem.get('input')!r} ({reason})"
+    exceptions = _click_exceptions()
+    if hint is None:
+        _usage_error(exceptions.UsageError(message, ctx=context))
+    _usage_error(exceptions.BadParameter(message, ctx=context, param_hint=hint))
+
+
+def _click_exceptions() -> Any:
+    """The exception module of the click that parses swe's command line: typer >= 0.16 carries
+    its own copy of click, older typer uses click itself."""
     try:
-        code = app(standalone_mode=False)
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _file_problem(error: OSError) -> NoReturn:
+    """An operating-system error on a named file or folder: the user's environment, not a bug."""
+    where = error.filename or "a file"
+    if error.errno in DISK_FULL:
+        _fail(
+            f"no space left on the disk while writing {where}",
+            "free disk space or choose another -o/-w; re-run the same command to resume "
+            "(finished shards are kept, a partial output is removed)",
+        )
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        _fail(
+            f"cannot write or read {where}: {error.strerror or 'permission denied'}",
+            "choose a folder you can write to (-o/-w), or fix its permissions",
+        )
+    else:
+        _fail(f"{where}: {error.strerror or error}", "check the path and the file")
+    sys.exit(1)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning SweError into one red line and exit code 1,
+    and usage errors (a missing or bad option, an unknown command) into click's usage lines
+    and exit code 2."""
+    STATE.update(debug=False, quiet=False, json=False)  # a fresh run (main may run in-process)
+    CONTEXT.clear()
+    try:
+        code = app(standalone_mode=False, prog_name="swe")
     except SweError as error:
         if STATE["debug"]:
             raise
@@ -128,28 +213,22 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as error:  # noqa: BLE001 - click usage errors and the unexpected
-        import click
         from pydantic import ValidationError
 
-        from swe_cli.settings import describe
-
-        if isinstance(error, ValidationError) and not STATE["debug"]:
-            _fail(f"invalid option: {describe(error)}", "see the command's --help for its values")
-            sys.exit(1)
-        if isinstance(error, OSError) and error.errno in DISK_FULL and not STATE["debug"]:
-            where = f" while writing {error.filename}" if error.filename else ""
-            _fail(
-                f"no space left on the disk{where}",
-                "free disk space or choose another -o/-w; re-run the same command to resume "
-                "(finished shards are kept, a partial output is removed)",
-            )
-            sys.exit(1)
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
+        if _is_usage_error(error):
+            _usage_error(error)
         if STATE["debug"]:
             raise
+        if isinstance(error, ValidationError):
+            _option_usage_error(error)
+        if isinstance(error, OSError) and (error.filename or error.errno in DISK_FULL):
+            _file_problem(error)
+        if _is_damaged_safetensors(error):
+            _fail(
+                f"a safetensors file is damaged or truncated ({error})",
+                "re-download or re-write the checkpoint; `swe verify` checks an edited one",
+            )
+            sys.exit(1)
         err.print(
             f"[bold red]error:[/bold red] unexpected {type(error).__name__}: {escape(str(error))}",
             highlight=False,
@@ -161,3 +240,7 @@ def main() -> None:
         sys.exit(1)
     # standalone_mode=False returns the code of a typer.Exit instead of raising it
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_damaged_safetensors(error: Exception) -> bool:
+    return type(error).__name__ == "SafetensorError"
