@@ -115,7 +115,8 @@ Method = Annotated[
         help="Edit method: "
         + "; ".join(f"{name} ({text})" for name, text in method_descriptions().items())
         + "; or auto (the candidate `swe select` measured best). align/demo: overrides the "
-        "recipe's solve.method.",
+        "recipe's solve.method; solve: default the edit `swe select` chose in the workspace, "
+        "else the recipe's.",
     ),
 ]
 SolveLayers = Annotated[str | None, _option(SolveSettings, "layers", "--layers")]
