@@ -30,6 +30,7 @@ out = Console()
 STATE: dict[str, bool] = {"debug": False, "quiet": False, "json": False}
 CONTEXT: dict[str, Any] = {}  # the root click context of this run, for usage lines
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+LOG_WIDTH = 1000  # the widest a table may render in a log file
 
 
 def set_quiet(value: bool) -> bool:
@@ -77,14 +78,27 @@ def emit(summary: dict[str, Any], as_json: bool | None = None) -> None:
 
 
 def info(message: str) -> None:
+    """A note on stderr, unless quiet; in a log (not a terminal) one line, not wrapped at 80."""
     if not STATE["quiet"]:
-        err.print(message)
+        err.print(message, soft_wrap=not err.is_terminal)
 
 
 def show(renderable: Any) -> None:
-    """A rich table (or anything rich renders) on stderr, unless quiet."""
-    if not STATE["quiet"]:
+    """A rich table (or anything rich renders) on stderr, unless quiet. In a log (stderr not a
+    terminal) rich would assume 80 columns and cut wide tables ('Har…'): there the table gets
+    the width its content needs."""
+    if STATE["quiet"]:
+        return
+    if err.is_terminal:
         err.print(renderable)
+        return
+    from rich.measure import Measurement
+
+    wide = err.options.update(width=LOG_WIDTH, max_width=LOG_WIDTH)
+    needed = Measurement.get(err, wide, renderable).maximum
+    # Console.print caps width at the console's own, so a console of the needed width prints it
+    wide_console = Console(file=err.file, width=max(err.width, min(needed, LOG_WIDTH)))
+    wide_console.print(renderable)
 
 
 def problem(message: str) -> None:

@@ -26,7 +26,12 @@ MODEL_HELP = "Hub model id or local model folder."
 # -- output and run ---------------------------------------------------------------------------------
 Json = Annotated[
     bool,
-    typer.Option("--json", help="Print a machine-readable summary on stdout.", callback=set_json),
+    typer.Option(
+        "--json",
+        help="Print the summary as JSON on stdout (nothing else goes there) in place of the "
+        "tables, progress and notes, which go to stderr; errors still go to stderr.",
+        callback=set_json,
+    ),
 ]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or tables.", callback=set_quiet)
