@@ -52,6 +52,9 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
     if not enabled or STATE["quiet"]:
         yield lambda label, done, total: None
         return
+    if not err.is_terminal:
+        yield _progress_lines()
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, Any] = {}
@@ -69,6 +72,27 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
             progress.update(tasks[label], completed=done, total=total)
 
         yield update
+
+
+def _progress_lines() -> Callable[[str, int, int], None]:
+    """Progress for a log (stderr not a terminal): a plain line when a step starts, at every
+    tenth of it and when it ends, instead of a bar redrawn in place."""
+    import time
+
+    started: dict[str, float] = {}
+    shown: dict[str, int] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        started.setdefault(label, now)
+        tenth = 10 * done // total if total > 0 else 10
+        if shown.get(label) == tenth:
+            return
+        shown[label] = tenth
+        elapsed = now - started[label]
+        err.print(f"{label}: {done}/{total} ({elapsed:.0f} s)", highlight=False, soft_wrap=True)
+
+    return update
 
 
 def emit(summary: dict[str, Any], as_json: bool | None = None) -> None:
@@ -204,6 +228,14 @@ def _file_problem(error: OSError) -> NoReturn:
     sys.exit(1)
 
 
+def _interrupted(error: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C: say what is kept and how to resume (the command's own words when it has them)."""
+    said = getattr(error, "message", None)
+    said = said or "finished shards are kept; re-run the same command to resume"
+    err.print(f"[bold red]interrupted[/bold red]: {escape(said)}", highlight=False, soft_wrap=True)
+    sys.exit(130)
+
+
 def main() -> None:
     """Console entry point: run the app, turning SweError into one red line and exit code 1,
     and usage errors (a missing or bad option, an unknown command) into click's usage lines
@@ -211,17 +243,18 @@ def main() -> None:
     STATE.update(debug=False, quiet=False, json=False)  # a fresh run (main may run in-process)
     CONTEXT.clear()
     try:
-        code = app(standalone_mode=False, prog_name="swe")
+        # click's parse-and-invoke without typer's main, which would turn Ctrl-C into a bare
+        # exit code 130: every exception reaches this one boundary as raised
+        command = typer.main.get_command(app)
+        with command.make_context("swe", sys.argv[1:]) as context:
+            command.invoke(context)
     except SweError as error:
         if STATE["debug"]:
             raise
         _fail(error.message, error.hint)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print(
-            "[bold red]interrupted[/bold red]: finished shards are kept; re-run the same command to resume"
-        )
-        sys.exit(130)
+    except KeyboardInterrupt as error:
+        _interrupted(error)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
@@ -252,8 +285,7 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
-    # standalone_mode=False returns the code of a typer.Exit instead of raising it
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(0)
 
 
 def _is_damaged_safetensors(error: Exception) -> bool:

@@ -136,17 +136,8 @@ def solve(
     from swe_cli.pipeline import default_solve
     from swe_cli.pipeline import solve as run
 
-    if method is None:
-        given = {
-            name: value
-            for name, value in context.params.items()
-            if name in SolveSettings.model_fields and _given(context, name)
-        }
-        config, reason = default_solve(workspace, given, device)  # type: ignore[arg-type]
-        emit(run(workspace, config, ui(), reason))  # type: ignore[arg-type]
-        return
-    settings = SolveSettings(
-        method=method,
+    settings = SolveSettings(  # validates every option before the workspace is read
+        method=method or "auto",
         layers=layers,
         rank=rank,
         gamma=gamma,
@@ -160,7 +151,16 @@ def solve(
         strength=strength,
         keep_hrl=keep_hrl,
     )
-    emit(run(workspace, settings.resolve(device), ui(), "--method"))  # type: ignore[arg-type]
+    if method is not None:
+        emit(run(workspace, settings.resolve(device), ui(), "--method"))  # type: ignore[arg-type]
+        return
+    given = {
+        name: value
+        for name, value in settings.model_dump().items()
+        if name != "method" and _given(context, name)
+    }
+    config, reason = default_solve(workspace, given, device)  # type: ignore[arg-type]
+    emit(run(workspace, config, ui(), reason))  # type: ignore[arg-type]
 
 
 def _given(context: typer.Context, name: str) -> bool:
