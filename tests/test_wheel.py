@@ -31,13 +31,14 @@ def test_distribution_name_is_the_one_every_hint_names() -> None:
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    # `swe-cli` on PyPI is an unrelated package: nothing may tell a user to install it.
+    # the old name is an unrelated package on PyPI: nothing may tell a user to install it
+    taken = re.compile("swe" + r"-cli\b")
     offenders = [
         name
         for name in tracked
         if name != "CHANGELOG.md"
         and (ROOT / name).is_file()
-        and re.search(r"swe-cli\b", (ROOT / name).read_text(encoding="utf-8", errors="replace"))
+        and taken.search((ROOT / name).read_text(encoding="utf-8", errors="replace"))
     ]
     assert offenders == []
 
