@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from swe_cli.errors import SweError
+from swe_cli.errors import Interrupted, SweError
 from swe_cli.gate import GateDecision, GateLimits
 from swe_cli.gate import check as check_gate
 from swe_cli.pipeline import (
@@ -26,14 +26,18 @@ from swe_cli.pipeline import (
     ProbeRequest,
     Ui,
     apply,
+    check_method,
+    check_output,
     check_run,
     evaluate,
     localize,
+    moment_layers,
     probe,
     select,
+    selection_summary,
     solve,
 )
-from swe_cli.settings import Recipe, SolveConfig, parse_layers
+from swe_cli.settings import Recipe, parse_layers
 
 
 def default_workspace(model: str, langs: list[str]) -> Path:
@@ -68,6 +72,7 @@ def pick_recipe(
         recipe = select_recipe(shape.model_type, shape.num_layers, shape.hidden_size)
         reason = f"picked for model_type={shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}"
     recipe = apply_overrides(recipe, overrides)
+    check_method(recipe.solve.method)
     validated = " — " + recipe.validated if recipe.validated else ""
     ui.info(f"recipe [bold]{recipe.name}[/bold] ({reason}){validated}")
     return recipe
@@ -107,7 +112,6 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.io.files import check_overlap, move_into_place
     from swe_cli.recipe import parse_set_options
-    from swe_cli.stages.apply import check_output
 
     check_run(request.langs, request.hrl, request.device, request.dtype)
     if request.output.exists() and not request.force and not request.dry_run:
@@ -132,7 +136,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     solve_config = recipe.solve.resolve(request.device)
     selecting = request.tune or solve_config.method == "auto"
     # every candidate is read before any work: a typo fails now, not after the probe
-    moments = _moment_layers(resolved.path, recipe, solve_config, selecting)
+    moments = moment_layers(resolved.path, recipe.select, solve_config, selecting)
     streamed = parse_layers(recipe.probe.stats_layers)
     unstreamed = sorted(set(moments or ()) - set(streamed or ())) if streamed is not None else []
     if unstreamed:
@@ -222,12 +226,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         )
     summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
     if selecting:
-        from swe_cli.stages.select import SELECT_FILE, describe
-
-        summary["select"] = {
-            "chosen": describe(solve_config),
-            "table": str(workspace / "edit" / SELECT_FILE),
-        }
+        summary["select"] = selection_summary(workspace, solve_config)
     if request.run_eval:
         with timed("eval"):
             report = evaluate(
@@ -281,23 +280,6 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     return summary
 
 
-def _moment_layers(
-    model_dir: Path, recipe: Recipe, solve_config: SolveConfig, selecting: bool
-) -> tuple[int, ...] | None:
-    """The layers whose moments the probe must stream: the pinned method's, or with selection
-    every candidate's (the candidates are parsed here, before any work)."""
-    from swe_cli.architectures import model_shape
-    from swe_cli.io.checkpoint import load_config
-    from swe_cli.methods import get_method
-    from swe_cli.stages.select import candidate_configs, moment_layers
-
-    if not selecting:
-        return get_method(solve_config.method).moment_layers(solve_config)
-    num_layers = model_shape(load_config(model_dir)).num_layers
-    configs = candidate_configs(recipe.select, solve_config, num_layers)
-    return moment_layers(configs) or None
-
-
 def check_chat_template(model_dir: Path) -> None:
     """align formats every prompt as a chat turn: a model without a chat template (a base model,
     or a folder missing its tokenizer files) is refused before any work."""
@@ -325,29 +307,20 @@ def candidate_folder(output: Path) -> Path:
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:
     if decision.passed:
-        return "Shipping gate: passed (" + _limits_text(decision.limits) + ")."
+        return "Shipping gate: passed (" + decision.limits.describe() + ")."
     state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
     return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
-
-
-def _limits_text(limits: GateLimits) -> str:
-    return (
-        f"no target language's ASR up, HRL ASR up at most {limits.max_hrl_asr_rise}, "
-        f"over-refusal up at most {limits.max_over_refusal}, mean KL at most {limits.max_kl}, "
-        f"utility accuracy down at most {limits.max_utility_drop}"
-    )
 
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
     from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
-    from swe_cli.stages.apply import eval_report, workspace_base
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    card = ModelCard.for_provenance(provenance, space.base_dir(), space.eval_report())
     card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 
@@ -361,44 +334,88 @@ class DemoRequest:
     force: bool = False
 
 
-def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
-    """Build (or reuse) the organism and align it for its LRLs with eval, into one folder."""
-    import shutil
+DEMO_FILE = "swe-demo.json"  # marks a demo folder and the settings it was made with
 
+
+def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    """Build (or reuse) the organism and align it for its LRLs with eval, into one folder. An
+    interrupted demo resumes when run again with the same folder and settings."""
+    from swe_cli.io.files import atomic_write_text
     from swe_cli.organism import cached_organism
     from swe_cli.organism.utility_sets import write_utility_sets
 
     output = request.output
-    if output.exists() and not request.force:
-        raise SweError(
-            f"demo folder {output} already exists", hint="choose another -o or pass --force"
-        )
-    ui.info("model organism: building or reusing the cached one (about 3 minutes the first time)")
-    organism = cached_organism(request.seed)
+    settings = {"seed": request.seed, "method": request.method, "sets": list(request.sets)}
+    resuming = _check_demo_folder(output, settings, request.force)
+    ui.info("model organism: building or reusing the cached one (minutes the first time)")
+    try:
+        with ui.progress() as report:
+            organism = cached_organism(request.seed, report=report)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "the unfinished organism build is discarded (nothing else was written); "
+            f"re-run `swe demo -o {output}` to start it again"
+        ) from None
     ui.info(f"organism at {organism.path}: HRL {organism.hrl}, LRLs {', '.join(organism.lrls)}")
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
-    # the built-in 10-language sets mean nothing to the toy: its own short answers and choices
-    utility, choices = write_utility_sets(output / "utility")
-    return align(
-        AlignRequest(
-            model=str(organism.model_dir),
-            langs=list(organism.lrls),
-            output=output / "aligned",
-            workspace=output / "workspace",
-            harmful=str(organism.harmful),
-            harmless=str(organism.harmless),
-            general=str(organism.general),
-            hrl=organism.hrl,
-            sets=request.sets,
-            method=request.method,
-            run_eval=True,
-            patterns=[organism.refusal_patterns],
-            dtype="float32",
-            utility=str(utility),
-            choices=str(choices),
-            over_refusal="none",
-        ),
-        ui,
-    )
+    if resuming:
+        ui.info(f"resuming the interrupted demo in {output}")
+    elif output.exists():
+        shutil.rmtree(output)  # --force
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / DEMO_FILE, json.dumps(settings, sort_keys=True) + "\n")
+    try:
+        # the built-in 10-language sets mean nothing to the toy: its own short answers and choices
+        utility, choices = write_utility_sets(output / "utility")
+        return align(
+            AlignRequest(
+                model=str(organism.model_dir),
+                langs=list(organism.lrls),
+                output=output / "aligned",
+                workspace=output / "workspace",
+                harmful=str(organism.harmful),
+                harmless=str(organism.harmless),
+                general=str(organism.general),
+                hrl=organism.hrl,
+                sets=request.sets,
+                method=request.method,
+                run_eval=True,
+                patterns=[organism.refusal_patterns],
+                dtype="float32",
+                utility=str(utility),
+                choices=str(choices),
+                over_refusal="none",
+            ),
+            ui,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the organism and the finished steps in {output / 'workspace'} are kept; "
+            f"re-run `swe demo -o {output}` with the same settings to resume"
+        ) from None
+
+
+def _check_demo_folder(output: Path, settings: dict[str, Any], force: bool) -> bool:
+    """Whether output holds an interrupted demo of the same settings (resume it); a new or
+    --force folder is False; anything else is refused before work starts."""
+    if not output.exists() or force:
+        return False
+    marker = output / DEMO_FILE
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise SweError(
+            f"{output} exists and is not a swe demo folder",
+            hint="choose another -o, or pass --force to replace it",
+        ) from None
+    if recorded != settings:
+        given = ", ".join(f"{k} {v}" for k, v in sorted(recorded.items()) if v not in (None, []))
+        raise SweError(
+            f"demo folder {output} was made with other settings ({given or 'the defaults'})",
+            hint="re-run with those settings to resume it, choose another -o, or pass --force",
+        )
+    if (output / "aligned").exists():
+        raise SweError(
+            f"the demo in {output} is complete (aligned model in {output / 'aligned'})",
+            hint="choose another -o, or pass --force to run it again",
+        )
+    return True

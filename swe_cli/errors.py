@@ -50,3 +50,11 @@ class EvalError(SweError):
 
 class LoraError(SweError):
     """An edit cannot be exported as a LoRA adapter, or an adapter cannot be read or loaded."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a command that knows what it keeps and how to resume: the message says so."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -78,6 +78,21 @@ def check_run(langs: list[str], hrl: str, device: str, dtype: str) -> None:
     check_device(device)
 
 
+def check_method(name: str) -> None:
+    """A clear error, before any work, unless the edit method is registered (or auto)."""
+    from swe_cli.methods import check_method_name
+
+    check_method_name(name)
+
+
+def check_output(output: Path, protected: list[tuple[str, Path]], force: bool) -> None:
+    """An output folder apply may write: outside every protected folder, and an existing one
+    only with force (and only a model or edit folder)."""
+    from swe_cli.stages.apply import check_output as check
+
+    check(output, protected, force)
+
+
 # -- probe ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProbeRequest:
@@ -261,6 +276,7 @@ def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) 
     from swe_cli.stages.tune import tune as run_tune
     from swe_cli.workspace import Workspace
 
+    check_method(base.method)
     space = Workspace(workspace)
     result = run_tune(space, base)
     if not ui.quiet:
@@ -292,17 +308,74 @@ def select(
         space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
     )
     if not ui.quiet:
-        manifest = space.load()
-        ui.show(selection_table(result, manifest["hrl"], manifest["langs"]))
+        manifest = space.manifest()
+        ui.show(selection_table(result, manifest.hrl, list(manifest.langs)))
     return result.chosen
 
 
-def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, Any]:
+def moment_layers(
+    model_dir: Path, settings: SelectSettings, config: SolveConfig, selecting: bool
+) -> tuple[int, ...] | None:
+    """The layers whose moments the probe must stream: the pinned method's, or with selection
+    every candidate's (the candidates are parsed here, before any work)."""
+    from swe_cli.architectures import model_shape
+    from swe_cli.io.checkpoint import load_config
+    from swe_cli.methods import get_method
+    from swe_cli.stages.select import candidate_configs
+    from swe_cli.stages.select import moment_layers as candidate_moment_layers
+
+    if not selecting:
+        return get_method(config.method).moment_layers(config)
+    num_layers = model_shape(load_config(model_dir)).num_layers
+    configs = candidate_configs(settings, config, num_layers)
+    return candidate_moment_layers(configs) or None
+
+
+def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, str]:
+    """The chosen candidate as a spec, and where select's table of every candidate is."""
+    from swe_cli.stages.select import SELECT_FILE, describe
+
+    return {"chosen": describe(chosen), "table": str(workspace / "edit" / SELECT_FILE)}
+
+
+def default_solve(
+    workspace: Path, overrides: dict[str, Any], device: str = "cpu"
+) -> tuple[SolveConfig, str]:
+    """What `swe solve` runs without --method, and why: the edit `swe select` chose in this
+    workspace, else the solve settings of the built-in recipe for the workspace's model (the
+    same recipe `swe align` picks); options given on the command line override either."""
+    from swe_cli.recipe import select_recipe
+    from swe_cli.stages.select import selected_config
+    from swe_cli.workspace import Workspace
+
+    space = Workspace(workspace)
+    manifest = space.manifest()
+    record = manifest.stage("select")
+    if record is not None and record.done:
+        config, reason = selected_config(space, device), "chosen by swe select"
+    else:
+        model = manifest.model
+        recipe = select_recipe(model.model_type, model.num_layers, model.hidden_size)
+        config, reason = recipe.solve.resolve(device), f"from recipe {recipe.name}"
+    if overrides:
+        config = SolveConfig.model_validate({**config.model_dump(), **overrides})
+        reason += "; " + ", ".join(f"{key} given" for key in overrides)
+    return config, reason
+
+
+def solve(
+    workspace: Path, config: SolveConfig, ui: Ui = SILENT, reason: str | None = None
+) -> dict[str, Any]:
+    """Solve the edit with config; with a reason, say which method runs and why."""
     from swe_cli.report import solve_table
     from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
 
+    check_method(config.method)
     summary = run_solve(Workspace(workspace), config)
+    if reason:
+        ui.info(f"method [bold]{summary['method']}[/bold] ({reason})")
+        summary = {**summary, "method_reason": reason}
     if not ui.quiet:
         ui.show(solve_table(summary))
     return summary
@@ -374,7 +447,7 @@ def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
 def apply_lora(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
     """`swe apply --as-lora`: the workspace's (or a saved) edit as a PEFT LoRA adapter."""
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import export_artifact_lora, export_workspace_lora
+    from swe_cli.stages.export import export_artifact_lora, export_workspace_lora
     from swe_cli.workspace import Workspace
 
     if request.edit_only:
@@ -417,9 +490,9 @@ def verify(
     ui: Ui = SILENT,
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
+    from swe_cli.edit import workspace_edit
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import is_adapter
-    from swe_cli.stages.apply import workspace_edit
+    from swe_cli.stages.export import is_adapter
     from swe_cli.stages.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
 
@@ -450,7 +523,7 @@ def verify_lora(
 ) -> dict[str, Any]:
     """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the edit
     file recorded in the adapter's provenance, when it still exists)."""
-    from swe_cli.lora import recorded_edit, verify_adapter
+    from swe_cli.stages.verify import recorded_edit, verify_adapter
 
     if edit is None:
         edit = recorded_edit(output)
@@ -519,7 +592,7 @@ def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
         if request.general
         else None
     )
-    from swe_cli.utility import load_utility_sets
+    from swe_cli.accuracy import load_utility_sets
 
     sets["utility"] = load_utility_sets(
         langs,

@@ -236,7 +236,6 @@ class SolveSettings(Settings):
         description="Scale of the target: residual, x (h_HRL - h_LRL); refusal, x the shortfall "
         "to the HRL level along the refusal direction.",
     )
-
     harmless_targets: float = Field(
         0.0,
         ge=0,
@@ -254,18 +253,6 @@ class SolveSettings(Settings):
     @classmethod
     def _lang_factors(cls, value: str) -> str:
         language_factors(value)  # raises on a malformed entry, before any work
-        return value
-
-    @field_validator("method")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        from swe_cli.methods import method_names
-
-        if value not in (*method_names(), "auto"):  # get_method's error, before any work
-            raise SolveError(
-                f"unknown method '{value}'",
-                hint="choose one of: " + ", ".join([*method_names(), "auto"]),
-            )
         return value
 
     @field_validator("projections")

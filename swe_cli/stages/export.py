@@ -1,4 +1,4 @@
-"""The edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
+"""The export stage: the edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
 multi-LoRA, TGI) can serve the safety patch without a second copy of the weights.
 
 Every edited weight W (out x in) changes by a delta that is zero outside the edited rows (and
@@ -10,8 +10,8 @@ same scale (safe to cast to half precision, and what LoRA training would converg
 module gets its own rank (PEFT rank_pattern) and lora_alpha = rank, so PEFT's scaling is 1.
 The folder also holds a card (README.md) and swe_edit.json: rank, largest reconstruction error
 (base + B A, cast to the base dtype, against the rows `swe apply` writes) and the hashes that
-`verify_adapter` checks. Exporting reads only the edited rows of the base; peft is needed only
-to load the adapter (`require_peft`)."""
+`swe verify` checks (stages/verify.py). Exporting reads only the edited rows of the base; peft is
+needed only to load the adapter (`require_peft`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from swe_cli import DISTRIBUTION
 from swe_cli.edit import (
     EDITABLE_DTYPES,
     Edit,
@@ -32,6 +33,7 @@ from swe_cli.edit import (
     edit_sha256,
     load_edit,
     patched_row_bytes,
+    solved_edit,
 )
 from swe_cli.errors import EditError, LoraError
 from swe_cli.hub import (
@@ -52,7 +54,7 @@ from swe_cli.io.files import (
     temporary_folder,
 )
 from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
-from swe_cli.stages.apply import check_output, locate_edit, solved_edit, workspace_base
+from swe_cli.stages.apply import check_output, locate_edit
 from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -374,7 +376,7 @@ def export_lora(
             "factorisation": "B = U S^1/2, A = S^1/2 V^T (float64 SVD, float32 factors)",
             "max_reconstruction_error": worst,
             "within_dtype_rounding": all(factor.within_rounding for factor in factors),
-            "adapter_sha256": _file_sha256(weights),
+            "adapter_sha256": file_sha256(weights),
             "adapter_bytes": weights.stat().st_size,
             "edit_file": str(Path(edit_file).resolve()) if edit_file else None,
             "modules": [factor.summary() for factor in factors],
@@ -407,20 +409,19 @@ def export_workspace_lora(
     workspace: Workspace, output: Path, *, max_rank: int = DEFAULT_MAX_RANK, force: bool = False
 ) -> LoraResult:
     """`swe apply -w WS --as-lora -o OUT`: the workspace's edit as an adapter of its base model."""
-    manifest = workspace.load()
-    model = dict(manifest.get("model") or {})
-    base_dir = workspace_base(model)
+    manifest = workspace.manifest()
+    base_dir = workspace.base_dir()
     check_output(Path(output), [("workspace", workspace.root)], force)
     edit_file, edit_yaml = solved_edit(workspace)
-    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    provenance = workspace_provenance(manifest, edit_yaml)
+    workspace.check_model(fingerprint(base_dir), manifest.model.id)
+    provenance = workspace_provenance(manifest.data, edit_yaml)
     result = export_lora(
         load_edit(edit_file),
         base_dir,
         output,
         provenance=provenance,
         base_model_name_or_path=str(
-            provenance["base_model"].get("hub_id") or model.get("id") or base_dir
+            provenance["base_model"].get("hub_id") or manifest.model.id or base_dir
         ),
         max_rank=max_rank,
         force=force,
@@ -465,7 +466,7 @@ def export_artifact_lora(
     )
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -512,7 +513,7 @@ def render_card(card: ModelCard, provenance: dict[str, Any], config: dict[str, A
         f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
         'model = PeftModel.from_pretrained(base, "THIS_FOLDER_OR_REPO")\n'
         "merged = model.merge_and_unload()  # optional: the edited model itself\n```\n\n"
-        "```bash\npip install swe-cli[lora]\n"
+        f"```bash\npip install '{DISTRIBUTION}[lora]'\n"
         f"swe verify THIS_FOLDER --base {base}   # factors against the base and edit\n```",
         "## Provenance\n\n`swe_edit.json` records the base model, languages, solver, the edit's "
         "sha256 and, per module, the rank, errors and the hash of the base rows it applies to.",
@@ -569,165 +570,6 @@ def read_adapter(folder: Path) -> Adapter:
             raise LoraError(f"{folder}: module '{module}' lacks lora_A or lora_B")
         factors[module] = (pair["A"], pair["B"])
     return Adapter(folder, config, provenance, factors)
-
-
-@dataclass(frozen=True)
-class AdapterReport:
-    """What `verify_adapter` found; problems are collected, not raised."""
-
-    adapter: Path
-    base: Path
-    problems: tuple[str, ...]
-    modules_checked: int
-    rank: int
-    max_reconstruction_error: float | None  # None without an edit to compare against
-    edit_sha256: str | None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "kind": "lora",
-            "output": str(self.adapter),
-            "base": str(self.base),
-            "problems": list(self.problems),
-            "modules_checked": self.modules_checked,
-            "rank": self.rank,
-            "max_reconstruction_error": self.max_reconstruction_error,
-            "edit_checked": self.max_reconstruction_error is not None,
-            "edit_sha256": self.edit_sha256,
-        }
-
-
-def recorded_edit(folder: Path) -> Edit | None:
-    """The edit an adapter was exported from, when the file recorded in its swe_edit.json still
-    exists (its hash is checked by `verify_adapter`); None otherwise."""
-    provenance = read_adapter(folder).provenance
-    recorded = (provenance.get("lora") or {}).get("edit_file")
-    if not recorded or not Path(recorded).is_file():
-        return None
-    return load_edit(Path(recorded))
-
-
-def verify_adapter(folder: Path, base_dir: Path, edit: Edit | None = None) -> AdapterReport:
-    """Check an adapter folder against its base and, when given, the edit it was exported from.
-
-    Always: the config names exactly the modules that hold factors, with their ranks; shapes fit
-    the base tensors; the weights file's sha256 and the base rows B touches match swe_edit.json.
-    With `edit`: its sha256 is the one recorded, it touches the same tensors, B A is zero outside
-    its rows and columns, and base + B A cast to the base dtype equals the rows `swe apply`
-    writes, within the dtype's rounding."""
-    folder, base_dir = Path(folder), Path(base_dir)
-    adapter = read_adapter(folder)
-    problems: list[str] = []
-    lora = adapter.provenance.get("lora") or {}
-    recorded = {module["module"]: module for module in lora.get("modules") or []}
-    problems += _check_config(adapter)
-    digest = _file_sha256(folder / ADAPTER_WEIGHTS_FILE)
-    if lora.get("adapter_sha256") and lora["adapter_sha256"] != digest:
-        problems.append(f"{folder}: {ADAPTER_WEIGHTS_FILE} differs from the one swe wrote (sha256)")
-    for module, (A, B) in adapter.factors.items():
-        problems += _check_module(base_dir, module, A, B, recorded.get(module))
-    worst = None
-    if edit is not None:
-        worst, edit_problems = _check_against_edit(adapter, base_dir, edit)
-        problems += edit_problems
-    ranks = [int(A.shape[0]) for A, _ in adapter.factors.values()]
-    return AdapterReport(
-        adapter=folder,
-        base=base_dir,
-        problems=tuple(problems),
-        modules_checked=len(adapter.factors),
-        rank=max(ranks, default=0),
-        max_reconstruction_error=worst,
-        edit_sha256=(adapter.provenance.get("edit") or {}).get("sha256"),
-    )
-
-
-def _check_config(adapter: Adapter) -> list[str]:
-    config, problems = adapter.config, []
-    if config.get("peft_type") != "LORA":
-        problems.append(f"{adapter.folder}: peft_type is {config.get('peft_type')!r}, not LORA")
-    targets = config.get("target_modules")
-    if sorted(targets or []) != sorted(adapter.factors):
-        problems.append(f"{adapter.folder}: target_modules do not name the modules with factors")
-    for module, (A, _) in adapter.factors.items():
-        rank = int((config.get("rank_pattern") or {}).get(module, config.get("r", -1)))
-        alpha = float((config.get("alpha_pattern") or {}).get(module, config.get("lora_alpha", -1)))
-        if rank != A.shape[0] or alpha != rank:
-            problems.append(
-                f"'{module}': config rank {rank} / alpha {alpha:g}, factors have rank "
-                f"{A.shape[0]} (swe adapters use alpha = rank)"
-            )
-    return problems
-
-
-def _check_module(
-    base_dir: Path, module: str, A: Any, B: Any, recorded: dict[str, Any] | None
-) -> list[str]:
-    try:
-        entry = locate(base_dir, f"{module}.weight")
-    except Exception as error:  # noqa: BLE001 - a missing tensor is a finding, not a crash
-        return [f"'{module}': {getattr(error, 'message', error)}"]
-    out_features, in_features = entry.shape
-    if tuple(A.shape) != (A.shape[0], in_features) or tuple(B.shape) != (out_features, A.shape[0]):
-        return [
-            f"'{module}': factors {list(B.shape)} x {list(A.shape)} do not fit the base "
-            f"weight {list(entry.shape)}"
-        ]
-    if recorded is None:
-        return [f"'{module}': not recorded in {PROVENANCE_FILE}"]
-    rows = B.abs().sum(dim=1).nonzero().flatten().tolist()
-    if hashlib.sha256(base_rows(entry, rows)).hexdigest() != recorded.get("base_rows_sha256"):
-        return [
-            f"'{module}': the base rows the adapter changes differ from the ones it was exported "
-            "against (another base model or revision)"
-        ]
-    return []
-
-
-def _check_against_edit(adapter: Adapter, base_dir: Path, edit: Edit) -> tuple[float, list[str]]:
-    import torch
-
-    problems, worst = [], 0.0
-    recorded = (adapter.provenance.get("edit") or {}).get("sha256")
-    actual = edit_sha256(edit)
-    if recorded and recorded != actual:
-        problems.append(
-            f"the edit (sha256 {actual[:12]}) is not the one the adapter was exported from "
-            f"({recorded[:12]})"
-        )
-    edited = {module_of(item.name): item for item in edit.tensors}
-    for module in sorted(set(adapter.factors) - set(edited)):
-        problems.append(f"'{module}': has LoRA factors but the edit does not change it")
-    for module, item in sorted(edited.items()):
-        if module not in adapter.factors:
-            if float(abs(as_numpy(item.delta)).max(initial=0.0)) != 0.0:
-                problems.append(f"'{module}': edited, but the adapter has no factors for it")
-            continue
-        A, B = adapter.factors[module]
-        rows = torch.as_tensor(as_numpy(item.rows), dtype=torch.int64)
-        outside_rows = torch.ones(B.shape[0], dtype=torch.bool)
-        outside_rows[rows] = False
-        outside_cols = torch.zeros(A.shape[1], dtype=torch.bool)
-        if item.cols is not None:
-            outside_cols[:] = True
-            outside_cols[torch.as_tensor(as_numpy(item.cols), dtype=torch.int64)] = False
-        if B[outside_rows].any() or A[:, outside_cols].any():
-            problems.append(f"'{module}': the adapter changes entries outside the edited ones")
-        entry = locate(base_dir, item.name)
-        base_bytes = base_rows(entry, rows.tolist())
-        error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
-        worst = max(worst, error)
-        if not within:
-            problems.append(
-                f"'{module}': base + B A differs from the edited rows by up to {error:.3g}, "
-                f"more than the {item.dtype} rounding"
-            )
-    return worst, problems
 
 
 # -- loading with PEFT ----------------------------------------------------------------------------
