@@ -32,6 +32,7 @@ from swe_cli.pipeline import (
     probe,
     select,
     solve,
+    writing,
 )
 from swe_cli.settings import Recipe, SolveConfig, parse_layers
 
@@ -158,127 +159,129 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     if request.dry_run:
         ui.info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {request.output}")
         return {"dry_run": True, **plan}
-    ui.info(f"workspace {workspace}")
-    timings: dict[str, float] = {}
+    # one writer per workspace and per output at a time (released by the kernel on exit)
+    with writing(workspace, request.output, create=True):
+        ui.info(f"workspace {workspace}")
+        timings: dict[str, float] = {}
 
-    @contextmanager
-    def timed(stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        timings[stage] = time.perf_counter() - start
+        @contextmanager
+        def timed(stage: str) -> Iterator[None]:
+            start = time.perf_counter()
+            yield
+            timings[stage] = time.perf_counter() - start
 
-    probe_settings = recipe.probe
-    if moments and parse_layers(probe_settings.stats_layers) is None:
-        # stream moments only where the method needs them
-        probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
-    with timed("probe"):
-        probe(
-            ProbeRequest(
-                model=request.model,
-                workspace=workspace,
-                langs=request.langs,
-                harmful=request.harmful,
-                harmless=harmless,
-                general=general,
-                hrl=request.hrl,
-                settings=probe_settings,
-                device=request.device,
-                dtype=request.dtype,
-                device_map=request.device_map,
-                revision=request.revision,
-                resolved=resolved,
-                patterns=request.patterns,
-            ),
-            ui,
-        )
-    with timed("localize"):
-        localize(workspace, recipe.localize, ui)
-    if selecting:
-        with timed("select"):
-            solve_config = select(
-                workspace,
-                solve_config,
-                recipe.select,
-                request.limits,
-                dtype=request.dtype,
-                patterns=request.patterns,
-                ui=ui,
-            ).updated(device=solve_config.device)
-    with timed("solve"):
-        solved = solve(workspace, solve_config, ui)
-    # With eval, the edited model is written beside OUT first and moved into place only once
-    # the shipping gate has passed: a rejected edit never takes OUT's name.
-    written = candidate_folder(request.output) if request.run_eval else request.output
-    with timed("apply"):
-        applied = apply(
-            ApplyRequest(
-                output=written,
-                workspace=workspace,
-                link=request.link,
-                force=request.force or request.run_eval,
-                revision=request.revision,
-            ),
-            ui,
-        )
-    summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
-    if selecting:
-        from swe_cli.stages.select import SELECT_FILE, describe
-
-        summary["select"] = {
-            "chosen": describe(solve_config),
-            "table": str(workspace / "edit" / SELECT_FILE),
-        }
-    if request.run_eval:
-        with timed("eval"):
-            report = evaluate(
-                EvalRequest(
-                    model=str(written),
-                    label=str(request.output),  # evaluated beside OUT, shipped as OUT
-                    baseline=request.model,
-                    langs=[request.hrl, *request.langs],
+        probe_settings = recipe.probe
+        if moments and parse_layers(probe_settings.stats_layers) is None:
+            # stream moments only where the method needs them
+            probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
+        with timed("probe"):
+            probe(
+                ProbeRequest(
+                    model=request.model,
+                    workspace=workspace,
+                    langs=request.langs,
                     harmful=request.harmful,
                     harmless=harmless,
                     general=general,
-                    heldout_fraction=probe_settings.heldout_fraction,
-                    max_prompts=probe_settings.max_prompts,
-                    judge=recipe.eval.judge,
-                    patterns=request.patterns,
-                    max_new_tokens=recipe.eval.max_new_tokens,
-                    batch_size=recipe.eval.batch_size,
+                    hrl=request.hrl,
+                    settings=probe_settings,
                     device=request.device,
                     dtype=request.dtype,
+                    device_map=request.device_map,
                     revision=request.revision,
-                    output=workspace / "eval",
-                    workspace=workspace,
-                    utility=request.utility,
-                    choices=request.choices,
-                    over_refusal=request.over_refusal,
+                    resolved=resolved,
+                    patterns=request.patterns,
                 ),
                 ui,
             )
-            summary["eval"] = report.to_dict()
-        decision = check_gate(report, request.hrl, request.langs, request.limits)
-        summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
-        refresh_card(written, workspace, gate_note(decision, request.gate))
-        if not decision.passed and request.gate:
-            shutil.rmtree(written, ignore_errors=True)
-            raise SweError(
-                f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
-                hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+        with timed("localize"):
+            localize(workspace, recipe.localize, ui)
+        if selecting:
+            with timed("select"):
+                solve_config = select(
+                    workspace,
+                    solve_config,
+                    recipe.select,
+                    request.limits,
+                    dtype=request.dtype,
+                    patterns=request.patterns,
+                    ui=ui,
+                ).updated(device=solve_config.device)
+        with timed("solve"):
+            solved = solve(workspace, solve_config, ui)
+        # With eval, the edited model is written beside OUT first and moved into place only once
+        # the shipping gate has passed: a rejected edit never takes OUT's name.
+        written = fresh_candidate(request.output) if request.run_eval else request.output
+        with timed("apply"):
+            applied = apply(
+                ApplyRequest(
+                    output=written,
+                    workspace=workspace,
+                    link=request.link,
+                    force=request.force or request.run_eval,
+                    revision=request.revision,
+                ),
+                ui,
             )
-        if not decision.passed:
-            ui.info(
-                "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
-                + "; ".join(decision.reasons)
-            )
-        move_into_place(written, request.output, replace=request.force)
-        summary["apply"] = {**applied, "output": str(request.output)}
-    summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
-    if not ui.quiet:
-        from swe_cli.report import timings_table
+        summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
+        if selecting:
+            from swe_cli.stages.select import SELECT_FILE, describe
 
-        ui.show(timings_table(timings, request.output))
-    return summary
+            summary["select"] = {
+                "chosen": describe(solve_config),
+                "table": str(workspace / "edit" / SELECT_FILE),
+            }
+        if request.run_eval:
+            with timed("eval"):
+                report = evaluate(
+                    EvalRequest(
+                        model=str(written),
+                        label=str(request.output),  # evaluated beside OUT, shipped as OUT
+                        baseline=request.model,
+                        langs=[request.hrl, *request.langs],
+                        harmful=request.harmful,
+                        harmless=harmless,
+                        general=general,
+                        heldout_fraction=probe_settings.heldout_fraction,
+                        max_prompts=probe_settings.max_prompts,
+                        judge=recipe.eval.judge,
+                        patterns=request.patterns,
+                        max_new_tokens=recipe.eval.max_new_tokens,
+                        batch_size=recipe.eval.batch_size,
+                        device=request.device,
+                        dtype=request.dtype,
+                        revision=request.revision,
+                        output=workspace / "eval",
+                        workspace=workspace,
+                        utility=request.utility,
+                        choices=request.choices,
+                        over_refusal=request.over_refusal,
+                    ),
+                    ui,
+                )
+                summary["eval"] = report.to_dict()
+            decision = check_gate(report, request.hrl, request.langs, request.limits)
+            summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+            refresh_card(written, workspace, gate_note(decision, request.gate))
+            if not decision.passed and request.gate:
+                shutil.rmtree(written, ignore_errors=True)
+                raise SweError(
+                    f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
+                    hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+                )
+            if not decision.passed:
+                ui.info(
+                    "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
+                    + "; ".join(decision.reasons)
+                )
+            move_into_place(written, request.output, replace=request.force)
+            summary["apply"] = {**applied, "output": str(request.output)}
+        summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+        if not ui.quiet:
+            from swe_cli.report import timings_table
+
+            ui.show(timings_table(timings, request.output))
+        return summary
 
 
 def _moment_layers(
@@ -319,8 +322,17 @@ def check_chat_template(model_dir: Path) -> None:
 
 def candidate_folder(output: Path) -> Path:
     """Where align writes the edited model while eval and the gate decide: a hidden sibling of
-    OUT (same filesystem, so moving it into place is a rename)."""
-    return output.parent / f".{output.name}.swe-candidate"
+    OUT (same filesystem, so moving it into place is a rename), named with this process's PID."""
+    return output.parent / f".{output.name}.swe-candidate-{os.getpid()}"
+
+
+def fresh_candidate(output: Path) -> Path:
+    """This run's candidate folder, after removing those that killed runs left behind (the
+    caller holds OUT's lock, so no other live run owns one)."""
+    for stale in output.parent.glob(f".{output.name}.swe-candidate*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return candidate_folder(output)
 
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:

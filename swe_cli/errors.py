@@ -50,3 +50,7 @@ class EvalError(SweError):
 
 class LoraError(SweError):
     """An edit cannot be exported as a LoRA adapter, or an adapter cannot be read or loaded."""
+
+
+class BusyError(SweError):
+    """Another swe process holds the lock of a workspace or an output."""

@@ -5,6 +5,7 @@ passes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,22 @@ class Ui:
 
 
 SILENT = Ui()
+
+
+@contextmanager
+def writing(
+    workspace: Path | None = None, output: Path | None = None, create: bool = False
+) -> Iterator[None]:
+    """Hold the locks of the workspace and the output a stage writes (swe_cli/io/lock.py): a
+    second writer of either exits with the holder's PID instead of mixing its files in."""
+    from swe_cli.io.lock import lock_output, lock_workspace
+
+    with contextlib.ExitStack() as stack:
+        if workspace is not None:
+            stack.enter_context(lock_workspace(Path(workspace), create=create))
+        if output is not None:
+            stack.enter_context(lock_output(Path(output)))
+        yield
 
 
 def check_device(device: str) -> str:
@@ -133,7 +150,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             "patterns": tuple(request.patterns),
         }
     )
-    with ui.progress() as update:
+    with writing(request.workspace, create=True), ui.progress() as update:
         result = run_probe(
             Workspace(request.workspace),
             resolved,
@@ -213,7 +230,8 @@ def localize(workspace: Path, settings: LocalizeSettings, ui: Ui = SILENT) -> di
     from swe_cli.stages.localize import run_localize
     from swe_cli.workspace import Workspace
 
-    summary = run_localize(Workspace(workspace), settings)
+    with writing(workspace):
+        summary = run_localize(Workspace(workspace), settings)
     if not ui.quiet:
         ui.show(localize_table(summary))
     return summary
@@ -228,12 +246,14 @@ def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) 
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
-    result = run_tune(space, base)
+    with writing(workspace):
+        result = run_tune(space, base)
     if not ui.quiet:
         ui.show(candidates_table(result))
     if confirm <= 0:
         return result.best
-    rows = confirm_candidates(space, result, top=confirm, device=base.device)
+    with writing(workspace):
+        rows = confirm_candidates(space, result, top=confirm, device=base.device)
     chosen = confirmed_choice(rows)
     ui.info(f"--confirm: {len(rows) - 1} candidates checked by generation on validation prompts")
     return chosen
@@ -254,9 +274,10 @@ def select(
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
-    result = run_select(
-        space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
-    )
+    with writing(workspace):
+        result = run_select(
+            space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
+        )
     if not ui.quiet:
         manifest = space.load()
         ui.show(selection_table(result, manifest["hrl"], manifest["langs"]))
@@ -268,7 +289,8 @@ def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, An
     from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
 
-    summary = run_solve(Workspace(workspace), config)
+    with writing(workspace):
+        summary = run_solve(Workspace(workspace), config)
     if not ui.quiet:
         ui.show(solve_table(summary))
     return summary
@@ -292,6 +314,11 @@ class ApplyRequest:
 
 
 def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    with writing(request.workspace if request.edit is None else None, request.output):
+        return _apply(request, ui)
+
+
+def _apply(request: ApplyRequest, ui: Ui) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.stages.apply import apply_edit_artifact, apply_workspace, export_edit
     from swe_cli.workspace import Workspace
@@ -498,6 +525,11 @@ def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
 
 
 def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
+    with writing(request.workspace, request.output):
+        return _evaluate(request, ui)
+
+
+def _evaluate(request: EvalRequest, ui: Ui) -> Any:
     from swe_cli.judges import GuardJudge, PatternJudge
     from swe_cli.report import rich_table, write_report
     from swe_cli.stages.evaluate import run_eval

@@ -1,0 +1,98 @@
+"""Exclusive locks on the folders swe writes (a workspace, an output and its candidate and
+temporary names): an OS file lock (flock) on a small lock file, released by the kernel when the
+holder exits or is killed, so there is no stale lock to guess about. The holder writes its PID
+into the lock file, so a second writer can say who holds it. Locks are re-entrant within one
+process (align holds the workspace's lock while the stages it calls take it again)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from swe_cli.errors import BusyError
+
+WAIT_ENV = "SWE_WAIT_FOR_LOCK"  # "1": wait for the holder instead of exiting
+_held: dict[str, int] = {}  # lock file -> depth of nested holds in this process
+_guard = threading.Lock()
+
+
+def lock_file(folder: Path) -> Path:
+    """The lock file of a folder: a hidden sibling (.NAME.swe-lock), so it exists before the
+    folder does, covers an output's candidate and temporary names too, and leaves the folder's
+    own files untouched."""
+    resolved = Path(folder).resolve()
+    return resolved.parent / f".{resolved.name}.swe-lock"
+
+
+def _holder(descriptor: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(descriptor, 32, 0).decode().strip()
+        if text.isdigit():
+            return f"PID {text}"
+    return "PID unknown"
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path, what: str, wait: bool | None = None) -> Iterator[None]:
+    """Hold the lock of `what` (e.g. "workspace /x") while the block runs. Taken by another
+    process: BusyError naming its PID, or with wait (default: $SWE_WAIT_FOR_LOCK=1) block until
+    it is released."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock_file.parent.resolve() / lock_file.name)
+    with _guard:
+        if key in _held:
+            _held[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _guard:
+                _held[key] -= 1
+        return
+    if wait is None:
+        wait = os.environ.get(WAIT_ENV, "") == "1"
+    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise BusyError(
+                    f"{what} is in use by another swe process ({_holder(descriptor)})",
+                    hint=f"wait until it finishes (or set {WAIT_ENV}=1 to wait for it), or use "
+                    "another folder",
+                ) from None
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        with _guard:
+            _held[key] = 1
+        try:
+            yield
+        finally:
+            with _guard:
+                del _held[key]
+    finally:
+        os.close(descriptor)  # releases the flock
+
+
+def lock_workspace(
+    root: Path, create: bool = False, wait: bool | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """The workspace's lock; a folder that does not exist is not created for it (the stage then
+    says it is not a workspace) unless `create` (probe, align)."""
+    if not create and not Path(root).is_dir():
+        return contextlib.nullcontext()
+    return exclusive(lock_file(root), f"workspace {root}", wait)
+
+
+def lock_output(output: Path, wait: bool | None = None) -> contextlib.AbstractContextManager[None]:
+    return exclusive(lock_file(output), f"output {output}", wait)
