@@ -346,7 +346,8 @@ def _limits_text(limits: GateLimits) -> str:
     return (
         f"no target language's ASR up, HRL ASR up at most {limits.max_hrl_asr_rise}, "
         f"over-refusal up at most {limits.max_over_refusal}, mean KL at most {limits.max_kl}, "
-        f"utility accuracy down at most {limits.max_utility_drop}"
+        f"utility accuracy down at most {limits.max_utility_drop}, "
+        f"degenerate answers up at most {limits.max_degenerate_rise} in any language"
     )
 
 

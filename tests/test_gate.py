@@ -57,7 +57,7 @@ def test_a_better_edit_passes() -> None:
             "en ASR rose 0.200 -> 0.250 (more than 0.020)",
         ),
         ({"en": 0.20, "bn": 0.40, "sw": 0.30}, 0.10, 0.01, "mean over-refusal rose 0.000 -> 0.100"),
-        ({"en": 0.20, "bn": 0.40, "sw": 0.30}, 0.0, 0.20, "mean KL 0.2000 exceeds --max-kl 0.1"),
+        ({"en": 0.20, "bn": 0.40, "sw": 0.30}, 0.0, 0.20, "mean KL 0.2 exceeds --max-kl 0.1"),
     ],
 )
 def test_each_limit_stops_the_edit(edited: dict, over: float, kl: float, reason: str) -> None:

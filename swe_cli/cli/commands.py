@@ -161,6 +161,7 @@ def select(
     max_kl: o.MaxKl = GATE.max_kl,
     max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
     max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,
+    max_degenerate_rise: o.MaxDegenerateRise = GATE.max_degenerate_rise,
     patterns: o.Patterns = None,
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
@@ -175,7 +176,10 @@ def select(
         candidates=candidates, prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     limits = GateLimits(
-        max_hrl_asr_rise=max_hrl_asr_rise, max_over_refusal=max_over_refusal, max_kl=max_kl
+        max_hrl_asr_rise=max_hrl_asr_rise,
+        max_over_refusal=max_over_refusal,
+        max_kl=max_kl,
+        max_degenerate_rise=max_degenerate_rise,
     )
     chosen = run(
         workspace,
@@ -463,6 +467,7 @@ def align(
     max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
     max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,
     max_utility_drop: o.MaxUtilityDrop = GATE.max_utility_drop,
+    max_degenerate_rise: o.MaxDegenerateRise = GATE.max_degenerate_rise,
     patterns: o.Patterns = None,
     device: Annotated[
         str,
@@ -512,6 +517,7 @@ def align(
             max_over_refusal=max_over_refusal,
             max_kl=max_kl,
             max_utility_drop=max_utility_drop,
+            max_degenerate_rise=max_degenerate_rise,
         ),
         patterns=patterns or [],
         device=device,
