@@ -262,7 +262,9 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                 summary["eval"] = report.to_dict()
             decision = check_gate(report, request.hrl, request.langs, request.limits)
             summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
-            refresh_card(written, workspace, gate_note(decision, request.gate))
+            note = gate_note(decision, request.gate)
+            record_gate(workspace, written, decision, request.gate, note)
+            refresh_card(written, workspace, note)
             if not decision.passed and request.gate:
                 shutil.rmtree(written, ignore_errors=True)
                 raise SweError(
@@ -351,6 +353,26 @@ def _limits_text(limits: GateLimits) -> str:
     )
 
 
+def record_gate(
+    workspace: Path, written: Path, decision: GateDecision, enforced: bool, note: str
+) -> None:
+    """The gate's decision in the workspace, bound to the edit it judged: a later `swe apply`
+    of the same edit carries it into the card."""
+    from swe_cli.stages.apply import edited_model_hash
+    from swe_cli.workspace import Workspace
+
+    Workspace(workspace).record_stage(
+        "gate",
+        {"limits": decision.to_dict()["limits"], "enforced": enforced},
+        {
+            "passed": decision.passed,
+            "reasons": list(decision.reasons),
+            "note": note,
+            "edit_sha256": edited_model_hash(written),
+        },
+    )
+
+
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
     from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
@@ -360,7 +382,8 @@ def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), eval_report(space))
+    report = eval_report(space, str((provenance.get("edit") or {}).get("sha256")))
+    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), report)
     card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 

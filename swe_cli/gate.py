@@ -32,11 +32,12 @@ class GateLimits:
 
         for item in fields(self):
             value = getattr(self, item.name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            # inf is "no limit"; nan compares false with everything and would pass anything
+            if not (isinstance(value, int | float) and not math.isnan(value) and value >= 0):
                 option = "--" + item.name.replace("_", "-")
                 raise SweError(
-                    f"{option} {value!r} is not a finite number >= 0",
-                    hint=f"pass a share such as 0.05 to {option}",
+                    f"{option} {value!r} is not a number >= 0",
+                    hint=f"pass a share such as 0.05 to {option} (inf: no limit)",
                 )
 
 

@@ -532,6 +532,7 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
 def _evaluate(request: EvalRequest, ui: Ui) -> Any:
     from swe_cli.judges import GuardJudge, PatternJudge
     from swe_cli.report import rich_table, write_report
+    from swe_cli.stages.apply import edited_model_hash
     from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
 
@@ -587,6 +588,10 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
                 {
                     "report": str(space.eval_dir / "report.json"),
                     "mean": report.to_dict()["model"]["mean"],
+                    # the edit this eval measured: a card shows the table only beside it
+                    "edit_sha256": edited_model_hash(
+                        request.adapter if request.adapter is not None else Path(request.model)
+                    ),
                 },
             )
     if not ui.quiet:

@@ -239,7 +239,7 @@ class Workspace:
 
     def invalidate_after(self, stage: str) -> None:
         """A re-run stage makes every later stage's result stale."""
-        order = ["probe", "localize", "select", "solve", "apply", "eval"]
+        order = ["probe", "localize", "select", "solve", "apply", "eval", "gate"]
         manifest = self.load()
         stages = manifest.get("stages", {})
         for later in order[order.index(stage) + 1 :]:

@@ -76,10 +76,11 @@ def test_a_kl_just_over_the_limit_is_printed_with_enough_digits() -> None:
 
 
 @pytest.mark.parametrize("field", ["max_kl", "max_degenerate_rise", "max_over_refusal"])
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1])
-def test_a_non_finite_or_negative_limit_is_refused(field: str, bad: float) -> None:
+@pytest.mark.parametrize("bad", [math.nan, -0.1])
+def test_a_nan_or_negative_limit_is_refused(field: str, bad: float) -> None:
     with pytest.raises(SweError, match="--" + field.replace("_", "-")):
         GateLimits(**{field: bad})
+    assert GateLimits(**{field: math.inf})  # no limit
 
 
 def test_select_applies_the_degenerate_rule() -> None:

@@ -152,7 +152,7 @@ def test_the_largest_admissible_gain_wins_then_the_lower_kl() -> None:
 
 def test_no_admissible_gain_is_a_clear_error() -> None:
     rows = [_row("residual@1", 0.6, ("KL 0.2 > 0.1",)), _row("paper", 0.0)]
-    with pytest.raises(SolveError, match=r"no candidate raised refusal .*residual@1: KL 0.200"):
+    with pytest.raises(SolveError, match=r"no candidate raised refusal .*residual@1: KL 0.2 > 0.1"):
         _choose(rows)
     with pytest.raises(SolveError, match="paper: it raised no target language's refusal"):
         _choose([_row("paper", 0.0)])
@@ -164,7 +164,7 @@ def test_a_language_without_harmless_validation_prompts_does_not_void_the_rate()
     meter = select_stage._Meter(
         None, None, None, {"en": ["h"]}, {"en": ["a", "b"], "sw": []}, SelectSettings()
     )
-    meter._refused = lambda lang, texts: math.nan if not texts else 0.5  # type: ignore[method-assign]
+    meter._refused = lambda lang, texts, degenerate=None: math.nan if not texts else 0.5  # type: ignore[method-assign]
     measure = meter.measure()
     assert measure.harmless_refusal == 0.5 and measure.refusal == {"en": 0.5}
 

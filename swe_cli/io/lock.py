@@ -1,6 +1,7 @@
 """Exclusive locks on the folders swe writes (a workspace, an output and its candidate and
-temporary names): an OS file lock (flock) on a small lock file, released by the kernel when the
-holder exits or is killed, so there is no stale lock to guess about. The holder writes its PID
+temporary names): an OS file lock (flock) on a small lock file in a per-user lock folder, keyed by
+the folder's absolute path, released by the kernel when the holder exits or is killed, so there
+is no stale lock to guess about. The holder writes its PID
 into the lock file, so a second writer can say who holds it. Locks are re-entrant within one
 process (align holds the workspace's lock while the stages it calls take it again)."""
 
@@ -8,29 +9,41 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from swe_cli.errors import BusyError
 
+LOCK_DIR_ENV = "SWE_LOCK_DIR"
 WAIT_ENV = "SWE_WAIT_FOR_LOCK"  # "1": wait for the holder instead of exiting
 _held: dict[str, int] = {}  # lock file -> depth of nested holds in this process
 _guard = threading.Lock()
 
 
+def lock_dir() -> Path:
+    """Where lock files live: one folder per user under the system's temporary folder
+    ($SWE_LOCK_DIR overrides), so that no lock file is ever written beside or inside a user's
+    folders (a base model, a workspace, an output's parent)."""
+    configured = os.environ.get(LOCK_DIR_ENV)
+    return (
+        Path(configured) if configured else Path(tempfile.gettempdir()) / f"swe-locks-{os.getuid()}"
+    )
+
+
 def lock_file(folder: Path) -> Path:
-    """The lock file of a folder: a hidden sibling (.NAME.swe-lock), so it exists before the
-    folder does, covers an output's candidate and temporary names too, and leaves the folder's
-    own files untouched."""
-    resolved = Path(folder).resolve()
-    return resolved.parent / f".{resolved.name}.swe-lock"
+    """The lock file of a folder, named by the hash of its absolute path (the folder may not
+    exist yet: an output's lock also covers its candidate and temporary names)."""
+    resolved = str(Path(folder).expanduser().resolve())
+    return lock_dir() / f"{hashlib.sha256(resolved.encode()).hexdigest()[:32]}.lock"
 
 
 def _holder(descriptor: int) -> str:
     with contextlib.suppress(OSError, ValueError):
-        text = os.pread(descriptor, 32, 0).decode().strip()
+        text = os.pread(descriptor, 32, 0).decode().split("\n", 1)[0].strip()
         if text.isdigit():
             return f"PID {text}"
     return "PID unknown"
@@ -42,7 +55,7 @@ def exclusive(lock_file: Path, what: str, wait: bool | None = None) -> Iterator[
     process: BusyError naming its PID, or with wait (default: $SWE_WAIT_FOR_LOCK=1) block until
     it is released."""
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = str(lock_file.parent.resolve() / lock_file.name)
     with _guard:
         if key in _held:
@@ -72,7 +85,7 @@ def exclusive(lock_file: Path, what: str, wait: bool | None = None) -> Iterator[
                 ) from None
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n{what}\n".encode(), 0)
         with _guard:
             _held[key] = 1
         try:

@@ -8,6 +8,7 @@ long as a plain file copy and needs tens of megabytes."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -195,7 +196,9 @@ def apply_workspace(
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
     provenance = workspace_provenance(manifest, edit_yaml)
-    card = ModelCard.for_provenance(provenance, base_dir, eval_report(workspace))
+    edit_hash = edit_sha256(load_edit(edit_file, framework="np"))
+    card = ModelCard.for_provenance(provenance, base_dir, eval_report(workspace, edit_hash))
+    card = replace(card, gate_note=gate_note(workspace, edit_hash, "`swe apply`"))
     result = _apply(
         EditSource(file=edit_file),
         base_dir,
@@ -298,8 +301,11 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     provenance = complete_provenance(
         workspace_provenance(manifest, edit_yaml), edit, edit_sha256(edit), {"artifact": "edit"}
     )
-    report = eval_report(workspace)
+    report = eval_report(workspace, provenance["edit"]["sha256"])
     card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
+    card = replace(
+        card, gate_note=gate_note(workspace, provenance["edit"]["sha256"], "`swe apply`")
+    )
     temporary = temporary_folder(output)
     try:
         shutil.copyfile(edit_file, temporary / EDIT_FILE)
@@ -354,12 +360,41 @@ def workspace_base(model: dict[str, Any]) -> Path:
     return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
 
 
-def eval_report(workspace: Workspace) -> str | None:
+def eval_report(workspace: Workspace, edit_hash: str) -> str | None:
+    """The workspace's eval table, only when that eval measured this very edit (its sha256 is
+    recorded with the eval): a table of another edit, or of a re-solved one, is never shown."""
     path = workspace.eval_dir / "report.md"
-    if not path.exists():
+    record = (workspace.load().get("stages") or {}).get("eval") or {}
+    measured = (record.get("outputs") or {}).get("edit_sha256")
+    if not path.exists() or record.get("status") != "done" or measured != edit_hash:
         return None
     check_inside(path, workspace.root, WorkspaceError)
     return path.read_text(encoding="utf-8")
+
+
+def gate_note(workspace: Workspace, edit_hash: str, shipped_by: str = "") -> str | None:
+    """What the shipping gate decided about this edit, when it was judged (align --eval
+    records it); shipped_by names the command writing it anyway after a refusal."""
+    record = (workspace.load().get("stages") or {}).get("gate") or {}
+    outputs = record.get("outputs") or {}
+    if outputs.get("edit_sha256") != edit_hash or "passed" not in outputs:
+        return None
+    if outputs["passed"]:
+        return str(outputs.get("note") or "Shipping gate: passed.")
+    reasons = "; ".join(map(str, outputs.get("reasons") or []))
+    if shipped_by:
+        return f"Shipping gate: **failed** ({reasons}); written anyway by {shipped_by}."
+    return str(outputs.get("note") or f"Shipping gate: **failed**: {reasons}.")
+
+
+def edited_model_hash(folder: Path) -> str | None:
+    """The edit sha256 an edited checkpoint or adapter records in its swe_edit.json."""
+    try:
+        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = (data.get("edit") or {}).get("sha256") if isinstance(data, dict) else None
+    return str(value) if value else None
 
 
 def resolve_device(device: str) -> str:
