@@ -236,7 +236,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                 report = evaluate(
                     EvalRequest(
                         model=str(written),
-                        label=str(request.output),  # evaluated beside OUT, shipped as OUT
+                        label=request.output.name,  # evaluated beside OUT, shipped as OUT
                         baseline=request.model,
                         langs=[request.hrl, *request.langs],
                         harmful=request.harmful,

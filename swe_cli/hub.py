@@ -58,6 +58,24 @@ def hub_repo_id(model: dict[str, Any]) -> str | None:
     return None
 
 
+def public_name(model: dict[str, Any]) -> str:
+    """How files meant to be pushed name a base model: its Hub id when it came from the Hub,
+    else its folder's name (never a local path, which would leak the user's home)."""
+    return hub_repo_id(model) or public_source(str(model.get("id") or "")) or "base model"
+
+
+def public_source(source: str) -> str:
+    """A prompt set's or model's source as pushed files may name it: a Hub id as it is, a local
+    file or folder by its name alone."""
+    text = str(source or "")
+    if not text:
+        return text
+    local = text.startswith(("/", ".", "~")) or Path(text).expanduser().exists()
+    if local or not _HUB_ID.match(text):
+        return Path(text.rstrip("/\\")).name or text
+    return text
+
+
 def normalise_languages(hrl: str | None, langs: Any) -> list[str]:
     """The HRL first, then the target languages, from a list, a dict or a comma string."""
     if isinstance(langs, str):
@@ -121,9 +139,15 @@ def workspace_provenance(
     """The caller-side part of swe_edit.json for a workspace: base model, languages, solver."""
     model = dict(manifest.get("model") or {})
     solve = (manifest.get("stages") or {}).get("solve") or {}
+    prompt_sets = {
+        name: {**record, "source": public_source(str(record.get("source") or ""))}
+        if isinstance(record, dict)
+        else record
+        for name, record in (manifest.get("prompt_sets") or {}).items()
+    }
     return {
         "base_model": {
-            "id": model.get("id"),
+            "id": public_name(model),
             "hub_id": hub_repo_id(model),
             "revision": model.get("revision"),
             "commit": model.get("commit"),
@@ -133,7 +157,7 @@ def workspace_provenance(
         },
         "languages": normalise_languages(manifest.get("hrl"), manifest.get("langs")),
         "hrl": manifest.get("hrl"),
-        "prompt_sets": manifest.get("prompt_sets"),
+        "prompt_sets": prompt_sets or None,
         "solver": {
             "method": (edit_yaml or {}).get("method") or (solve.get("params") or {}).get("method"),
             "params": solve.get("params"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from swe_cli.edit import (
+    EDIT_FILE,
     EDITABLE_DTYPES,
     Edit,
     TensorEdit,
@@ -32,14 +33,18 @@ from swe_cli.edit import (
     edit_sha256,
     load_edit,
     patched_row_bytes,
+    save_edit,
 )
 from swe_cli.errors import EditError, LoraError
 from swe_cli.hub import (
     CARD_FILE,
+    EDIT_DIR,
     PROVENANCE_FILE,
     ModelCard,
     artifact_provenance,
     complete_provenance,
+    public_name,
+    public_source,
     workspace_provenance,
     write_provenance,
 )
@@ -47,6 +52,8 @@ from swe_cli.io.checkpoint import ResolvedModel, fingerprint, locate
 from swe_cli.io.files import (
     atomic_write_text,
     current_umask,
+    inside,
+    link_roots,
     move_into_place,
     sync_tree,
     temporary_folder,
@@ -274,8 +281,13 @@ def adapter_config(factors: tuple[LoraFactor, ...], base_model_name_or_path: str
     """adapter_config.json: full module names as target_modules, r = the largest rank, and per
     module rank (and alpha = rank, so scaling is 1) where ranks differ. Only keys that every
     PEFT release since 0.11 accepts."""
-    rank = max(factor.rank for factor in factors)
-    pattern = {factor.module: factor.rank for factor in factors if factor.rank != rank}
+    return config_for_ranks({f.module: f.rank for f in factors}, base_model_name_or_path)
+
+
+def config_for_ranks(ranks: dict[str, int], base_model_name_or_path: str) -> dict[str, Any]:
+    """The adapter_config.json swe writes for modules of these ranks (verify compares with it)."""
+    rank = max(ranks.values())
+    pattern = {module: value for module, value in sorted(ranks.items()) if value != rank}
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -285,7 +297,7 @@ def adapter_config(factors: tuple[LoraFactor, ...], base_model_name_or_path: str
         "r": rank,
         "lora_alpha": rank,
         "lora_dropout": 0.0,
-        "target_modules": sorted(factor.module for factor in factors),
+        "target_modules": sorted(ranks),
         "rank_pattern": pattern,
         "alpha_pattern": dict(pattern),
         "bias": "none",
@@ -366,6 +378,8 @@ def export_lora(
     try:
         weights = temporary / ADAPTER_WEIGHTS_FILE
         save_file(adapter_tensors(factors), str(weights), metadata={"format": "pt"})
+        carried = save_edit(edit, temporary / EDIT_DIR)
+        carried.chmod(0o666 & ~current_umask())
         weights.chmod(0o666 & ~current_umask())  # safetensors creates it 0600; follow the umask
         lora = {
             "rank": rank,
@@ -376,7 +390,8 @@ def export_lora(
             "within_dtype_rounding": all(factor.within_rounding for factor in factors),
             "adapter_sha256": _file_sha256(weights),
             "adapter_bytes": weights.stat().st_size,
-            "edit_file": str(Path(edit_file).resolve()) if edit_file else None,
+            # the edit travels inside the adapter, so it can be verified without a workspace
+            "edit_file": f"{EDIT_DIR}/{EDIT_FILE}",
             "modules": [factor.summary() for factor in factors],
         }
         record = complete_provenance(
@@ -419,9 +434,7 @@ def export_workspace_lora(
         base_dir,
         output,
         provenance=provenance,
-        base_model_name_or_path=str(
-            provenance["base_model"].get("hub_id") or model.get("id") or base_dir
-        ),
+        base_model_name_or_path=public_name(model),
         max_rank=max_rank,
         force=force,
         edit_file=edit_file,
@@ -449,7 +462,7 @@ def export_artifact_lora(
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
     provenance = artifact_provenance(edit_file, artifact)
     recorded = provenance.get("base_model") or {}
-    name = recorded.get("hub_id") or (
+    name = recorded.get("hub_id") or public_source(
         base.model_id if isinstance(base, ResolvedModel) else str(base_dir)
     )
     return export_lora(
@@ -602,48 +615,105 @@ class AdapterReport:
         }
 
 
+ADAPTER_FILES = (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    PROVENANCE_FILE,
+    CARD_FILE,
+    f"{EDIT_DIR}/{EDIT_FILE}",
+)
+# adapter_config.json keys that do not change the forward pass: every other key must be exactly
+# what swe writes
+NAME_KEYS = ("base_model_name_or_path", "revision", "inference_mode", "init_lora_weights")
+
+
+def adapter_edit_file(folder: Path) -> Path:
+    """Where an adapter carries the edit it was exported from."""
+    return Path(folder) / EDIT_DIR / EDIT_FILE
+
+
 def recorded_edit(folder: Path) -> Edit | None:
-    """The edit an adapter was exported from, when the file recorded in its swe_edit.json still
-    exists (its hash is checked by `verify_adapter`); None otherwise."""
-    provenance = read_adapter(folder).provenance
-    recorded = (provenance.get("lora") or {}).get("edit_file")
-    if not recorded or not Path(recorded).is_file():
+    """The edit carried inside the adapter folder (swe_edit/edit.safetensors), None when absent
+    or a link leaving the folder (verify_adapter reports both)."""
+    path = adapter_edit_file(folder)
+    if not path.is_file() or not inside(path, link_roots(Path(folder))):
         return None
-    return load_edit(Path(recorded))
+    return load_edit(path)
+
+
+def check_adapter_files(folder: Path) -> list[str]:
+    """Every file accounted for: the ones swe writes, no other file or folder, no link leaving
+    the folder (a Hub cache snapshot's links into its blobs are fine)."""
+    folder, problems = Path(folder), []
+    roots = link_roots(folder)
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink() and not inside(path, roots):
+            problems.append(f"{relative}: a link to {path.resolve()}, outside the adapter folder")
+        elif path.is_dir():
+            if relative != EDIT_DIR:
+                problems.append(f"{relative}/: a folder swe does not write into an adapter")
+        elif relative not in ADAPTER_FILES:
+            problems.append(f"{relative}: a file swe does not write into an adapter")
+    for required in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROVENANCE_FILE):
+        if not (folder / required).is_file():
+            problems.append(f"{required}: missing")
+    return problems
 
 
 def verify_adapter(folder: Path, base_dir: Path, edit: Edit | None = None) -> AdapterReport:
-    """Check an adapter folder against its base and, when given, the edit it was exported from.
+    """Check an adapter folder against its base and the edit it was exported from (`edit`, else
+    the one it carries): as strict as a checkpoint, so a pass means the forward pass is base +
+    the edit.
 
-    Always: the config names exactly the modules that hold factors, with their ranks; shapes fit
-    the base tensors; the weights file's sha256 and the base rows B touches match swe_edit.json.
-    With `edit`: its sha256 is the one recorded, it touches the same tensors, B A is zero outside
-    its rows and columns, and base + B A cast to the base dtype equals the rows `swe apply`
-    writes, within the dtype's rounding."""
+    Every file is one swe writes; adapter_config.json is exactly what swe writes for these
+    factors (every key that changes the forward pass: rank and alpha patterns, rslora, dora,
+    targets, ...), naming the recorded base; shapes fit the base tensors; the weights file's
+    sha256 and the base rows B touches match swe_edit.json; the edit's sha256 is the one recorded,
+    it touches the same tensors, B A is zero outside its rows and columns, and base + B A cast to
+    the base dtype equals the rows `swe apply` writes, within the dtype's rounding. No edit to
+    compare with is a problem (cannot verify), never a pass."""
     folder, base_dir = Path(folder), Path(base_dir)
+    problems = check_adapter_files(folder)
+    if any("outside the adapter folder" in problem for problem in problems):
+        return _report(folder, base_dir, problems, None, None)  # read nothing through the link
     adapter = read_adapter(folder)
-    problems: list[str] = []
     lora = adapter.provenance.get("lora") or {}
     recorded = {module["module"]: module for module in lora.get("modules") or []}
     problems += _check_config(adapter)
     digest = _file_sha256(folder / ADAPTER_WEIGHTS_FILE)
-    if lora.get("adapter_sha256") and lora["adapter_sha256"] != digest:
+    if lora.get("adapter_sha256") != digest:
         problems.append(f"{folder}: {ADAPTER_WEIGHTS_FILE} differs from the one swe wrote (sha256)")
     for module, (A, B) in adapter.factors.items():
         problems += _check_module(base_dir, module, A, B, recorded.get(module))
+        if not (bool(A.isfinite().all()) and bool(B.isfinite().all())):
+            problems.append(f"'{module}': lora_A or lora_B holds nan or inf")
     worst = None
-    if edit is not None:
+    edit = edit if edit is not None else recorded_edit(folder)
+    if edit is None:
+        problems.append(
+            f"cannot verify the factors: no edit inside the adapter ({EDIT_DIR}/{EDIT_FILE}) "
+            "and none given (-w WORKSPACE)"
+        )
+    else:
         worst, edit_problems = _check_against_edit(adapter, base_dir, edit)
         problems += edit_problems
-    ranks = [int(A.shape[0]) for A, _ in adapter.factors.values()]
+    return _report(folder, base_dir, problems, adapter, worst)
+
+
+def _report(
+    folder: Path, base_dir: Path, problems: list[str], adapter: Adapter | None, worst: Any
+) -> AdapterReport:
+    factors = adapter.factors if adapter is not None else {}
+    ranks = [int(A.shape[0]) for A, _ in factors.values()]
     return AdapterReport(
         adapter=folder,
         base=base_dir,
         problems=tuple(problems),
-        modules_checked=len(adapter.factors),
+        modules_checked=len(factors),
         rank=max(ranks, default=0),
         max_reconstruction_error=worst,
-        edit_sha256=(adapter.provenance.get("edit") or {}).get("sha256"),
+        edit_sha256=((adapter.provenance if adapter else {}).get("edit") or {}).get("sha256"),
     )
 
 
@@ -651,17 +721,25 @@ def _check_config(adapter: Adapter) -> list[str]:
     config, problems = adapter.config, []
     if config.get("peft_type") != "LORA":
         problems.append(f"{adapter.folder}: peft_type is {config.get('peft_type')!r}, not LORA")
-    targets = config.get("target_modules")
-    if sorted(targets or []) != sorted(adapter.factors):
-        problems.append(f"{adapter.folder}: target_modules do not name the modules with factors")
-    for module, (A, _) in adapter.factors.items():
-        rank = int((config.get("rank_pattern") or {}).get(module, config.get("r", -1)))
-        alpha = float((config.get("alpha_pattern") or {}).get(module, config.get("lora_alpha", -1)))
-        if rank != A.shape[0] or alpha != rank:
+    if not adapter.factors:
+        return [*problems, f"{adapter.folder}: the adapter holds no factors"]
+    expected = config_for_ranks(
+        {module: int(A.shape[0]) for module, (A, _) in adapter.factors.items()}, ""
+    )
+    for key in sorted(set(config) | set(expected)):
+        if key not in NAME_KEYS and key != "peft_type" and config.get(key) != expected.get(key):
             problems.append(
-                f"'{module}': config rank {rank} / alpha {alpha:g}, factors have rank "
-                f"{A.shape[0]} (swe adapters use alpha = rank)"
+                f"{ADAPTER_CONFIG_FILE}: '{key}' is {config.get(key)!r}; swe writes "
+                f"{expected.get(key)!r} for these factors (it changes the forward pass)"
             )
+    base = adapter.provenance.get("base_model") or {}
+    names = {str(value) for value in (base.get("hub_id"), base.get("id")) if value}
+    if str(config.get("base_model_name_or_path")) not in names:
+        problems.append(
+            f"{ADAPTER_CONFIG_FILE}: base_model_name_or_path "
+            f"{config.get('base_model_name_or_path')!r} is not the recorded base "
+            f"({', '.join(sorted(names)) or 'none recorded'})"
+        )
     return problems
 
 

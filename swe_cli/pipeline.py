@@ -441,15 +441,13 @@ def verify_lora(
     ui: Ui = SILENT,
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the edit
-    file recorded in the adapter's provenance, when it still exists)."""
-    from swe_cli.lora import recorded_edit, verify_adapter
+    """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the one
+    the adapter carries); no edit to compare with is a failure."""
+    from swe_cli.lora import verify_adapter
 
-    if edit is None:
-        edit = recorded_edit(output)
     report = verify_adapter(output, base_dir, edit)
     if report.ok:
-        against = "the edit" if edit is not None else "its recorded hashes (no edit found)"
+        against = "the edit" if edit is not None else "the edit it carries"
         error = report.max_reconstruction_error
         ui.info(
             f"[green]verified[/green] LoRA adapter {output}: {report.modules_checked} modules, "
@@ -460,6 +458,25 @@ def verify_lora(
         for item in report.problems:
             problem(f"mismatch: {item}")
     return report.summary()
+
+
+def check_adapter_base(adapter: Path, model: str, revision: str | None) -> None:
+    """`swe eval --adapter`: the adapter must pass `swe verify` against MODEL (rows it changes,
+    config, factors), or the measurement would be of something else."""
+    from swe_cli.errors import LoraError
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.lora import is_adapter, verify_adapter
+
+    if not is_adapter(Path(adapter)):
+        return  # loading it says what is wrong
+    report = verify_adapter(Path(adapter), resolve_model(model, revision).path)
+    if not report.ok:
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise LoraError(
+            f"adapter {adapter} does not verify against {model}: {report.problems[0]}{more}",
+            hint=f"`swe verify {adapter} --base {model}` lists every problem; evaluate it on the "
+            "base it was exported from",
+        )
 
 
 # -- eval -----------------------------------------------------------------------------------------
@@ -530,8 +547,10 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
 
 
 def _evaluate(request: EvalRequest, ui: Ui) -> Any:
+    if request.adapter is not None:
+        check_adapter_base(request.adapter, request.model, request.revision)
     from swe_cli.judges import GuardJudge, PatternJudge
-    from swe_cli.report import rich_table, write_report
+    from swe_cli.report import public_names, rich_table, write_report, write_report_folder
     from swe_cli.stages.apply import edited_model_hash
     from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
@@ -574,7 +593,8 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
         ui.info(f"report written to {request.output} ({names})")
     if request.workspace is not None:
         space = Workspace(request.workspace)
-        write_report(report, space.eval_dir)
+        # the workspace's copy feeds the model card: models named without local paths
+        write_report_folder(public_names(report), space.eval_dir)
         if space.exists():
             space.record_stage(
                 "eval",

@@ -44,6 +44,7 @@ from swe_cli.hub import (
     complete_provenance,
     download_edit,
     edit_card,
+    public_source,
     workspace_provenance,
     write_provenance,
 )
@@ -264,7 +265,7 @@ def apply_edit_artifact(
             f"({str(recorded)[:12]}): config or weight map differ, the edited rows match"
         )
     provenance["applied_to"] = {
-        "id": base.model_id if isinstance(base, ResolvedModel) else base_dir.name,
+        "id": public_source(base.model_id) if isinstance(base, ResolvedModel) else base_dir.name,
         "fingerprint": actual,
     }
     report = edit_file.parent / EVAL_FILE

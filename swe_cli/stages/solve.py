@@ -11,6 +11,7 @@ import yaml
 from swe_cli import __version__
 from swe_cli.edit import Edit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.hub import public_name
 from swe_cli.io.checkpoint import fingerprint
 from swe_cli.io.files import atomic_write_text
 from swe_cli.methods import get_method
@@ -50,7 +51,7 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
     edit = Edit(
         tuple(tensor_edits),
         {
-            "base_model": str(model["id"]),
+            "base_model": public_name(model),  # the Hub id or folder name, never a path
             "base_revision": str(model.get("commit") or model.get("revision") or ""),
             "base_fingerprint": str(model["fingerprint"]),
             "method": config.method,
