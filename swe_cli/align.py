@@ -102,6 +102,7 @@ class AlignRequest:
     utility: str | None = "builtin"  # eval's short answers, multiple choice, over-refusal probes
     choices: str | None = "builtin"
     over_refusal: str | None = "builtin"
+    push_to_hub: str | None = None  # the CLI pushes after align; --dry-run lists the files
 
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
@@ -158,6 +159,14 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     }
     if request.dry_run:
         ui.info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {request.output}")
+        if request.push_to_hub:
+            from swe_cli.hub import planned_upload
+
+            plan["upload"] = planned_upload(resolved.path)
+            ui.info(
+                f"--push-to-hub {request.push_to_hub} would upload {len(plan['upload'])} files: "
+                + ", ".join(plan["upload"])
+            )
         return {"dry_run": True, **plan}
     # one writer per workspace and per output at a time (released by the kernel on exit)
     with writing(workspace, request.output, create=True):

@@ -439,6 +439,64 @@ def _token(token: str | None) -> str:
     return found
 
 
+# What a checkpoint needs besides its weights and index (config, tokenizer, chat template,
+# generation settings, licence): only these are uploaded from a folder copied from the base, so
+# a user's notes or logs inside the base folder never reach the Hub.
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "LICENSE",
+    "LICENSE.txt",
+    "LICENSE.md",
+    "NOTICE",
+    "NOTICE.txt",
+    "USE_POLICY.md",
+)
+SWE_FILES = (
+    CARD_FILE,
+    PROVENANCE_FILE,
+    f"{EDIT_DIR}/edit.safetensors",
+    "edit.safetensors",  # an edit artifact (--edit-only)
+    EVAL_FILE,
+    "adapter_config.json",  # an adapter (--as-lora)
+    "adapter_model.safetensors",
+)
+
+
+def upload_files(folder: Path) -> list[str]:
+    """The files `--push-to-hub` uploads from `folder`: swe's own, the checkpoint's weights and
+    what its index names, and the known checkpoint files (CHECKPOINT_FILES); nothing else."""
+    from swe_cli.errors import CheckpointError
+    from swe_cli.io.checkpoint import INDEX_NAME, weight_files
+
+    folder = Path(folder)
+    names = [*SWE_FILES, *CHECKPOINT_FILES, INDEX_NAME]
+    with contextlib.suppress(CheckpointError):  # an adapter or an edit has no weights of its own
+        names += [path.relative_to(folder).as_posix() for path in weight_files(folder)]
+    return sorted(name for name in dict.fromkeys(names) if (folder / name).is_file())
+
+
+def planned_upload(base_dir: Path) -> list[str]:
+    """What `--push-to-hub` would upload for an edited checkpoint of `base_dir` (--dry-run):
+    upload_files of the base, with swe's card, provenance and edit in place of the base's."""
+    base = [name for name in upload_files(base_dir) if name not in SWE_FILES]
+    return sorted([*base, CARD_FILE, PROVENANCE_FILE, f"{EDIT_DIR}/edit.safetensors"])
+
+
 def push_to_hub(
     folder: Path,
     repo_id: str,
@@ -456,6 +514,8 @@ def push_to_hub(
         raise HubError(f"{folder}: no such folder to push", hint="run `swe apply` first")
     from huggingface_hub import HfApi
 
+    allowed = upload_files(folder)
+
     api = HfApi(token=_token(token), library_name="swe", library_version=__version__)
     message = commit_message or "Upload multilingual safety edit made with swe"
     try:
@@ -470,6 +530,7 @@ def push_to_hub(
                 repo_type="model",
                 revision=revision,
                 private=private,
+                allow_patterns=allowed,
                 ignore_patterns=UPLOAD_IGNORE,
             )
         else:  # huggingface_hub >= 2 streams large folders in several commits by itself
@@ -479,6 +540,7 @@ def push_to_hub(
                 repo_type="model",
                 revision=revision,
                 commit_message=message,
+                allow_patterns=allowed,
                 ignore_patterns=UPLOAD_IGNORE,
             )
     except HubError:

@@ -798,7 +798,11 @@ def _check_against_edit(adapter: Adapter, base_dir: Path, edit: Edit) -> tuple[f
             problems.append(f"'{module}': the adapter changes entries outside the edited ones")
         entry = locate(base_dir, item.name)
         base_bytes = base_rows(entry, rows.tolist())
-        error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
+        try:
+            error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
+        except EditError as failure:  # e.g. factors holding nan: base + B A is not finite
+            problems.append(f"'{module}': {failure.message}")
+            continue
         worst = max(worst, error)
         if not within:
             problems.append(

@@ -527,6 +527,7 @@ def align(
         link=link,
         force=force,
         dry_run=dry_run,
+        push_to_hub=push_to_hub,
     )
     summary = run(request, ui())
     if push_to_hub and not dry_run:
