@@ -426,6 +426,7 @@ def export_workspace_lora(
     model = dict(manifest.get("model") or {})
     base_dir = workspace_base(model)
     check_output(Path(output), [("workspace", workspace.root)], force)
+    workspace.check_writable()
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
     provenance = workspace_provenance(manifest, edit_yaml)

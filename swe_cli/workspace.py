@@ -145,6 +145,22 @@ class Workspace:
             self.manifest_path, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True)
         )
 
+    def check_writable(self) -> None:
+        """A stage that records itself here must be able to, checked before it writes anything
+        elsewhere (apply would otherwise write OUT and then fail)."""
+        import os
+        import tempfile
+
+        try:
+            descriptor, probe = tempfile.mkstemp(prefix=".swe-write-check-", dir=self.root)
+            os.close(descriptor)
+            os.unlink(probe)
+        except OSError as error:
+            raise WorkspaceError(
+                f"workspace {self.root} is not writable ({error.strerror or type(error).__name__})",
+                hint="apply records itself in the workspace: make it writable, or copy it",
+            ) from None
+
     def require_stage(self, stage: str) -> dict[str, Any]:
         """The recorded parameters/outputs of a finished stage, or a clear error."""
         manifest = self.load()

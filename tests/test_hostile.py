@@ -4,6 +4,7 @@ layer ranges rejected before any work, and nan that never turns into a pass."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -268,3 +269,74 @@ def test_empty_candidates_through_the_command_line(
 ) -> None:
     result = run_cli(["select", "-w", str(workspace_copy), "--candidates", ""], monkeypatch, capsys)
     assert_user_error(result, "names no candidate")
+
+
+def test_a_bad_candidate_value_or_layer_stops_align_before_any_work(
+    tmp_path: Path,
+    tiny_llama: Path,
+    prompt_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """alpha=nan or lam=-1 in a candidate, or a layer the model lacks, is named as the user
+    wrote it before the model is probed (not as --stats-layers, an option never passed)."""
+    from test_align import align_args
+
+    workspace = tmp_path / "ws"
+    args = [*align_args(tiny_llama, prompt_files, tmp_path / "out", workspace), "--tune"]
+    for candidate, message in (
+        ("residual@1 alpha=nan", "selection candidate 'residual@1 alpha=nan'"),
+        ("residual@1 lam=-1", "selection candidate 'residual@1 lam=-1'"),
+        ("residual@9", "selection candidate 'residual@9': layers '9' out of range"),
+    ):
+        result = run_cli(
+            [*args, "--set", f"select.candidates={candidate}", "--quiet"], monkeypatch, capsys
+        )
+        assert_user_error(result, message)
+        assert "stats" not in result[2]
+        assert not workspace.exists()
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+def test_the_eval_folder_is_written_as_a_unit(tmp_path: Path) -> None:
+    from swe_cli.report import write_report_folder
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "asr.png").write_bytes(b"old chart")
+    (folder / "report.json").write_text("{}")
+    report = _report(_result("edit", 0.2, 0.0, 0.01))
+    written = write_report_folder(report, folder)
+    assert set(written.values()) <= set(folder.iterdir())
+    assert not (folder / "asr.png").exists() or (folder / "asr.png").read_bytes() != b"old chart"
+    assert json.loads((folder / "report.json").read_text())["model"]["name"] == "edit"
+    assert not list(tmp_path.glob(".eval.swe-*"))
+
+
+def test_apply_checks_the_workspace_is_writable_before_writing_out(
+    workspace_copy: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A read-only workspace (checked by writing, which also catches a read-only mount where
+    root may write anything else): one line, and OUT is never written."""
+    import tempfile
+
+    for args in (["localize"], ["solve", "--method", "residual"]):
+        assert run_cli([*args, "-w", str(workspace_copy), "--quiet"], monkeypatch, capsys)[0] == 0
+    real = tempfile.mkstemp
+
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        if str(kwargs.get("prefix", "")).startswith(".swe-write-check-"):
+            raise PermissionError(13, "Read-only file system")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    output = tmp_path / "out"
+    for extra in ([], ["--as-lora"]):
+        result = run_cli(
+            ["apply", "-w", str(workspace_copy), "-o", str(output), *extra], monkeypatch, capsys
+        )
+        assert_user_error(result, f"workspace {workspace_copy} is not writable")
+        assert not output.exists()

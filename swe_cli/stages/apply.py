@@ -194,6 +194,7 @@ def apply_workspace(
     check_output(
         Path(output), [("base model folder", base_dir), ("workspace", workspace.root)], force
     )
+    workspace.check_writable()
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), str(model.get("id")))
     provenance = workspace_provenance(manifest, edit_yaml)
