@@ -6,6 +6,7 @@ the device) gets a subclass that narrows those fields: the other fields are not 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -197,8 +198,18 @@ class ProbeConfig(ProbeSettings):
 
 # -- localize -------------------------------------------------------------------------------------
 class LocalizeSettings(Settings):
-    tau_mag: float = Field(2.0, description="z-score threshold of the mean difference.")
-    tau_stat: float = Field(1.0, description="Cohen's d threshold.")
+    # inf turns a criterion off (nothing passes it), -inf selects every neuron by it; nan is refused
+    tau_mag: float = Field(
+        2.0, allow_inf_nan=True, description="z-score threshold of the mean difference."
+    )
+    tau_stat: float = Field(1.0, allow_inf_nan=True, description="Cohen's d threshold.")
+
+    @field_validator("tau_mag", "tau_stat")
+    @classmethod
+    def _not_nan(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("nan is no threshold")
+        return value
 
 
 LocalizeConfig = LocalizeSettings
