@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from swe_cli.errors import BusyError
+from swe_cli.errors import BusyError, SweError
 
 LOCK_DIR_ENV = "SWE_LOCK_DIR"
 WAIT_ENV = "SWE_WAIT_FOR_LOCK"  # "1": wait for the holder instead of exiting
@@ -49,14 +49,25 @@ def _holder(descriptor: int) -> str:
     return "PID unknown"
 
 
+def _open(lock_file: Path, what: str) -> int:
+    try:
+        lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise SweError(
+            f"cannot create the lock file of {what} in {lock_file.parent} "
+            f"({error.strerror or type(error).__name__})",
+            hint=f"set {LOCK_DIR_ENV} to a writable local folder",
+        ) from None
+
+
 @contextlib.contextmanager
 def exclusive(lock_file: Path, what: str, wait: bool | None = None) -> Iterator[None]:
     """Hold the lock of `what` (e.g. "workspace /x") while the block runs. Taken by another
     process: BusyError naming its PID, or with wait (default: $SWE_WAIT_FOR_LOCK=1) block until
     it is released."""
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = str(lock_file.parent.resolve() / lock_file.name)
+    key = str(lock_file.absolute())
     with _guard:
         if key in _held:
             _held[key] += 1
@@ -72,7 +83,7 @@ def exclusive(lock_file: Path, what: str, wait: bool | None = None) -> Iterator[
         return
     if wait is None:
         wait = os.environ.get(WAIT_ENV, "") == "1"
-    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    descriptor = _open(lock_file, what)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
