@@ -170,6 +170,26 @@ def test_paired_kl_refuses_nan_logits_naming_the_model_and_prompt(tiny_llama: Pa
     assert paired_kl(lambda i, m: (torch.zeros((*i.shape, 7)),) * 2, tokenizer, prompts) == 0.0
 
 
+def test_a_nan_perplexity_is_an_error(tiny_llama: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from swe_cli.stages.evaluate import perplexity
+
+    class Broken:
+        device = torch.device("cpu")
+
+        def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+            class Output:
+                logits = torch.full((*input_ids.shape, 64), math.nan)
+
+            return Output()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
+    with pytest.raises(EvalError, match="perplexity on the general text is not finite"):
+        perplexity(Broken(), tokenizer, ["bake a cake for a friend", "plant a garden"])
+
+
 def test_an_edit_with_a_nan_delta_is_never_written_nor_read(tmp_path: Path) -> None:
     import torch
 
