@@ -213,15 +213,19 @@ def apply_workspace(
         progress=progress,
         sync=sync,
     )
-    workspace.record_stage(
-        "apply",
-        {"output": str(result.output), "device": result.device, "link": link},
-        {
-            "edit_sha256": result.edit_sha256,
-            "patched": list(result.patched),
-            "rows": result.rows_edited,
-        },
-    )
+    try:  # OUT is complete and in place: failing to record it is a warning, not a failure
+        workspace.record_stage(
+            "apply",
+            {"output": str(result.output), "device": result.device, "link": link},
+            {
+                "edit_sha256": result.edit_sha256,
+                "patched": list(result.patched),
+                "rows": result.rows_edited,
+            },
+        )
+    except OSError as error:
+        note = f"{result.output} is complete, but the workspace could not record it ({error})"
+        return replace(result, warnings=(*result.warnings, note))
     return result
 
 
