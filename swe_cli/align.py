@@ -367,7 +367,7 @@ def record_gate(
 ) -> None:
     """The gate's decision in the workspace, bound to the edit it judged: a later `swe apply`
     of the same edit carries it into the card."""
-    from swe_cli.stages.apply import edited_model_hash
+    from swe_cli.hub import edited_model_hash
     from swe_cli.workspace import Workspace
 
     Workspace(workspace).record_stage(

@@ -215,6 +215,16 @@ def write_provenance(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def edited_model_hash(folder: Path) -> str | None:
+    """The edit sha256 an edited checkpoint or adapter records in its swe_edit.json."""
+    try:
+        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = (data.get("edit") or {}).get("sha256") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
 def artifact_provenance(edit_file: Path, artifact: Path) -> dict[str, Any]:
     """The caller-side provenance of an edit artifact: its swe_edit.json (beside it, or in the
     checkpoint folder above swe_edit/), else the edit file's own metadata."""

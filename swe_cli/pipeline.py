@@ -549,9 +549,9 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
 def _evaluate(request: EvalRequest, ui: Ui) -> Any:
     if request.adapter is not None:
         check_adapter_base(request.adapter, request.model, request.revision)
+    from swe_cli.hub import edited_model_hash
     from swe_cli.judges import GuardJudge, PatternJudge
     from swe_cli.report import public_names, rich_table, write_report, write_report_folder
-    from swe_cli.stages.apply import edited_model_hash
     from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
 

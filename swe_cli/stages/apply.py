@@ -8,7 +8,6 @@ long as a plain file copy and needs tens of megabytes."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -391,16 +390,6 @@ def gate_note(workspace: Workspace, edit_hash: str, shipped_by: str = "") -> str
     if shipped_by:
         return f"Shipping gate: **failed** ({reasons}); written anyway by {shipped_by}."
     return str(outputs.get("note") or f"Shipping gate: **failed**: {reasons}.")
-
-
-def edited_model_hash(folder: Path) -> str | None:
-    """The edit sha256 an edited checkpoint or adapter records in its swe_edit.json."""
-    try:
-        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = (data.get("edit") or {}).get("sha256") if isinstance(data, dict) else None
-    return str(value) if value else None
 
 
 def resolve_device(device: str) -> str:
