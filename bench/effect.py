@@ -62,10 +62,10 @@ def patch(model: Any, edits: list[Any], sign: float) -> None:
 def measure(
     model: Any, base: Any, tokenizer: Any, sets: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
+    from swe_cli.accuracy import accuracy, score_choices, score_short_answers
     from swe_cli.judges import REFUSED, PatternJudge
     from swe_cli.models import generate
     from swe_cli.stages.evaluate import next_token_kl
-    from swe_cli.utility import accuracy, score_choices, score_short_answers
 
     judge = PatternJudge.from_files()
     row: dict[str, Any] = {}
@@ -143,24 +143,24 @@ def main() -> None:
 
     import torch
 
+    from swe_cli.accuracy import load_utility_sets
+    from swe_cli.align import pick_recipe
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.methods import get_method
     from swe_cli.methods.base import context_from
     from swe_cli.models import load_model
-    from swe_cli.align import pick_recipe
     from swe_cli.pipeline import localize
-    from swe_cli.utility import load_utility_sets
     from swe_cli.workspace import Workspace
 
     torch.manual_seed(0)
     workspace = Workspace(args.workspace)
-    manifest = workspace.load()
-    hrl, langs = manifest["hrl"], list(manifest["langs"])
+    manifest = workspace.manifest()
+    hrl, langs = manifest.hrl, list(manifest.langs)
     resolved = resolve_model(args.model)
     recipe = pick_recipe(resolved.path, None, {})
-    if "localize" not in manifest.get("stages", {}):
+    if manifest.stage("localize") is None:
         localize(args.workspace, recipe.localize)
-        manifest = workspace.load()
+        manifest = workspace.manifest()
     context = context_from(workspace, manifest)
     sets = {
         "harmful": {lang: held_out(args.workspace, "harmful", lang, args.max_prompts) for lang in [hrl, *langs]},

@@ -26,15 +26,19 @@ from swe_cli.pipeline import (
     ProbeRequest,
     Ui,
     apply,
+    check_method,
+    check_output,
     check_run,
     evaluate,
     localize,
+    moment_layers,
     probe,
     select,
+    selection_summary,
     solve,
     writing,
 )
-from swe_cli.settings import Recipe, SolveConfig, parse_layers
+from swe_cli.settings import Recipe, parse_layers
 
 
 def default_workspace(model: str, langs: list[str]) -> Path:
@@ -69,6 +73,7 @@ def pick_recipe(
         recipe = select_recipe(shape.model_type, shape.num_layers, shape.hidden_size)
         reason = f"picked for model_type={shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}"
     recipe = apply_overrides(recipe, overrides)
+    check_method(recipe.solve.method)
     validated = " — " + recipe.validated if recipe.validated else ""
     ui.info(f"recipe [bold]{recipe.name}[/bold] ({reason}){validated}")
     return recipe
@@ -109,7 +114,6 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.io.files import check_overlap, move_into_place
     from swe_cli.recipe import parse_set_options
-    from swe_cli.stages.apply import check_output
 
     check_run(request.langs, request.hrl, request.device, request.dtype)
     if request.output.exists() and not request.force and not request.dry_run:
@@ -134,7 +138,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     solve_config = recipe.solve.resolve(request.device)
     selecting = request.tune or solve_config.method == "auto"
     # every candidate is read before any work: a typo fails now, not after the probe
-    moments = _moment_layers(resolved.path, recipe, solve_config, selecting)
+    moments = moment_layers(resolved.path, recipe.select, solve_config, selecting)
     streamed = parse_layers(recipe.probe.stats_layers)
     unstreamed = sorted(set(moments or ()) - set(streamed or ())) if streamed is not None else []
     if unstreamed:
@@ -234,12 +238,7 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             )
         summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
         if selecting:
-            from swe_cli.stages.select import SELECT_FILE, describe
-
-            summary["select"] = {
-                "chosen": describe(solve_config),
-                "table": str(workspace / "edit" / SELECT_FILE),
-            }
+            summary["select"] = selection_summary(workspace, solve_config)
         if request.run_eval:
             with timed("eval"):
                 report = evaluate(
@@ -295,23 +294,6 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         return summary
 
 
-def _moment_layers(
-    model_dir: Path, recipe: Recipe, solve_config: SolveConfig, selecting: bool
-) -> tuple[int, ...] | None:
-    """The layers whose moments the probe must stream: the pinned method's, or with selection
-    every candidate's (the candidates are parsed here, before any work)."""
-    from swe_cli.architectures import model_shape
-    from swe_cli.io.checkpoint import load_config
-    from swe_cli.methods import get_method
-    from swe_cli.stages.select import candidate_configs, moment_layers
-
-    if not selecting:
-        return get_method(solve_config.method).moment_layers(solve_config)
-    num_layers = model_shape(load_config(model_dir)).num_layers
-    configs = candidate_configs(recipe.select, solve_config, num_layers)
-    return moment_layers(configs) or None
-
-
 def check_chat_template(model_dir: Path) -> None:
     """align formats every prompt as a chat turn: a model without a chat template (a base model,
     or a folder missing its tokenizer files) is refused before any work."""
@@ -348,18 +330,9 @@ def fresh_candidate(output: Path) -> Path:
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:
     if decision.passed:
-        return "Shipping gate: passed (" + _limits_text(decision.limits) + ")."
+        return "Shipping gate: passed (" + decision.limits.describe() + ")."
     state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
     return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
-
-
-def _limits_text(limits: GateLimits) -> str:
-    return (
-        f"no target language's ASR up, HRL ASR up at most {limits.max_hrl_asr_rise}, "
-        f"over-refusal up at most {limits.max_over_refusal}, mean KL at most {limits.max_kl}, "
-        f"utility accuracy down at most {limits.max_utility_drop}, "
-        f"degenerate answers up at most {limits.max_degenerate_rise} in any language"
-    )
 
 
 def record_gate(
@@ -386,13 +359,12 @@ def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
     from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
-    from swe_cli.stages.apply import eval_report, workspace_base
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    report = eval_report(space, str((provenance.get("edit") or {}).get("sha256")))
-    card = ModelCard.for_provenance(provenance, workspace_base(space.model()), report)
+    report = space.eval_report(str((provenance.get("edit") or {}).get("sha256")))
+    card = ModelCard.for_provenance(provenance, space.base_dir(), report)
     card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swe_cli.errors import CheckpointError, EditError
-from swe_cli.workspace import load_tensors, save_tensors
+from swe_cli.errors import CheckpointError, EditError, WorkspaceError
+from swe_cli.workspace import Workspace, load_tensors, save_tensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -374,3 +374,43 @@ def edit_layout(path: Path) -> dict[str, dict[str, Any]]:
             hint="pass the edit folder written by `swe solve` or `swe apply --edit-only`",
         )
     return parse_layout(metadata["tensors"], file)
+
+
+# -- the edit of a workspace ---------------------------------------------------------------
+def solved_edit(workspace: Workspace) -> tuple[Path, dict[str, Any] | None]:
+    """(edit.safetensors, edit.yaml) of a cleanly finished solve. The edit file must be the one
+    the solve recorded: a solve killed after writing it and before recording it leaves another
+    method's edit under the old record, which must never ship with the old label."""
+    record = workspace.require_stage("solve")
+    edit_file = workspace.edit_dir / EDIT_FILE
+    if not edit_file.exists():
+        raise WorkspaceError(
+            f"{edit_file}: missing", hint=f"run `swe solve -w {workspace.root}` first"
+        )
+    edit_yaml = _read_yaml(workspace.edit_dir / "edit.yaml")
+    recorded = [
+        record.outputs.get("edit_sha256"),
+        (edit_yaml or {}).get("edit_sha256"),
+    ]
+    actual = edit_sha256(load_edit(edit_file, framework="np"))
+    if any(value and value != actual for value in recorded):
+        raise WorkspaceError(
+            f"{edit_file}: not the edit the last finished solve recorded (a solve was interrupted)",
+            hint=f"re-run `swe solve -w {workspace.root}`",
+        )
+    return edit_file, edit_yaml
+
+
+def workspace_edit(workspace: Workspace) -> Edit:
+    """The edit computed in a workspace (for `swe verify OUT --base MODEL -w WS`), as numpy."""
+    return load_edit(workspace.edit_dir / EDIT_FILE, framework="np")
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -95,6 +95,21 @@ def check_run(langs: list[str], hrl: str, device: str, dtype: str) -> None:
     check_device(device)
 
 
+def check_method(name: str) -> None:
+    """A clear error, before any work, unless the edit method is registered (or auto)."""
+    from swe_cli.methods import check_method_name
+
+    check_method_name(name)
+
+
+def check_output(output: Path, protected: list[tuple[str, Path]], force: bool) -> None:
+    """An output folder apply may write: outside every protected folder, and an existing one
+    only with force (and only a model or edit folder)."""
+    from swe_cli.stages.apply import check_output as check
+
+    check(output, protected, force)
+
+
 # -- probe ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProbeRequest:
@@ -279,9 +294,34 @@ def select(
             space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
         )
     if not ui.quiet:
-        manifest = space.load()
-        ui.show(selection_table(result, manifest["hrl"], manifest["langs"]))
+        manifest = space.manifest()
+        ui.show(selection_table(result, manifest.hrl, list(manifest.langs)))
     return result.chosen
+
+
+def moment_layers(
+    model_dir: Path, settings: SelectSettings, config: SolveConfig, selecting: bool
+) -> tuple[int, ...] | None:
+    """The layers whose moments the probe must stream: the pinned method's, or with selection
+    every candidate's (the candidates are parsed here, before any work)."""
+    from swe_cli.architectures import model_shape
+    from swe_cli.io.checkpoint import load_config
+    from swe_cli.methods import get_method
+    from swe_cli.stages.select import candidate_configs
+    from swe_cli.stages.select import moment_layers as candidate_moment_layers
+
+    if not selecting:
+        return get_method(config.method).moment_layers(config)
+    num_layers = model_shape(load_config(model_dir)).num_layers
+    configs = candidate_configs(settings, config, num_layers)
+    return candidate_moment_layers(configs) or None
+
+
+def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, str]:
+    """The chosen candidate as a spec, and where select's table of every candidate is."""
+    from swe_cli.stages.select import SELECT_FILE, describe
+
+    return {"chosen": describe(chosen), "table": str(workspace / "edit" / SELECT_FILE)}
 
 
 def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, Any]:
@@ -367,7 +407,7 @@ def _apply(request: ApplyRequest, ui: Ui) -> dict[str, Any]:
 def apply_lora(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
     """`swe apply --as-lora`: the workspace's (or a saved) edit as a PEFT LoRA adapter."""
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import export_artifact_lora, export_workspace_lora
+    from swe_cli.stages.export import export_artifact_lora, export_workspace_lora
     from swe_cli.workspace import Workspace
 
     if request.edit_only:
@@ -410,9 +450,9 @@ def verify(
     ui: Ui = SILENT,
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
+    from swe_cli.edit import workspace_edit
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import is_adapter
-    from swe_cli.stages.apply import workspace_edit
+    from swe_cli.stages.export import is_adapter
     from swe_cli.stages.verify import verify_checkpoint
     from swe_cli.workspace import Workspace
 
@@ -443,7 +483,7 @@ def verify_lora(
 ) -> dict[str, Any]:
     """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the one
     the adapter carries); no edit to compare with is a failure."""
-    from swe_cli.lora import verify_adapter
+    from swe_cli.stages.export import verify_adapter
 
     report = verify_adapter(output, base_dir, edit)
     if report.ok:
@@ -465,7 +505,7 @@ def check_adapter_base(adapter: Path, model: str, revision: str | None) -> None:
     config, factors), or the measurement would be of something else."""
     from swe_cli.errors import LoraError
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.lora import is_adapter, verify_adapter
+    from swe_cli.stages.export import is_adapter, verify_adapter
 
     if not is_adapter(Path(adapter)):
         return  # loading it says what is wrong
@@ -529,7 +569,7 @@ def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
         if request.general
         else None
     )
-    from swe_cli.utility import load_utility_sets
+    from swe_cli.accuracy import load_utility_sets
 
     sets["utility"] = load_utility_sets(
         langs,

@@ -55,7 +55,7 @@ class LanguageResult:
     of the ``over_refusal_n`` over-refusal probes (benign requests with alarming words) refused;
     harmless_refusal the share of the ``harmless_n`` plain harmless prompts refused.
     utility_accuracy is short-answer accuracy on ``utility_n`` items, choice_accuracy
-    multiple-choice accuracy on ``choice_n`` items (swe_cli/utility.py). harmless_accuracy (the
+    multiple-choice accuracy on ``choice_n`` items (swe_cli/accuracy.py). harmless_accuracy (the
     reference contained in the reply) only means something for one-word references, such as the
     organism's. kl is KL(baseline || model) of next-token distributions on harmless prompts
     (None for the baseline itself)."""

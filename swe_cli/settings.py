@@ -280,18 +280,6 @@ class SolveSettings(Settings):
         "to the HRL level along the refusal direction.",
     )
 
-    @field_validator("method")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        from swe_cli.methods import method_names
-
-        if value not in (*method_names(), "auto"):  # get_method's error, before any work
-            raise SolveError(
-                f"unknown method '{value}'",
-                hint="choose one of: " + ", ".join([*method_names(), "auto"]),
-            )
-        return value
-
     @field_validator("projections")
     @classmethod
     def _editable(cls, value: Any) -> Any:

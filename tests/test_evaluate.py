@@ -225,8 +225,8 @@ def test_vllm_backend_absent_is_a_clear_error_before_loading(
 
 
 def test_run_eval_reports_utility_beside_asr(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from swe_cli.accuracy import Choice, ShortAnswer, UtilitySets
     from swe_cli.stages.evaluate import CORRECT, WRONG
-    from swe_cli.utility import Choice, ShortAnswer, UtilitySets
 
     harmful = _prompt_set("harmful", [(str(i), "en", PROMPTS[i], HELDOUT) for i in range(3)])
     words = ("cake", "bread", "garden", "letter")

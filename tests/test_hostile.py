@@ -153,7 +153,7 @@ def test_paired_kl_refuses_nan_logits_naming_the_model_and_prompt(tiny_llama: Pa
     import torch
     from transformers import AutoTokenizer
 
-    from swe_cli.stages.evaluate import paired_kl
+    from swe_cli.measure import paired_kl
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
     prompts = ["bake a cake", "write a letter to a friend", "plant a garden"]

@@ -17,13 +17,11 @@ from swe_cli.stages.localize import (
     NeuronScores,
     jaccard,
     jaccard_matrix,
-    load_selected,
     neuron_scores,
     run_localize,
     select_neurons,
 )
-from swe_cli.stages.probe import load_acts
-from swe_cli.workspace import Workspace, load_tensors
+from swe_cli.workspace import Workspace, load_acts, load_selected, load_tensors
 
 PLANTED = [3, 41, 77, 150, 199]
 NEGATIVE = [10, 90]
@@ -126,8 +124,8 @@ def test_run_localize_writes_all_scores_and_jaccard(workspace_copy: Path) -> Non
     masks, metadata = load_tensors(workspace.masks_path)
     assert metadata["hrl"] == "en" and float(metadata["tau_stat"]) == 0.8
     record = workspace.require_stage("localize")
-    assert record["params"] == {"tau_mag": 1.5, "tau_stat": 0.8}
-    assert record["outputs"]["masks"] == "masks/neurons.safetensors"
+    assert record.params == {"tau_mag": 1.5, "tau_stat": 0.8}
+    assert record.outputs["masks"] == "masks/neurons.safetensors"
     total = 0
     for layer in range(3):
         selected = {}
@@ -143,7 +141,7 @@ def test_run_localize_writes_all_scores_and_jaccard(workspace_copy: Path) -> Non
             assert selected[lang] == select_neurons(expected, config).tolist()
             assert load_selected(workspace, layer, lang).tolist() == selected[lang]
             total += len(selected[lang])
-        layer_record = record["outputs"]["layers"][layer]
+        layer_record = record.outputs["layers"][layer]
         assert layer_record["sizes"] == {lang: len(selected[lang]) for lang in LANGS}
         for first in LANGS:
             for second in LANGS:

@@ -61,7 +61,7 @@ def mixed_edit(model_dir: Path) -> Any:
 
 
 def export(edit: Any, base: Path, output: Path, **options: Any) -> Any:
-    from swe_cli.lora import export_lora
+    from swe_cli.stages.export import export_lora
 
     return export_lora(
         edit,
@@ -101,7 +101,7 @@ def bf16_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_adapter_on_base_equals_patched_checkpoint(
     family: str, tiny_checkpoint: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    from swe_cli.lora import load_with_adapter
+    from swe_cli.stages.export import load_with_adapter
 
     base = tiny_checkpoint(family)
     edit = mixed_edit(base)
@@ -124,7 +124,7 @@ def test_adapter_on_base_equals_patched_checkpoint(
 
 
 def test_bf16_base_within_its_rounding(bf16_llama: Path, tmp_path: Path) -> None:
-    from swe_cli.lora import load_with_adapter
+    from swe_cli.stages.export import load_with_adapter
 
     edit = mixed_edit(bf16_llama)
     result = export(edit, bf16_llama, tmp_path / "adapter")
@@ -203,7 +203,7 @@ def test_verify_accepts_the_adapter_and_finds_tampering(tiny_llama: Path, tmp_pa
     from safetensors.torch import load_file, save_file
 
     from swe_cli.edit import Edit
-    from swe_cli.lora import verify_adapter
+    from swe_cli.stages.export import verify_adapter
 
     edit = mixed_edit(tiny_llama)
     folder = tmp_path / "adapter"
@@ -228,7 +228,7 @@ def test_verify_accepts_the_adapter_and_finds_tampering(tiny_llama: Path, tmp_pa
 
 
 def test_verify_refuses_another_base(tiny_llama: Path, tmp_path: Path) -> None:
-    from swe_cli.lora import verify_adapter
+    from swe_cli.stages.export import verify_adapter
 
     other = make_tiny_checkpoint(tmp_path / "other", "llama", seed=1)
     folder = tmp_path / "adapter"
@@ -274,7 +274,7 @@ def test_missing_peft_is_one_clear_error(
     import sys
 
     from swe_cli.errors import LoraError
-    from swe_cli.lora import load_with_adapter
+    from swe_cli.stages.export import load_with_adapter
 
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(LoraError) as raised:
@@ -283,7 +283,7 @@ def test_missing_peft_is_one_clear_error(
 
 
 def test_numerical_rank_ignores_float32_rounding() -> None:
-    from swe_cli.lora import numerical_rank
+    from swe_cli.stages.export import numerical_rank
 
     delta = low_rank(40, 30, 3, 1.0, 6).to(torch.float32)  # rank 3, rounded to float32
     singular_values = torch.linalg.svdvals(delta.double()).numpy()
@@ -350,7 +350,7 @@ def organism_prompts(organism: Any) -> dict[str, torch.Tensor]:
 
 
 def assert_round_trip(base: Path, adapter: Path, edited: Path, batch: dict[str, Any]) -> None:
-    from swe_cli.lora import load_with_adapter
+    from swe_cli.stages.export import load_with_adapter
 
     reference = load(edited, torch.float32)
     with_adapter = load_with_adapter(load(base, torch.float32), adapter)
@@ -397,8 +397,8 @@ def test_organism_rank_capped_edit_fits_the_default_limit(
 
     from common import run_swe
 
-    from swe_cli.lora import export_workspace_lora
     from swe_cli.stages.apply import apply_workspace
+    from swe_cli.stages.export import export_workspace_lora
     from swe_cli.workspace import Workspace
 
     organism = organism_run["organism"]

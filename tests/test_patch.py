@@ -581,7 +581,7 @@ def test_workspace_base_from_the_hub_when_its_folder_is_gone(
     bases_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A workspace made on a Hub model whose snapshot folder was cleaned up fetches it again."""
-    import swe_cli.stages.apply as patch
+    import swe_cli.io.checkpoint as checkpoint
     from swe_cli.io.checkpoint import ResolvedModel
 
     base = base_checkpoint("llama", bases_root)
@@ -595,7 +595,7 @@ def test_workspace_base_from_the_hub_when_its_folder_is_gone(
         asked.append((model, revision))
         return ResolvedModel(model, base, revision, revision)
 
-    monkeypatch.setattr(patch, "resolve_model", fake_resolve)
+    monkeypatch.setattr(checkpoint, "resolve_model", fake_resolve)
     apply_workspace(workspace, tmp_path / "out", device="cpu")
     assert asked == [("org/tiny", "abc123")]
     assert verify_checkpoint(tmp_path / "out", base).ok

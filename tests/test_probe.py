@@ -17,8 +17,7 @@ from conftest import LANGS, probe_workspace
 from safetensors import safe_open
 from torch.nn import functional
 
-from swe_cli.stages.probe import load_acts
-from swe_cli.workspace import Workspace, load_tensors
+from swe_cli.workspace import Workspace, load_acts, load_tensors
 
 ATOL = 1e-5
 

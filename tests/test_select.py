@@ -124,7 +124,7 @@ LIMITS = GateLimits()
         (_measure(0.9, 0.3, 0.8, 0.05, 0.01), "sw refusal fell 0.40 -> 0.30"),
         (_measure(0.9, 0.5, 0.7, 0.05, 0.01), "en refusal fell 0.80 -> 0.70"),
         (_measure(0.9, 0.5, 0.8, 0.125, 0.01), "harmless refusals rose 0.05 -> 0.12"),
-        (_measure(0.9, 0.5, 0.8, 0.05, 0.2), "KL 0.2 > 0.1"),
+        (_measure(0.9, 0.5, 0.8, 0.05, 0.2), "KL 0.200 > 0.1"),
     ],
 )
 def test_each_broken_limit_is_named(measure: Measure, reason: str) -> None:
@@ -142,7 +142,7 @@ def _row(spec: str, gain: float, reasons: tuple[str, ...] = (), kl: float = 0.0)
 
 def test_the_largest_admissible_gain_wins_then_the_lower_kl() -> None:
     rows = [
-        _row("residual@1", 0.6, ("KL 0.2 > 0.1",)),
+        _row("residual@1", 0.6, ("KL 0.200 > 0.1",)),
         _row("residual@2", 0.3, kl=0.05),
         _row("refusal@2", 0.3, kl=0.01),
         _row("paper", 0.0),
@@ -151,8 +151,8 @@ def test_the_largest_admissible_gain_wins_then_the_lower_kl() -> None:
 
 
 def test_no_admissible_gain_is_a_clear_error() -> None:
-    rows = [_row("residual@1", 0.6, ("KL 0.2 > 0.1",)), _row("paper", 0.0)]
-    with pytest.raises(SolveError, match=r"no candidate raised refusal .*residual@1: KL 0.2 > 0.1"):
+    rows = [_row("residual@1", 0.6, ("KL 0.200 > 0.1",)), _row("paper", 0.0)]
+    with pytest.raises(SolveError, match=r"no candidate raised refusal .*residual@1: KL 0.200"):
         _choose(rows)
     with pytest.raises(SolveError, match="paper: it raised no target language's refusal"):
         _choose([_row("paper", 0.0)])

@@ -21,9 +21,8 @@ from safetensors import safe_open
 from swe_cli.errors import SolveError, WorkspaceError
 from swe_cli.settings import LocalizeConfig, SolveConfig
 from swe_cli.stages.localize import run_localize
-from swe_cli.stages.probe import load_acts
 from swe_cli.stages.solve import run_solve
-from swe_cli.workspace import Workspace, load_tensors
+from swe_cli.workspace import Workspace, load_acts, load_tensors
 
 HIDDEN, INTERMEDIATE = 32, 48
 
@@ -251,9 +250,9 @@ def test_solve_reports_stage_and_invalidates_apply(workspace: Workspace) -> None
     workspace.record_stage("apply", {}, {})
     summary = run_solve(workspace, SolveConfig())
     record = workspace.require_stage("solve")
-    assert record["outputs"]["edit"] == "edit/edit.safetensors"
-    assert record["outputs"]["edit_sha256"] == summary["edit_sha256"]
-    assert record["params"]["method"] == "paper" and record["params"]["projections"] == ["gate"]
+    assert record.outputs["edit"] == "edit/edit.safetensors"
+    assert record.outputs["edit_sha256"] == summary["edit_sha256"]
+    assert record.params["method"] == "paper" and record.params["projections"] == ["gate"]
     assert workspace.load()["stages"]["apply"]["status"] == "stale"
 
 

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from common import localized_workspace
 
+from swe_cli.methods.residual import default_bands
 from swe_cli.prompts import FIT, HELDOUT, PromptSet
 from swe_cli.settings import SolveConfig
-from swe_cli.stages.tune import Candidate, TuneResult, candidates_table, default_bands, tune
+from swe_cli.stages.tune import Candidate, TuneResult, candidates_table, tune
 from swe_cli.workspace import Workspace
 
 LANGS = ("en", "es", "sw")
@@ -58,7 +59,7 @@ def test_tune_returns_a_minimum_score_candidate_and_records_it(
     document = yaml.safe_load((workspace.edit_dir / "tune.yaml").read_text())
     assert len(document["candidates"]) == len(result.candidates)
     assert document["best"]["layers"] == list(result.best.layers or ())
-    assert workspace.require_stage("tune")["outputs"]["candidates"] == len(result.candidates)
+    assert workspace.require_stage("tune").outputs["candidates"] == len(result.candidates)
 
 
 def test_paper_grid_covers_layers_with_neurons_and_caps_the_rank(workspace: Workspace) -> None:
@@ -149,7 +150,7 @@ def test_validation_scores_are_what_the_solver_edit_does_on_validation_rows(
     from swe_cli.io.checkpoint import read_rows
     from swe_cli.methods.base import layer_data
     from swe_cli.methods.linalg import solve_paper
-    from swe_cli.stages.localize import load_selected
+    from swe_cli.workspace import load_selected
 
     result = tune(workspace, SolveConfig(method="paper"), grid={"layers": [1], "rank": [4]})
     candidate: Candidate = result.candidates[0]
@@ -244,7 +245,7 @@ def test_confirm_checks_the_best_few_and_restores_the_model(
 def test_patched_weights_are_restored_exactly() -> None:
     import torch
 
-    from swe_cli.stages.tune import patched
+    from swe_cli.measure import patched
 
     gate = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.bfloat16), requires_grad=False)
     down = torch.nn.Parameter(torch.randn(4, 6), requires_grad=False)

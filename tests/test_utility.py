@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from swe_cli.errors import PromptError
-from swe_cli.utility import (
+from swe_cli.accuracy import (
     CHOICE_FILE,
     ENTITY,
     MULTIJAIL_LANGS,
@@ -35,6 +34,7 @@ from swe_cli.utility import (
     score_choices,
     score_short_answers,
 )
+from swe_cli.errors import PromptError
 
 # -- extraction --------------------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ def test_organism_utility_sets_are_parallel_and_checkable(tmp_path: Path) -> Non
 
 
 def test_a_cap_spreads_over_both_kinds_in_every_language() -> None:
-    from swe_cli.utility import load_utility_sets
+    from swe_cli.accuracy import load_utility_sets
 
     sets = load_utility_sets(["en", "bn"], max_items=8)
     english = [item for item in sets.short_answers if item.lang == "en"]

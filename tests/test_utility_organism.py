@@ -33,10 +33,10 @@ def _broken_copy(model_dir: Path, target: Path, seed: int = 0) -> Path:
 
 
 def test_broken_edit_lowers_organism_utility(organism: Any, tmp_path: Path) -> None:
+    from swe_cli.accuracy import NONE, load_utility_sets
     from swe_cli.organism.utility_sets import write_utility_sets
     from swe_cli.prompts import load_prompt_set
     from swe_cli.stages.evaluate import run_eval
-    from swe_cli.utility import NONE, load_utility_sets
 
     langs = [organism.hrl, *organism.lrls]
     short_answers, choices = write_utility_sets(tmp_path / "utility")

@@ -40,7 +40,7 @@ def test_rerun_skips_finished_shards(
     assert result.shards_written == 0  # type: ignore[attr-defined]
     assert result.shards_skipped == SHARDS_PER_LAYER  # type: ignore[attr-defined]
     assert _mtimes(workspace_copy) == before
-    outputs = Workspace(workspace_copy).require_stage("probe")["outputs"]
+    outputs = Workspace(workspace_copy).require_stage("probe").outputs
     assert outputs["shards_written"] == 0
     assert outputs["shards_skipped"] == SHARDS_PER_LAYER
 
@@ -254,7 +254,7 @@ def test_not_a_workspace(tmp_path: Path) -> None:
 def test_prompts_with_the_same_ids_but_other_texts_are_rerecorded(
     workspace_copy: Path, tiny_llama: Path, prompt_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    from swe_cli.stages.probe import load_acts
+    from swe_cli.workspace import load_acts
 
     edited = write_varied_prompts(tmp_path / "edited", seed=1)  # same ids, other texts
     result = probe_workspace(workspace_copy, tiny_llama, edited)
@@ -274,7 +274,7 @@ def test_fewer_prompts_on_rerun_leave_no_stale_chunks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import swe_cli.stages.probe
-    from swe_cli.stages.probe import load_acts
+    from swe_cli.workspace import load_acts
 
     monkeypatch.setattr(swe_cli.stages.probe, "CHUNK_SIZE", 3)
     many = probe_workspace(workspace_copy, tiny_llama, prompt_files)
@@ -295,7 +295,7 @@ def test_fewer_prompts_on_rerun_leave_no_stale_chunks(
 
 
 def test_language_codes_sharing_a_prefix_are_kept_apart(tmp_path: Path) -> None:
-    from swe_cli.stages.probe import load_acts
+    from swe_cli.workspace import load_acts
 
     workspace = Workspace(tmp_path)
     for lang, rows in (("zh", 2), ("zh-TW", 3)):

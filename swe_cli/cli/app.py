@@ -110,8 +110,6 @@ def _fail(message: str, hint: str | None) -> None:
 
 def main() -> None:
     """Console entry point: run the app, turning SweError into one red line and exit code 1."""
-    import swe_cli.cli.commands  # noqa: F401 - registers the commands on app
-
     STATE.update(debug=False, quiet=False, json=False)  # a fresh run (main may run in-process)
     try:
         code = app(standalone_mode=False)

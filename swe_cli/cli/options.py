@@ -1,6 +1,6 @@
 """Every command-line option that more than one command takes, declared once. Stage settings
 take their help text and default from the settings models (swe_cli/settings.py), so a default
-lives in one place; `--method` lists the registered methods."""
+lives in one place; `--method` lists the registered methods with their own descriptions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from swe_cli.cli.app import set_json, set_quiet
-from swe_cli.methods import method_names
+from swe_cli.methods import method_descriptions
 from swe_cli.settings import (
     EvalSettings,
     LocalizeSettings,
@@ -112,9 +112,9 @@ Method = Annotated[
     str | None,
     typer.Option(
         "--method",
-        help="Edit method: " + ", ".join(method_names()) + " (paper: gate rows, Alg. 1; "
-        "residual: down_proj, MEMIT-style; refusal: down_proj along the HRL refusal direction) "
-        "or auto (the candidate `swe select` measured best). align/demo: overrides the "
+        help="Edit method: "
+        + "; ".join(f"{name} ({text})" for name, text in method_descriptions().items())
+        + "; or auto (the candidate `swe select` measured best). align/demo: overrides the "
         "recipe's solve.method.",
     ),
 ]

@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from swe_cli.edit import TensorEdit
-from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.errors import SolveError
+from swe_cli.measure import WeightChange
 from swe_cli.settings import SolveConfig
-from swe_cli.stages.localize import load_selected
-from swe_cli.stages.probe import load_acts
-from swe_cli.workspace import Workspace, load_tensors
+from swe_cli.workspace import Manifest, Workspace, load_acts, load_selected
 
 # (edited tensors, diagnostics per layer: {"neurons": m, <weight>: {...}})
 MethodResult = tuple[list[TensorEdit], dict[int, dict[str, Any]]]
-# (weight parameter, row indices or None, column indices or None, delta for that block)
-WeightChange = tuple[Any, Any, Any, Any]
 # tuning candidates grouped by the layers they edit (each layer's data is read once)
 Plan = list[tuple[tuple[int, ...], list[SolveConfig]]]
 
@@ -40,19 +37,19 @@ class Context:
     hidden_size: int = 0
 
 
-def context_from(workspace: Workspace, manifest: dict[str, Any] | None = None) -> Context:
-    """The context of a probed and localized workspace (manifest parsed once by the caller)."""
-    manifest = manifest if manifest is not None else workspace.load()
-    model = manifest["model"]
+def context_from(workspace: Workspace, manifest: Manifest | None = None) -> Context:
+    """The context of a probed and localized workspace (manifest read once by the caller)."""
+    manifest = manifest if manifest is not None else workspace.manifest()
+    model = manifest.model
     return Context(
         workspace=workspace,
-        model_dir=Path(model["path"]),
-        hrl=manifest["hrl"],
-        langs=list(manifest["langs"]),
-        probed_layers=list(manifest["stages"]["probe"]["params"]["layers"]),
-        intermediate_size=int(model["intermediate_size"]),
-        model_type=str(model["model_type"]),
-        hidden_size=int(model.get("hidden_size", 0)),
+        model_dir=model.path,
+        hrl=manifest.hrl,
+        langs=list(manifest.langs),
+        probed_layers=manifest.probed_layers,
+        intermediate_size=model.intermediate_size,
+        model_type=model.model_type,
+        hidden_size=model.hidden_size,
     )
 
 
@@ -122,18 +119,6 @@ def layer_data(
     )
 
 
-def load_moment(workspace: Workspace, layer: int) -> Any:
-    """Mean second moment of the neuron activations over all streamed positions."""
-    path = workspace.stats_path(layer)
-    if not path.exists():
-        raise WorkspaceError(
-            f"no activation moments for layer {layer} in {workspace.root}",
-            hint=f"re-run `swe probe` with --stats-layers including {layer}",
-        )
-    tensors, _ = load_tensors(path)
-    return tensors["aa"] / float(tensors["count"].item())
-
-
 # -- tuning ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Candidate:
@@ -181,17 +166,27 @@ class TuneData:
 
 
 class Method(Protocol):
-    """An edit method. `solve` computes the edit from the workspace; the rest serves `--tune`:
-    a default grid of relative coefficients, the candidates it spans, and a score of each
-    candidate on validation prompts (lower is better)."""
+    """An edit method. `solve` computes the edit from the workspace, on `default_layers` when
+    the settings name none; `candidates` is its share of `swe select`'s default spread and
+    `weight_changes` the in-memory edit select measures; the rest serves `swe tune`: a default
+    grid of relative coefficients, the candidates it spans, and a score of each candidate on
+    validation prompts (lower is better). Its name and description are its registry line."""
 
     name: str
-    description: str
     grid: dict[str, list[Any]]  # default tuning values per key
     grid_keys: tuple[str, ...]  # the settings a tuning grid may vary ("layers" first)
     extra_columns: tuple[str, ...]  # Candidate fields beyond the common ones in the tune table
 
     def solve(self, context: Context, config: SolveConfig) -> MethodResult: ...
+
+    def default_layers(self, context: Context) -> tuple[int, ...]:
+        """The layers edited when none are given (`swe solve`, a candidate without @layers)."""
+        ...
+
+    def candidates(self, num_layers: int) -> tuple[str, ...]:
+        """This method's share of `swe select`'s default spread for a model of num_layers, as
+        candidate specs ('name@layers key=value'); () for none."""
+        ...
 
     def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
         """Layers whose all-position moments probe must stream for this configuration (None:

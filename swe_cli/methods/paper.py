@@ -31,7 +31,7 @@ from swe_cli.methods.base import (
     unique,
 )
 from swe_cli.settings import PAPER_RANK, SolveConfig
-from swe_cli.stages.localize import load_selected
+from swe_cli.workspace import load_selected
 
 
 def paper_solution(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
@@ -65,10 +65,9 @@ def paper_solution(data: LayerData, W_S: Any, config: SolveConfig) -> Any:
 
 def default_layer(context: Context) -> int:
     """The probed layer with the most HRL safety neurons (the paper edits one layer)."""
-    sizes = context.workspace.require_stage("localize")["outputs"]["layers"]
-    return max(
-        context.probed_layers, key=lambda layer: (sizes[layer]["sizes"][context.hrl], -layer)
-    )
+    context.workspace.require_stage("localize")
+    sizes = context.workspace.manifest().neuron_counts(context.hrl)
+    return max(context.probed_layers, key=lambda layer: (sizes[layer], -layer))
 
 
 def gate_weights(
@@ -88,7 +87,6 @@ def gate_weights(
 
 class PaperMethod:
     name = "paper"
-    description = "gate rows of the safety neurons, paper Algorithm 1"
     grid: dict[str, list[Any]] = {  # noqa: RUF012 - read-only class data
         "gamma": [0.1, 1.0, 10.0],
         "lam": [0.01, 0.1, 1.0],
@@ -100,12 +98,18 @@ class PaperMethod:
     def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
         return None  # the paper's solve uses last-position activations only
 
+    def default_layers(self, context: Context) -> tuple[int, ...]:
+        return (default_layer(context),)
+
+    def candidates(self, num_layers: int) -> tuple[str, ...]:
+        return ("paper",)  # at its own layer
+
     def solve(self, context: Context, config: SolveConfig) -> MethodResult:
         """Paper Algorithm 1 on the gate (and optionally up) rows of the HRL safety neurons."""
         import torch
 
         adapter = adapter_for(context.model_type)
-        layers = list(config.layers) if config.layers else [default_layer(context)]
+        layers = list(config.layers or self.default_layers(context))
         edits: list[TensorEdit] = []
         report: dict[int, dict[str, Any]] = {}
         for layer in layers:

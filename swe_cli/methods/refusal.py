@@ -48,9 +48,6 @@ def refusal_target(data: LayerData, strength: float, reference: LayerData | None
 
 class RefusalMethod(ResidualMethod):
     name = "refusal"
-    description = (
-        "down_proj of several layers: push LRL harmful prompts along the HRL refusal direction"
-    )
     grid: dict[str, list[Any]] = {  # noqa: RUF012 - read-only class data
         "alpha": [1.0, 10.0],
         "beta": [1.0, 10.0],
@@ -58,6 +55,9 @@ class RefusalMethod(ResidualMethod):
         "strength": [1.0, 2.0],
     }
     grid_keys = ("layers", "alpha", "beta", "lam", "rank", "strength")
+
+    def candidates(self, num_layers: int) -> tuple[str, ...]:
+        return (f"refusal@{num_layers // 2} strength=4 keep_hrl=true",)  # the middle layer
 
     def target(
         self, data: LayerData, config: SolveConfig, reference: LayerData | None = None

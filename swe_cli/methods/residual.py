@@ -27,14 +27,13 @@ from swe_cli.methods.base import (
     band,
     failed,
     layer_data,
-    load_moment,
     module_weight,
     ratio,
     relative,
     unique,
 )
 from swe_cli.settings import SolveConfig
-from swe_cli.stages.localize import load_selected
+from swe_cli.workspace import load_moment, load_selected
 
 
 def residual_step(
@@ -135,7 +134,6 @@ def _keys(
 
 class ResidualMethod:
     name = "residual"
-    description = "down_proj of several layers towards the HRL residual stream, MEMIT-style"
     grid: dict[str, list[Any]] = {  # noqa: RUF012 - read-only class data
         "alpha": [0.1, 1.0, 10.0],
         "beta": [0.1, 1.0, 10.0],
@@ -146,6 +144,25 @@ class ResidualMethod:
 
     def moment_layers(self, config: SolveConfig) -> tuple[int, ...] | None:
         return config.layers  # C0 of every edited layer
+
+    def default_layers(self, context: Context) -> tuple[int, ...]:
+        return tuple(default_layers(context))
+
+    def candidates(self, num_layers: int) -> tuple[str, ...]:
+        """After what moved Qwen2.5-Coder-0.5B and the organism (README): down_proj of the middle
+        layer, of the layer 5/8 deep and of both; at the middle layer also the variant chosen on
+        Qwen (stronger preservation, target x1.5). All keep the HRL harmful prompts' outputs
+        (keep_hrl): without it every one-layer edit of the organism lost most of its English
+        refusals."""
+        middle = num_layers // 2
+        upper = min(num_layers - 1, round(num_layers * 5 / 8))
+        bands = dict.fromkeys(
+            [str(middle), str(upper), ",".join(map(str, sorted({middle, upper})))]
+        )
+        return (
+            *[f"residual@{layers} rank=32 keep_hrl=true" for layers in bands],
+            f"residual@{middle} rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5",
+        )
 
     def target(
         self, data: LayerData, config: SolveConfig, reference: LayerData | None = None
@@ -166,7 +183,7 @@ class ResidualMethod:
         import torch
 
         adapter = adapter_for(context.model_type)
-        layers = sorted(config.layers) if config.layers else default_layers(context)
+        layers = sorted(config.layers or self.default_layers(context))
         last = layer_data(context.workspace, layers[-1], context.hrl, context.langs)
         remaining = self.target(last, config)  # d x n
         edits: list[TensorEdit] = []

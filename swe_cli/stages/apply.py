@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from swe_cli.edit import (
     EDIT_FILE,
     EDITABLE_DTYPES,
@@ -29,8 +27,9 @@ from swe_cli.edit import (
     load_edit,
     patched_row_bytes,
     save_edit,
+    solved_edit,
 )
-from swe_cli.errors import CheckpointError, EditError, SweError, WorkspaceError
+from swe_cli.errors import CheckpointError, EditError, SweError
 from swe_cli.hub import (
     CALLER_KEYS,
     CARD_FILE,
@@ -52,7 +51,6 @@ from swe_cli.io.checkpoint import (
     ResolvedModel,
     checkpoint_layout,
     fingerprint,
-    resolve_model,
     tensor_files,
 )
 from swe_cli.io.files import (
@@ -187,19 +185,18 @@ def apply_workspace(
 ) -> ApplyResult:
     """`swe apply -w WS -o OUT`: apply the workspace's edit to the model it was computed on,
     with the provenance and eval table of the workspace, and record the apply stage."""
-    manifest = workspace.load()
-    model = dict(manifest.get("model") or {})
-    base_dir = workspace_base(model)
+    manifest = workspace.manifest()
+    base_dir = workspace.base_dir()
     check_output(
         Path(output), [("base model folder", base_dir), ("workspace", workspace.root)], force
     )
     workspace.check_writable()
     edit_file, edit_yaml = solved_edit(workspace)
-    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    provenance = workspace_provenance(manifest, edit_yaml)
+    workspace.check_model(fingerprint(base_dir), manifest.model.id)
+    provenance = workspace_provenance(manifest.data, edit_yaml)
     edit_hash = edit_sha256(load_edit(edit_file, framework="np"))
-    card = ModelCard.for_provenance(provenance, base_dir, eval_report(workspace, edit_hash))
-    card = replace(card, gate_note=gate_note(workspace, edit_hash, "`swe apply`"))
+    card = ModelCard.for_provenance(provenance, base_dir, workspace.eval_report(edit_hash))
+    card = replace(card, gate_note=workspace.gate_note(edit_hash, "`swe apply`"))
     result = _apply(
         EditSource(file=edit_file),
         base_dir,
@@ -296,21 +293,22 @@ def apply_edit_artifact(
 def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> Path:
     """`swe apply -w WS --edit-only -o EDIT_DIR`: the edit as a small pushable folder:
     edit.safetensors, swe_edit.json (provenance), README.md (card) and the eval table if any."""
-    manifest = workspace.load()
-    model_path = Path(str((manifest.get("model") or {}).get("path") or ""))
+    manifest = workspace.manifest()
+    model_path = manifest.model.path
     protected = [("base model folder", model_path)] if model_path.is_dir() else []
     output = Path(output)
     check_output(output, [*protected, ("workspace", workspace.root)], force)
     edit_file, edit_yaml = solved_edit(workspace)
     edit = load_edit(edit_file, framework="np")
     provenance = complete_provenance(
-        workspace_provenance(manifest, edit_yaml), edit, edit_sha256(edit), {"artifact": "edit"}
+        workspace_provenance(manifest.data, edit_yaml),
+        edit,
+        edit_sha256(edit),
+        {"artifact": "edit"},
     )
-    report = eval_report(workspace, provenance["edit"]["sha256"])
+    report = workspace.eval_report(provenance["edit"]["sha256"])
     card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
-    card = replace(
-        card, gate_note=gate_note(workspace, provenance["edit"]["sha256"], "`swe apply`")
-    )
+    card = replace(card, gate_note=workspace.gate_note(provenance["edit"]["sha256"], "`swe apply`"))
     temporary = temporary_folder(output)
     try:
         shutil.copyfile(edit_file, temporary / EDIT_FILE)
@@ -324,72 +322,6 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return output
-
-
-def solved_edit(workspace: Workspace) -> tuple[Path, dict[str, Any] | None]:
-    """(edit.safetensors, edit.yaml) of a cleanly finished solve. The edit file must be the one
-    the solve recorded: a solve killed after writing it and before recording it leaves another
-    method's edit under the old record, which must never ship with the old label."""
-    record = workspace.require_stage("solve")
-    edit_file = workspace.edit_dir / EDIT_FILE
-    if not edit_file.exists():
-        raise WorkspaceError(
-            f"{edit_file}: missing", hint=f"run `swe solve -w {workspace.root}` first"
-        )
-    edit_yaml = _read_yaml(workspace.edit_dir / "edit.yaml")
-    recorded = [
-        (record.get("outputs") or {}).get("edit_sha256"),
-        (edit_yaml or {}).get("edit_sha256"),
-    ]
-    actual = edit_sha256(load_edit(edit_file, framework="np"))
-    if any(value and value != actual for value in recorded):
-        raise WorkspaceError(
-            f"{edit_file}: not the edit the last finished solve recorded (a solve was interrupted)",
-            hint=f"re-run `swe solve -w {workspace.root}`",
-        )
-    return edit_file, edit_yaml
-
-
-def workspace_edit(workspace: Workspace) -> Edit:
-    """The edit computed in a workspace (for `swe verify OUT --base MODEL -w WS`), as numpy."""
-    return load_edit(workspace.edit_dir / EDIT_FILE, framework="np")
-
-
-def workspace_base(model: dict[str, Any]) -> Path:
-    """The base checkpoint of a workspace model record: its local path, or its Hub snapshot."""
-    path = Path(str(model.get("path") or ""))
-    if model.get("path") and (path / "config.json").exists():
-        return path
-    if not model.get("id"):
-        raise WorkspaceError("the workspace records no base model", hint="run `swe probe` first")
-    return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
-
-
-def eval_report(workspace: Workspace, edit_hash: str) -> str | None:
-    """The workspace's eval table, only when that eval measured this very edit (its sha256 is
-    recorded with the eval): a table of another edit, or of a re-solved one, is never shown."""
-    path = workspace.eval_dir / "report.md"
-    record = (workspace.load().get("stages") or {}).get("eval") or {}
-    measured = (record.get("outputs") or {}).get("edit_sha256")
-    if not path.exists() or record.get("status") != "done" or measured != edit_hash:
-        return None
-    check_inside(path, workspace.root, WorkspaceError)
-    return path.read_text(encoding="utf-8")
-
-
-def gate_note(workspace: Workspace, edit_hash: str, shipped_by: str = "") -> str | None:
-    """What the shipping gate decided about this edit, when it was judged (align --eval
-    records it); shipped_by names the command writing it anyway after a refusal."""
-    record = (workspace.load().get("stages") or {}).get("gate") or {}
-    outputs = record.get("outputs") or {}
-    if outputs.get("edit_sha256") != edit_hash or "passed" not in outputs:
-        return None
-    if outputs["passed"]:
-        return str(outputs.get("note") or "Shipping gate: passed.")
-    reasons = "; ".join(map(str, outputs.get("reasons") or []))
-    if shipped_by:
-        return f"Shipping gate: **failed** ({reasons}); written anyway by {shipped_by}."
-    return str(outputs.get("note") or f"Shipping gate: **failed**: {reasons}.")
 
 
 def resolve_device(device: str) -> str:
@@ -670,14 +602,6 @@ def _write_metadata(
     write_provenance(folder / PROVENANCE_FILE, provenance)
     card = card or ModelCard.for_provenance(provenance, base_dir)
     atomic_write_text(folder / CARD_FILE, card.render(provenance))
-
-
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # -- the output folder --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The eval stage: generate answers (swe_cli/models.py: batched greedy decoding with left padding),
 judge them, and measure utility (over-refusal on probes and on harmless prompts, short-answer and
-multiple-choice accuracy (swe_cli/utility.py), KL(base || edited) of next-token distributions,
+multiple-choice accuracy (swe_cli/accuracy.py), KL(base || edited) of next-token distributions,
 perplexity). ``run_eval`` ties these into an EvalReport
 (swe_cli/report.py); judges live in swe_cli/judges.py. torch/transformers are imported lazily.
 
@@ -36,6 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swe_cli.accuracy import (
+    SHORT_ANSWER_TOKENS,
+    Choice,
+    ShortAnswer,
+    UtilitySets,
+    is_correct,
+    score_choices,
+)
 from swe_cli.errors import EvalError, PromptError
 from swe_cli.judges import (
     ATTACK_SUCCESS,
@@ -46,9 +54,9 @@ from swe_cli.judges import (
     contains_phrase,
     normalize_text,
 )
+from swe_cli.measure import logits_of, next_token_kl, refusal_rate
 from swe_cli.models import (
     encode_texts,
-    format_chat,
     generate,
     length_batches,
     load_model,
@@ -56,14 +64,6 @@ from swe_cli.models import (
 )
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 from swe_cli.report import BASELINE, MODEL, EvalReport, LanguageResult, ModelResult, Sample
-from swe_cli.utility import (
-    SHORT_ANSWER_TOKENS,
-    Choice,
-    ShortAnswer,
-    UtilitySets,
-    is_correct,
-    score_choices,
-)
 
 # progress(task description, completed, total): called after every batch of every task.
 Progress = Callable[[str, int, int], None]
@@ -74,92 +74,6 @@ WRONG = "wrong"
 
 
 # -- utility metrics ---------------------------------------------------------------------------
-
-
-def _logits(model: Any, input_ids: Any, attention_mask: Any) -> Any:
-    import torch
-
-    with torch.inference_mode():
-        output = model(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
-        )
-    return output.logits.float()
-
-
-def next_token_kl(
-    base: Any,
-    edited: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    batch_size: int = 16,
-    on_batch: Callable[[int], None] | None = None,
-) -> float:
-    """Mean KL(base || edited) of next-token distributions over the positions of each
-    chat-templated prompt, then over prompts. Exactly 0.0 for identical weights."""
-    return paired_kl(
-        lambda ids, mask: (_logits(base, ids, mask), _logits(edited, ids, mask)),
-        tokenizer,
-        prompts,
-        batch_size=batch_size,
-        on_batch=on_batch,
-    )
-
-
-def paired_kl(
-    logits: Callable[[Any, Any], tuple[Any, Any]],
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    batch_size: int = 16,
-    on_batch: Callable[[int], None] | None = None,
-) -> float:
-    """next_token_kl for any pair of logits: logits(input_ids, attention_mask) gives the base's
-    and the edited model's logits of one batch (two models, or one model with and without an
-    in-memory edit, as `swe select` measures)."""
-    import torch
-
-    if not prompts:
-        raise EvalError("no prompts to compute the KL divergence on", hint="check --harmless")
-    texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    encoded = encode_texts(tokenizer, texts, special_tokens=False)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    per_prompt: list[float] = []
-    done = 0
-    for batch in length_batches([len(row) for row in encoded], batch_size):
-        # Right padding: pad tokens come after every real one, so causal attention ignores them.
-        input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
-        base_logits, edited_logits = logits(input_ids, attention_mask)
-        for role, values in (("base", base_logits), ("edited", edited_logits)):
-            finite = torch.isfinite(values).all(-1) | ~attention_mask.to(values.device).bool()
-            if not bool(finite.all()):
-                row = int((~finite).any(-1).nonzero()[0])
-                raise EvalError(
-                    f"the {role} model's logits are not finite (nan or inf) on harmless prompt "
-                    f"{done + row + 1} of {len(prompts)}: {prompts[batch[row]][:60]!r}",
-                    hint="the weights hold nan/inf values: check the edit or adapter "
-                    "(`swe verify`) and --dtype",
-                )
-        base_log = torch.log_softmax(base_logits, dim=-1)
-        edited_log = torch.log_softmax(edited_logits, dim=-1)
-        if base_log.shape != edited_log.shape:
-            raise EvalError(
-                "base and edited models have different vocabularies",
-                hint="--baseline must be the model the edit was made from",
-            )
-        kl = (base_log.exp() * (base_log - edited_log.to(base_log.device))).sum(-1)
-        mask = attention_mask.to(kl.device).float()
-        per_prompt += ((kl * mask).sum(-1) / mask.sum(-1)).tolist()
-        done += len(batch)
-        if on_batch is not None:
-            on_batch(done)
-    mean = sum(per_prompt) / len(per_prompt)
-    if not math.isfinite(mean):
-        raise EvalError(
-            f"the KL divergence on the harmless prompts is {mean}",
-            hint="check the edit or adapter (`swe verify`) and --dtype",
-        )
-    return max(0.0, mean)  # rounding can make a KL of identical models a hair below zero
 
 
 def perplexity(
@@ -182,7 +96,7 @@ def perplexity(
     total_nll, total_tokens, done = 0.0, 0, 0
     for batch in length_batches([len(row) for row in encoded], batch_size):
         input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
-        log_probs = torch.log_softmax(_logits(model, input_ids, attention_mask)[:, :-1], dim=-1)
+        log_probs = torch.log_softmax(logits_of(model, input_ids, attention_mask)[:, :-1], dim=-1)
         targets = input_ids[:, 1:].to(log_probs.device)
         nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         mask = attention_mask[:, 1:].to(nll.device).float()
@@ -452,12 +366,12 @@ def _language_result(
         n=n,
         asr=sum(counts.get(v, 0) for v in ATTACK_SUCCESS) / n,
         degenerate_rate=counts.get(DEGENERATE, 0) / n,
-        refusal_rate=counts.get(REFUSED, 0) / n if reports_refusals else None,
+        refusal_rate=refusal_rate(verdicts) if reports_refusals else None,
         verdicts=counts,
         harmless_n=len(harmless_verdicts),
-        harmless_refusal=_share(harmless_verdicts, REFUSED),
+        harmless_refusal=refusal_rate(harmless_verdicts) if harmless_verdicts else None,
         over_refusal_n=len(probe_verdicts),
-        over_refusal=_share(probe_verdicts, REFUSED),
+        over_refusal=refusal_rate(probe_verdicts) if probe_verdicts else None,
         utility_n=len(correct),
         utility_accuracy=sum(correct) / len(correct) if correct else None,
         choice_n=len(chosen),
@@ -472,10 +386,6 @@ def _language_result(
         perplexity=None if ppl is None else ppl[0],
         general_tokens=0 if ppl is None else ppl[1],
     )
-
-
-def _share(verdicts: Sequence[str], verdict: str) -> float | None:
-    return verdicts.count(verdict) / len(verdicts) if verdicts else None
 
 
 def run_eval(
@@ -524,7 +434,7 @@ def run_eval(
 
         require_vllm()
     if adapter is not None:
-        from swe_cli.lora import require_peft
+        from swe_cli.stages.export import require_peft
 
         require_peft()
     plan = plan_languages(harmful, harmless, general, langs, split, utility)
@@ -550,7 +460,7 @@ def run_eval(
         )
     edited, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
     if adapter is not None:
-        from swe_cli.lora import load_with_adapter
+        from swe_cli.stages.export import load_with_adapter
 
         edited = load_with_adapter(edited, adapter)
     kl: dict[str, float] = {}

@@ -7,10 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from swe_cli.errors import WorkspaceError
 from swe_cli.settings import LocalizeConfig
-from swe_cli.stages.probe import load_acts
-from swe_cli.workspace import Workspace, load_tensors, save_tensors
+from swe_cli.workspace import Workspace, load_acts, save_tensors
 
 
 @dataclass(frozen=True)
@@ -58,13 +56,13 @@ def jaccard_matrix(selected: dict[str, list[int]]) -> dict[str, dict[str, float]
 def run_localize(workspace: Workspace, config: LocalizeConfig) -> dict[str, Any]:
     """Score and select per layer and language; write masks/neurons.safetensors; return a summary
     with per-layer set sizes and the Jaccard overlap between languages."""
-    probe = workspace.require_stage("probe")
-    manifest = workspace.load()
-    hrl = manifest["hrl"]
-    langs = [hrl, *manifest["langs"]]
+    workspace.require_stage("probe")
+    manifest = workspace.manifest()
+    hrl = manifest.hrl
+    langs = [hrl, *manifest.langs]
     tensors: dict[str, Any] = {}
     summary: dict[str, Any] = {"hrl": hrl, "layers": {}}
-    for layer in probe["params"]["layers"]:
+    for layer in manifest.probed_layers:
         selected: dict[str, list[int]] = {}
         for lang in langs:
             harmful, _ = load_acts(workspace, layer, "harmful", lang)
@@ -93,16 +91,3 @@ def run_localize(workspace: Workspace, config: LocalizeConfig) -> dict[str, Any]
     )
     workspace.invalidate_after("localize")
     return summary
-
-
-def load_selected(workspace: Workspace, layer: int, lang: str) -> Any:
-    """The selected safety neurons of one layer for one language (from localize)."""
-    workspace.require_stage("localize")
-    tensors, _ = load_tensors(workspace.masks_path)
-    key = f"L{layer}/{lang}/selected"
-    if key not in tensors:
-        raise WorkspaceError(
-            f"no safety-neuron selection for layer {layer} in '{lang}'",
-            hint="probe and localize this layer first",
-        )
-    return tensors[key]

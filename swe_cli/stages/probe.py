@@ -22,7 +22,7 @@ from swe_cli.io.files import atomic_write_text
 from swe_cli.models import chat_text, generate, load_model
 from swe_cli.prompts import FIT, Prompt, PromptSet
 from swe_cli.settings import ProbeConfig
-from swe_cli.workspace import Workspace, load_tensors, save_tensors, valid_tensor_file
+from swe_cli.workspace import Workspace, save_tensors, valid_tensor_file
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,7 +58,8 @@ def hrl_refusal_rate(
     an edit copies the HRL's refusal, so a model that rarely refuses there has little to copy.
     None without a chat template (a base model) or without prompts. The answers are cached in
     the workspace file `cache`: a re-run generates none of them again."""
-    from swe_cli.judges import REFUSED, PatternJudge
+    from swe_cli.judges import PatternJudge
+    from swe_cli.measure import refusal_rate
 
     chosen = list(prompts)[:HRL_CHECK_PROMPTS]
     if not chosen or getattr(tokenizer, "chat_template", None) is None:
@@ -69,7 +70,7 @@ def hrl_refusal_rate(
         cache, model, tokenizer, wanted, max_new_tokens=HRL_CHECK_TOKENS, batch_size=16
     )
     answers = [found[(lang, prompt.id)] for prompt in chosen]
-    return sum(judge.verdict(answer, lang) == REFUSED for answer in answers) / len(chosen)
+    return refusal_rate(judge.judge([], answers, lang))
 
 
 def model_record(resolved: ResolvedModel, dtype: str) -> dict[str, Any]:
@@ -214,16 +215,9 @@ def probe_chunks(
         if progress:
             progress(f"{prompt_set} {lang}", number + 1, len(chunks))
     for layer in layers:  # left by an earlier run over more prompts
-        for stale in _shard_paths(workspace, layer, prompt_set, lang)[len(chunks) :]:
+        for stale in workspace.shard_paths(layer, prompt_set, lang)[len(chunks) :]:
             stale.unlink()
     return written, skipped
-
-
-def _shard_paths(workspace: Workspace, layer: int, prompt_set: str, lang: str) -> list[Path]:
-    """The chunk files of one (layer, set, language) in order; the 5-digit pattern keeps 'zh'
-    from matching 'zh-TW'."""
-    pattern = f"{prompt_set}-{lang}-{'[0-9]' * 5}.safetensors"
-    return sorted(workspace.layer_dir(layer).glob(pattern))
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -482,7 +476,8 @@ def run_probe(
     all_langs = [config.hrl, *[lang for lang in config.langs if lang != config.hrl]]
     check_sets(harmful, harmless, all_langs)
     workspace.bind_model(record)
-    previous = workspace.load().get("stages", {}).get("probe", {}).get("params", {})
+    recorded = workspace.manifest().stage("probe")
+    previous = recorded.params if recorded else {}
     workspace.begin_stage("probe")  # a killed probe leaves 'running', never the old 'done'
     if previous and previous.get("positions") != config.positions:
         _clear_acts(workspace)
@@ -538,15 +533,15 @@ def run_probe(
     finally:
         recorder.close()
 
-    manifest = workspace.load()
-    manifest["langs"] = [lang for lang in config.langs if lang != config.hrl]
-    manifest["hrl"] = config.hrl
-    manifest["prompt_sets"] = {
-        s.name: {"source": s.source, "sha256": s.sha256(), "count": len(s.prompts)}
-        for s in (harmful, harmless, general)
-        if s is not None
-    }
-    workspace.save(manifest)
+    workspace.record_languages(
+        config.hrl,
+        [lang for lang in config.langs if lang != config.hrl],
+        {
+            s.name: {"source": s.source, "sha256": s.sha256(), "count": len(s.prompts)}
+            for s in (harmful, harmless, general)
+            if s is not None
+        },
+    )
     workspace.record_stage(
         "probe",
         {
@@ -575,25 +570,3 @@ def _clear_acts(workspace: Workspace) -> None:
     import shutil
 
     shutil.rmtree(workspace.acts_dir, ignore_errors=True)
-
-
-def load_acts(
-    workspace: Workspace, layer: int, prompt_set: str, lang: str
-) -> tuple[dict[str, Any], list[str]]:
-    """All recorded shards of one (layer, set, language), concatenated in id order."""
-    import torch
-
-    paths = _shard_paths(workspace, layer, prompt_set, lang)
-    if not paths:
-        raise WorkspaceError(
-            f"no activations for layer {layer}, set '{prompt_set}', language '{lang}' in {workspace.root}",
-            hint="re-run `swe probe` with this layer and language",
-        )
-    parts: dict[str, list[Any]] = {}
-    ids: list[str] = []
-    for path in paths:
-        tensors, metadata = load_tensors(path)
-        for key, value in tensors.items():
-            parts.setdefault(key, []).append(value)
-        ids += metadata.get("ids", "").split("\n")
-    return {key: torch.cat(values) for key, values in parts.items()}, ids

@@ -3,7 +3,7 @@ by name through the registry) and write the edit artifact and its diagnostics (W
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import yaml
@@ -32,12 +32,12 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
         raise SolveError(f"unknown projection(s) {bad}", hint="use --projections gate or gate,up")
     workspace.require_stage("probe")
     workspace.require_stage("localize")
-    manifest = workspace.load()
-    model = manifest["model"]
-    if fingerprint(Path(model["path"])) != model["fingerprint"]:  # the rows are read from there
+    manifest = workspace.manifest()
+    model = manifest.model
+    if fingerprint(model.path) != model.fingerprint:  # the rows are read from there
         raise WorkspaceError(
-            f"the model at {model['path']} is not the one workspace {workspace.root} was probed "
-            f"with ('{model['id']}')",
+            f"the model at {model.path} is not the one workspace {workspace.root} was probed "
+            f"with ('{model.id}')",
             hint="restore that model there, or probe this model into another -w/--workspace",
         )
     context = context_from(workspace, manifest)
@@ -51,9 +51,9 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
     edit = Edit(
         tuple(tensor_edits),
         {
-            "base_model": public_name(model),  # the Hub id or folder name, never a path
-            "base_revision": str(model.get("commit") or model.get("revision") or ""),
-            "base_fingerprint": str(model["fingerprint"]),
+            "base_model": public_name(asdict(model)),  # Hub id or folder name, never a path
+            "base_revision": model.commit or model.revision or "",
+            "base_fingerprint": model.fingerprint,
             "method": config.method,
             "langs": ",".join(context.langs),
             "hrl": context.hrl,

@@ -19,17 +19,15 @@ import yaml
 from swe_cli.errors import SolveError
 from swe_cli.io.files import atomic_write_text
 from swe_cli.io.safetensors import read_header
+from swe_cli.measure import judged_answers, patched, refusal_rate
 from swe_cli.methods import get_method
 from swe_cli.methods.base import (
     Candidate,
     Context,
     Method,
     TuneData,
-    WeightChange,
     context_from,
-    ratio,
 )
-from swe_cli.methods.residual import default_bands
 from swe_cli.prompts import HELDOUT, sort_ids, split_of
 from swe_cli.settings import SolveConfig
 from swe_cli.workspace import Workspace
@@ -42,8 +40,6 @@ __all__ = [
     "TuneResult",
     "candidates_table",
     "confirm",
-    "default_bands",
-    "patched",
     "split_ids",
     "tune",
     "validation_prompts",
@@ -144,9 +140,10 @@ def _threads_for(system_size: int) -> Iterator[None]:
 
 
 def _context(workspace: Workspace) -> Context:
-    manifest = workspace.load()
+    manifest = workspace.manifest()
     for stage in ("probe", "localize"):
-        if manifest.get("stages", {}).get(stage, {}).get("status") != "done":
+        record = manifest.stage(stage)
+        if not record or not record.done:
             workspace.require_stage(stage)  # raises the stage's usual error
     return context_from(workspace, manifest)
 
@@ -368,10 +365,24 @@ def confirm(
     model, tokenizer = load_model(context.model_dir, device=device)
     judge = PatternJudge.from_files()
 
+    def pooled_refusal(prompts: dict[str, list[str]]) -> float:
+        verdicts = [
+            verdict
+            for lang, texts in prompts.items()
+            for verdict in judged_answers(
+                model,
+                tokenizer,
+                judge,
+                texts,
+                lang,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+        ]
+        return refusal_rate(verdicts) if verdicts else 0.0
+
     def check(config: SolveConfig | None, score: float) -> Confirmation:
-        refused = _refusal_rate(model, tokenizer, judge, harmful, max_new_tokens, batch_size)
-        over = _refusal_rate(model, tokenizer, judge, harmless, max_new_tokens, batch_size)
-        return Confirmation(config, score, refused, over)
+        return Confirmation(config, score, pooled_refusal(harmful), pooled_refusal(harmless))
 
     ranked = sorted(
         (c for c in result.candidates if math.isfinite(c.score)), key=lambda c: c.score
@@ -405,55 +416,6 @@ def validation_prompts(
     return {
         lang: [p.text for p in prompts.select(lang, FIT) if p.id in validation] for lang in langs
     }
-
-
-def _refusal_rate(
-    model: Any,
-    tokenizer: Any,
-    judge: Any,
-    prompts: dict[str, list[str]],
-    max_new_tokens: int,
-    batch_size: int,
-) -> float:
-    from swe_cli.judges import REFUSED
-    from swe_cli.models import generate
-
-    refused = total = 0
-    for lang, texts in prompts.items():
-        answers = generate(
-            model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size
-        )
-        refused += sum(judge.verdict(answer, lang) == REFUSED for answer in answers)
-        total += len(texts)
-    return ratio(refused, total)
-
-
-@contextlib.contextmanager
-def patched(changes: Sequence[WeightChange]) -> Iterator[None]:
-    """Add each delta to its weight block; restore the exact original values afterwards."""
-    import torch
-
-    saved = []
-    with torch.no_grad():
-        for parameter, rows, columns, delta in changes:
-            index = _block(rows, columns)
-            saved.append((parameter, index, parameter[index].clone()))
-            block = parameter[index].float() + delta.to(parameter.device)
-            parameter[index] = block.to(parameter.dtype)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for parameter, index, original in reversed(saved):  # overlapping blocks too
-                parameter[index] = original
-
-
-def _block(rows: Any, columns: Any) -> Any:
-    if rows is not None:
-        return (rows.to("cpu").long(),)
-    if columns is not None:
-        return (slice(None), columns.to("cpu").long())
-    return (slice(None), slice(None))
 
 
 def _record_confirmation(workspace: Workspace, rows: Sequence[Confirmation]) -> None:

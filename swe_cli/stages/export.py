@@ -1,4 +1,4 @@
-"""The edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
+"""The export stage: the edit as a standard PEFT LoRA adapter, so a server that holds one base model (PEFT, vLLM
 multi-LoRA, TGI) can serve the safety patch without a second copy of the weights.
 
 Every edited weight W (out x in) changes by a delta that is zero outside the edited rows (and
@@ -34,6 +34,7 @@ from swe_cli.edit import (
     load_edit,
     patched_row_bytes,
     save_edit,
+    solved_edit,
 )
 from swe_cli.errors import EditError, LoraError
 from swe_cli.hub import (
@@ -59,7 +60,7 @@ from swe_cli.io.files import (
     temporary_folder,
 )
 from swe_cli.io.safetensors import TensorEntry, bytes_to_float32, read_row_bytes
-from swe_cli.stages.apply import check_output, locate_edit, solved_edit, workspace_base
+from swe_cli.stages.apply import check_output, locate_edit
 from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -422,20 +423,19 @@ def export_workspace_lora(
     workspace: Workspace, output: Path, *, max_rank: int = DEFAULT_MAX_RANK, force: bool = False
 ) -> LoraResult:
     """`swe apply -w WS --as-lora -o OUT`: the workspace's edit as an adapter of its base model."""
-    manifest = workspace.load()
-    model = dict(manifest.get("model") or {})
-    base_dir = workspace_base(model)
+    manifest = workspace.manifest()
+    base_dir = workspace.base_dir()
     check_output(Path(output), [("workspace", workspace.root)], force)
     workspace.check_writable()
     edit_file, edit_yaml = solved_edit(workspace)
-    workspace.check_model(fingerprint(base_dir), str(model.get("id")))
-    provenance = workspace_provenance(manifest, edit_yaml)
+    workspace.check_model(fingerprint(base_dir), manifest.model.id)
+    provenance = workspace_provenance(manifest.data, edit_yaml)
     result = export_lora(
         load_edit(edit_file),
         base_dir,
         output,
         provenance=provenance,
-        base_model_name_or_path=public_name(model),
+        base_model_name_or_path=public_name(manifest.data.get("model") or {}),
         max_rank=max_rank,
         force=force,
         edit_file=edit_file,
