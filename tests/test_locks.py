@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
@@ -170,3 +172,30 @@ def test_candidate_folders_carry_the_pid(tmp_path: Path) -> None:
     assert fresh_candidate(output) == candidate_folder(output)
     assert not (tmp_path / ".out.swe-candidate").exists()
     assert not (tmp_path / ".out.swe-candidate-1").exists()
+
+
+def test_a_planted_link_or_a_shared_lock_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone else's link in the lock folder must not make swe truncate a file of yours."""
+    from swe_cli.errors import SweError
+    from swe_cli.io.lock import lock_file, lock_workspace
+
+    locks = tmp_path / "locks"
+    monkeypatch.setenv("SWE_LOCK_DIR", str(locks))
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    locks.mkdir(mode=0o700)
+    lock_file(tmp_path / "ws").symlink_to(precious)
+    with (
+        pytest.raises(SweError, match="cannot create the lock file"),
+        lock_workspace(tmp_path / "ws", create=True),
+    ):
+        pass
+    assert precious.read_text() == "keep me\n"
+    locks.chmod(0o777)
+    with (
+        pytest.raises(SweError, match="not a private folder"),
+        lock_workspace(tmp_path / "other", create=True),
+    ):
+        pass

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -50,9 +51,22 @@ def _holder(descriptor: int) -> str:
 
 
 def _open(lock_file: Path, what: str) -> int:
+    """The lock file, opened for writing its holder's PID. The folder must be a real folder of
+    this user that nobody else can write, and the file no link: in a shared temporary folder
+    another user could otherwise plant a link that makes swe overwrite one of your files."""
     try:
         lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        status = os.lstat(lock_file.parent)
+        if (
+            not stat.S_ISDIR(status.st_mode)
+            or status.st_uid != os.getuid()
+            or status.st_mode & 0o022
+        ):
+            raise SweError(
+                f"lock folder {lock_file.parent} is not a private folder of this user",
+                hint=f"remove it, or set {LOCK_DIR_ENV} to a folder only you can write",
+            )
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as error:
         raise SweError(
             f"cannot create the lock file of {what} in {lock_file.parent} "
