@@ -260,6 +260,7 @@ def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) 
     from swe_cli.stages.tune import tune as run_tune
     from swe_cli.workspace import Workspace
 
+    check_method(base.method)
     space = Workspace(workspace)
     with writing(workspace):
         result = run_tune(space, base)
@@ -329,6 +330,7 @@ def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, An
     from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
 
+    check_method(config.method)
     with writing(workspace):
         summary = run_solve(Workspace(workspace), config)
     if not ui.quiet:
@@ -483,7 +485,7 @@ def verify_lora(
 ) -> dict[str, Any]:
     """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the one
     the adapter carries); no edit to compare with is a failure."""
-    from swe_cli.stages.export import verify_adapter
+    from swe_cli.stages.verify import verify_adapter
 
     report = verify_adapter(output, base_dir, edit)
     if report.ok:
@@ -505,7 +507,8 @@ def check_adapter_base(adapter: Path, model: str, revision: str | None) -> None:
     config, factors), or the measurement would be of something else."""
     from swe_cli.errors import LoraError
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.stages.export import is_adapter, verify_adapter
+    from swe_cli.stages.export import is_adapter
+    from swe_cli.stages.verify import verify_adapter
 
     if not is_adapter(Path(adapter)):
         return  # loading it says what is wrong

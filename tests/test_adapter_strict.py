@@ -14,7 +14,7 @@ import pytest
 from common import make_tiny_checkpoint
 from test_lora import export, mixed_edit
 
-from swe_cli.stages.export import verify_adapter
+from swe_cli.stages.verify import verify_adapter
 
 WEIGHTS = "adapter_model.safetensors"
 B_KEY = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"

@@ -203,7 +203,7 @@ def test_verify_accepts_the_adapter_and_finds_tampering(tiny_llama: Path, tmp_pa
     from safetensors.torch import load_file, save_file
 
     from swe_cli.edit import Edit
-    from swe_cli.stages.export import verify_adapter
+    from swe_cli.stages.verify import verify_adapter
 
     edit = mixed_edit(tiny_llama)
     folder = tmp_path / "adapter"
@@ -228,7 +228,7 @@ def test_verify_accepts_the_adapter_and_finds_tampering(tiny_llama: Path, tmp_pa
 
 
 def test_verify_refuses_another_base(tiny_llama: Path, tmp_path: Path) -> None:
-    from swe_cli.stages.export import verify_adapter
+    from swe_cli.stages.verify import verify_adapter
 
     other = make_tiny_checkpoint(tmp_path / "other", "llama", seed=1)
     folder = tmp_path / "adapter"

@@ -104,3 +104,19 @@ def test_method_choices_in_help_come_from_the_registry() -> None:
 
     help_text: Any = Method.__metadata__[0].help
     assert all(name in help_text for name in METHODS)
+
+
+@pytest.mark.parametrize("command", ["solve", "tune"])
+def test_an_unknown_method_fails_before_any_work(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The settings models know no method: the pipeline checks the name against the registry
+    before the workspace is read."""
+    from test_cli import run_cli
+
+    code, _, err = run_cli(
+        [command, "-w", str(tmp_path / "ws"), "--method", "bogus"], monkeypatch, capsys
+    )
+    assert code != 0 and "unknown method 'bogus'" in err
+    assert all(name in err for name in [*METHODS, "auto"])
+    assert not (tmp_path / "ws").exists()

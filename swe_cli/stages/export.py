@@ -10,8 +10,8 @@ same scale (safe to cast to half precision, and what LoRA training would converg
 module gets its own rank (PEFT rank_pattern) and lora_alpha = rank, so PEFT's scaling is 1.
 The folder also holds a card (README.md) and swe_edit.json: rank, largest reconstruction error
 (base + B A, cast to the base dtype, against the rows `swe apply` writes) and the hashes that
-`verify_adapter` checks. Exporting reads only the edited rows of the base; peft is needed only
-to load the adapter (`require_peft`)."""
+`swe verify` checks (stages/verify.py). Exporting reads only the edited rows of the base; peft is
+needed only to load the adapter (`require_peft`)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,6 @@ from swe_cli.io.checkpoint import ResolvedModel, fingerprint, locate
 from swe_cli.io.files import (
     atomic_write_text,
     current_umask,
-    inside,
-    link_roots,
     move_into_place,
     sync_tree,
     temporary_folder,
@@ -389,7 +387,7 @@ def export_lora(
             "factorisation": "B = U S^1/2, A = S^1/2 V^T (float64 SVD, float32 factors)",
             "max_reconstruction_error": worst,
             "within_dtype_rounding": all(factor.within_rounding for factor in factors),
-            "adapter_sha256": _file_sha256(weights),
+            "adapter_sha256": file_sha256(weights),
             "adapter_bytes": weights.stat().st_size,
             # the edit travels inside the adapter, so it can be verified without a workspace
             "edit_file": f"{EDIT_DIR}/{EDIT_FILE}",
@@ -479,7 +477,7 @@ def export_artifact_lora(
     )
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -583,234 +581,6 @@ def read_adapter(folder: Path) -> Adapter:
             raise LoraError(f"{folder}: module '{module}' lacks lora_A or lora_B")
         factors[module] = (pair["A"], pair["B"])
     return Adapter(folder, config, provenance, factors)
-
-
-@dataclass(frozen=True)
-class AdapterReport:
-    """What `verify_adapter` found; problems are collected, not raised."""
-
-    adapter: Path
-    base: Path
-    problems: tuple[str, ...]
-    modules_checked: int
-    rank: int
-    max_reconstruction_error: float | None  # None without an edit to compare against
-    edit_sha256: str | None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "kind": "lora",
-            "output": str(self.adapter),
-            "base": str(self.base),
-            "problems": list(self.problems),
-            "modules_checked": self.modules_checked,
-            "rank": self.rank,
-            "max_reconstruction_error": self.max_reconstruction_error,
-            "edit_checked": self.max_reconstruction_error is not None,
-            "edit_sha256": self.edit_sha256,
-        }
-
-
-ADAPTER_FILES = (
-    ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
-    PROVENANCE_FILE,
-    CARD_FILE,
-    f"{EDIT_DIR}/{EDIT_FILE}",
-)
-# adapter_config.json keys that do not change the forward pass: every other key must be exactly
-# what swe writes
-NAME_KEYS = ("base_model_name_or_path", "revision", "inference_mode", "init_lora_weights")
-
-
-def adapter_edit_file(folder: Path) -> Path:
-    """Where an adapter carries the edit it was exported from."""
-    return Path(folder) / EDIT_DIR / EDIT_FILE
-
-
-def recorded_edit(folder: Path) -> Edit | None:
-    """The edit carried inside the adapter folder (swe_edit/edit.safetensors), None when absent
-    or a link leaving the folder (verify_adapter reports both)."""
-    path = adapter_edit_file(folder)
-    if not path.is_file() or not inside(path, link_roots(Path(folder))):
-        return None
-    return load_edit(path)
-
-
-def check_adapter_files(folder: Path) -> list[str]:
-    """Every file accounted for: the ones swe writes, no other file or folder, no link leaving
-    the folder (a Hub cache snapshot's links into its blobs are fine)."""
-    folder, problems = Path(folder), []
-    roots = link_roots(folder)
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_symlink() and not inside(path, roots):
-            problems.append(f"{relative}: a link to {path.resolve()}, outside the adapter folder")
-        elif path.is_dir():
-            if relative != EDIT_DIR:
-                problems.append(f"{relative}/: a folder swe does not write into an adapter")
-        elif relative not in ADAPTER_FILES:
-            problems.append(f"{relative}: a file swe does not write into an adapter")
-    for required in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROVENANCE_FILE):
-        if not (folder / required).is_file():
-            problems.append(f"{required}: missing")
-    return problems
-
-
-def verify_adapter(folder: Path, base_dir: Path, edit: Edit | None = None) -> AdapterReport:
-    """Check an adapter folder against its base and the edit it was exported from (`edit`, else
-    the one it carries): as strict as a checkpoint, so a pass means the forward pass is base +
-    the edit.
-
-    Every file is one swe writes; adapter_config.json is exactly what swe writes for these
-    factors (every key that changes the forward pass: rank and alpha patterns, rslora, dora,
-    targets, ...), naming the recorded base; shapes fit the base tensors; the weights file's
-    sha256 and the base rows B touches match swe_edit.json; the edit's sha256 is the one recorded,
-    it touches the same tensors, B A is zero outside its rows and columns, and base + B A cast to
-    the base dtype equals the rows `swe apply` writes, within the dtype's rounding. No edit to
-    compare with is a problem (cannot verify), never a pass."""
-    folder, base_dir = Path(folder), Path(base_dir)
-    problems = check_adapter_files(folder)
-    if any("outside the adapter folder" in problem for problem in problems):
-        return _report(folder, base_dir, problems, None, None)  # read nothing through the link
-    adapter = read_adapter(folder)
-    lora = adapter.provenance.get("lora") or {}
-    recorded = {module["module"]: module for module in lora.get("modules") or []}
-    problems += _check_config(adapter)
-    digest = _file_sha256(folder / ADAPTER_WEIGHTS_FILE)
-    if lora.get("adapter_sha256") != digest:
-        problems.append(f"{folder}: {ADAPTER_WEIGHTS_FILE} differs from the one swe wrote (sha256)")
-    for module, (A, B) in adapter.factors.items():
-        problems += _check_module(base_dir, module, A, B, recorded.get(module))
-        if not (bool(A.isfinite().all()) and bool(B.isfinite().all())):
-            problems.append(f"'{module}': lora_A or lora_B holds nan or inf")
-    worst = None
-    edit = edit if edit is not None else recorded_edit(folder)
-    if edit is None:
-        problems.append(
-            f"cannot verify the factors: no edit inside the adapter ({EDIT_DIR}/{EDIT_FILE}) "
-            "and none given (-w WORKSPACE)"
-        )
-    else:
-        worst, edit_problems = _check_against_edit(adapter, base_dir, edit)
-        problems += edit_problems
-    return _report(folder, base_dir, problems, adapter, worst)
-
-
-def _report(
-    folder: Path, base_dir: Path, problems: list[str], adapter: Adapter | None, worst: Any
-) -> AdapterReport:
-    factors = adapter.factors if adapter is not None else {}
-    ranks = [int(A.shape[0]) for A, _ in factors.values()]
-    return AdapterReport(
-        adapter=folder,
-        base=base_dir,
-        problems=tuple(problems),
-        modules_checked=len(factors),
-        rank=max(ranks, default=0),
-        max_reconstruction_error=worst,
-        edit_sha256=((adapter.provenance if adapter else {}).get("edit") or {}).get("sha256"),
-    )
-
-
-def _check_config(adapter: Adapter) -> list[str]:
-    config, problems = adapter.config, []
-    if config.get("peft_type") != "LORA":
-        problems.append(f"{adapter.folder}: peft_type is {config.get('peft_type')!r}, not LORA")
-    if not adapter.factors:
-        return [*problems, f"{adapter.folder}: the adapter holds no factors"]
-    expected = config_for_ranks(
-        {module: int(A.shape[0]) for module, (A, _) in adapter.factors.items()}, ""
-    )
-    for key in sorted(set(config) | set(expected)):
-        if key not in NAME_KEYS and key != "peft_type" and config.get(key) != expected.get(key):
-            problems.append(
-                f"{ADAPTER_CONFIG_FILE}: '{key}' is {config.get(key)!r}; swe writes "
-                f"{expected.get(key)!r} for these factors (it changes the forward pass)"
-            )
-    base = adapter.provenance.get("base_model") or {}
-    names = {str(value) for value in (base.get("hub_id"), base.get("id")) if value}
-    if str(config.get("base_model_name_or_path")) not in names:
-        problems.append(
-            f"{ADAPTER_CONFIG_FILE}: base_model_name_or_path "
-            f"{config.get('base_model_name_or_path')!r} is not the recorded base "
-            f"({', '.join(sorted(names)) or 'none recorded'})"
-        )
-    return problems
-
-
-def _check_module(
-    base_dir: Path, module: str, A: Any, B: Any, recorded: dict[str, Any] | None
-) -> list[str]:
-    try:
-        entry = locate(base_dir, f"{module}.weight")
-    except Exception as error:  # noqa: BLE001 - a missing tensor is a finding, not a crash
-        return [f"'{module}': {getattr(error, 'message', error)}"]
-    out_features, in_features = entry.shape
-    if tuple(A.shape) != (A.shape[0], in_features) or tuple(B.shape) != (out_features, A.shape[0]):
-        return [
-            f"'{module}': factors {list(B.shape)} x {list(A.shape)} do not fit the base "
-            f"weight {list(entry.shape)}"
-        ]
-    if recorded is None:
-        return [f"'{module}': not recorded in {PROVENANCE_FILE}"]
-    rows = B.abs().sum(dim=1).nonzero().flatten().tolist()
-    if hashlib.sha256(base_rows(entry, rows)).hexdigest() != recorded.get("base_rows_sha256"):
-        return [
-            f"'{module}': the base rows the adapter changes differ from the ones it was exported "
-            "against (another base model or revision)"
-        ]
-    return []
-
-
-def _check_against_edit(adapter: Adapter, base_dir: Path, edit: Edit) -> tuple[float, list[str]]:
-    import torch
-
-    problems, worst = [], 0.0
-    recorded = (adapter.provenance.get("edit") or {}).get("sha256")
-    actual = edit_sha256(edit)
-    if recorded and recorded != actual:
-        problems.append(
-            f"the edit (sha256 {actual[:12]}) is not the one the adapter was exported from "
-            f"({recorded[:12]})"
-        )
-    edited = {module_of(item.name): item for item in edit.tensors}
-    for module in sorted(set(adapter.factors) - set(edited)):
-        problems.append(f"'{module}': has LoRA factors but the edit does not change it")
-    for module, item in sorted(edited.items()):
-        if module not in adapter.factors:
-            if float(abs(as_numpy(item.delta)).max(initial=0.0)) != 0.0:
-                problems.append(f"'{module}': edited, but the adapter has no factors for it")
-            continue
-        A, B = adapter.factors[module]
-        rows = torch.as_tensor(as_numpy(item.rows), dtype=torch.int64)
-        outside_rows = torch.ones(B.shape[0], dtype=torch.bool)
-        outside_rows[rows] = False
-        outside_cols = torch.zeros(A.shape[1], dtype=torch.bool)
-        if item.cols is not None:
-            outside_cols[:] = True
-            outside_cols[torch.as_tensor(as_numpy(item.cols), dtype=torch.int64)] = False
-        if B[outside_rows].any() or A[:, outside_cols].any():
-            problems.append(f"'{module}': the adapter changes entries outside the edited ones")
-        entry = locate(base_dir, item.name)
-        base_bytes = base_rows(entry, rows.tolist())
-        try:
-            error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
-        except EditError as failure:  # e.g. factors holding nan: base + B A is not finite
-            problems.append(f"'{module}': {failure.message}")
-            continue
-        worst = max(worst, error)
-        if not within:
-            problems.append(
-                f"'{module}': base + B A differs from the edited rows by up to {error:.3g}, "
-                f"more than the {item.dtype} rounding"
-            )
-    return worst, problems
 
 
 # -- loading with PEFT ----------------------------------------------------------------------------
