@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from swe_cli.errors import SweError
+from swe_cli.errors import Interrupted, SweError
 from swe_cli.gate import GateDecision, GateLimits
 from swe_cli.gate import check as check_gate
 from swe_cli.pipeline import (
@@ -378,44 +378,88 @@ class DemoRequest:
     force: bool = False
 
 
-def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
-    """Build (or reuse) the organism and align it for its LRLs with eval, into one folder."""
-    import shutil
+DEMO_FILE = "swe-demo.json"  # marks a demo folder and the settings it was made with
 
+
+def demo(request: DemoRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    """Build (or reuse) the organism and align it for its LRLs with eval, into one folder. An
+    interrupted demo resumes when run again with the same folder and settings."""
+    from swe_cli.io.files import atomic_write_text
     from swe_cli.organism import cached_organism
     from swe_cli.organism.utility_sets import write_utility_sets
 
     output = request.output
-    if output.exists() and not request.force:
-        raise SweError(
-            f"demo folder {output} already exists", hint="choose another -o or pass --force"
-        )
-    ui.info("model organism: building or reusing the cached one (about 3 minutes the first time)")
-    organism = cached_organism(request.seed)
+    settings = {"seed": request.seed, "method": request.method, "sets": list(request.sets)}
+    resuming = _check_demo_folder(output, settings, request.force)
+    ui.info("model organism: building or reusing the cached one (minutes the first time)")
+    try:
+        with ui.progress() as report:
+            organism = cached_organism(request.seed, report=report)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "the unfinished organism build is discarded (nothing else was written); "
+            f"re-run `swe demo -o {output}` to start it again"
+        ) from None
     ui.info(f"organism at {organism.path}: HRL {organism.hrl}, LRLs {', '.join(organism.lrls)}")
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
-    # the built-in 10-language sets mean nothing to the toy: its own short answers and choices
-    utility, choices = write_utility_sets(output / "utility")
-    return align(
-        AlignRequest(
-            model=str(organism.model_dir),
-            langs=list(organism.lrls),
-            output=output / "aligned",
-            workspace=output / "workspace",
-            harmful=str(organism.harmful),
-            harmless=str(organism.harmless),
-            general=str(organism.general),
-            hrl=organism.hrl,
-            sets=request.sets,
-            method=request.method,
-            run_eval=True,
-            patterns=[organism.refusal_patterns],
-            dtype="float32",
-            utility=str(utility),
-            choices=str(choices),
-            over_refusal="none",
-        ),
-        ui,
-    )
+    if resuming:
+        ui.info(f"resuming the interrupted demo in {output}")
+    elif output.exists():
+        shutil.rmtree(output)  # --force
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / DEMO_FILE, json.dumps(settings, sort_keys=True) + "\n")
+    try:
+        # the built-in 10-language sets mean nothing to the toy: its own short answers and choices
+        utility, choices = write_utility_sets(output / "utility")
+        return align(
+            AlignRequest(
+                model=str(organism.model_dir),
+                langs=list(organism.lrls),
+                output=output / "aligned",
+                workspace=output / "workspace",
+                harmful=str(organism.harmful),
+                harmless=str(organism.harmless),
+                general=str(organism.general),
+                hrl=organism.hrl,
+                sets=request.sets,
+                method=request.method,
+                run_eval=True,
+                patterns=[organism.refusal_patterns],
+                dtype="float32",
+                utility=str(utility),
+                choices=str(choices),
+                over_refusal="none",
+            ),
+            ui,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the organism and the finished steps in {output / 'workspace'} are kept; "
+            f"re-run `swe demo -o {output}` with the same settings to resume"
+        ) from None
+
+
+def _check_demo_folder(output: Path, settings: dict[str, Any], force: bool) -> bool:
+    """Whether output holds an interrupted demo of the same settings (resume it); a new or
+    --force folder is False; anything else is refused before work starts."""
+    if not output.exists() or force:
+        return False
+    marker = output / DEMO_FILE
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise SweError(
+            f"{output} exists and is not a swe demo folder",
+            hint="choose another -o, or pass --force to replace it",
+        ) from None
+    if recorded != settings:
+        given = ", ".join(f"{k} {v}" for k, v in sorted(recorded.items()) if v not in (None, []))
+        raise SweError(
+            f"demo folder {output} was made with other settings ({given or 'the defaults'})",
+            hint="re-run with those settings to resume it, choose another -o, or pass --force",
+        )
+    if (output / "aligned").exists():
+        raise SweError(
+            f"the demo in {output} is complete (aligned model in {output / 'aligned'})",
+            hint="choose another -o, or pass --force to run it again",
+        )
+    return True

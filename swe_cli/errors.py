@@ -54,3 +54,11 @@ class LoraError(SweError):
 
 class BusyError(SweError):
     """Another swe process holds the lock of a workspace or an output."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a command that knows what it keeps and how to resume: the message says so."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from swe_cli import __version__
+from swe_cli import DISTRIBUTION, __version__
 from swe_cli.errors import EditError, HubError
 from swe_cli.io.files import atomic_write_text, check_inside
 from swe_cli.io.safetensors import read_header
@@ -384,7 +384,7 @@ def _model_body(card: ModelCard, provenance: dict[str, Any]) -> str:
         "## Reproduce\n\n"
         "The edit itself ships in `swe_edit/edit.safetensors`; `swe_edit.json` records the base "
         "revision, languages, layers, solver parameters and hashes.\n\n"
-        "```bash\npip install swe-cli\n"
+        f"```bash\npip install {DISTRIBUTION}\n"
         f"swe apply --edit swe_edit/ --base {base_arg} -o edited-model   # the same bytes\n"
         f"swe verify edited-model --base {base_arg}                   # tensor-by-tensor check\n```"
     )
@@ -409,7 +409,7 @@ def _edit_card_body(card: ModelCard, provenance: dict[str, Any]) -> str:
     if card.eval_report:
         sections.append("## Evaluation\n\n" + card.eval_report.strip())
     sections.append(
-        "## Apply\n\n```bash\npip install swe-cli\n"
+        f"## Apply\n\n```bash\npip install {DISTRIBUTION}\n"
         f"swe apply --edit THIS_FOLDER_OR_REPO --base {base_arg} -o edited-model\n```"
     )
     return "\n\n".join(sections) + "\n"

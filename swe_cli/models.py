@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from swe_cli import DISTRIBUTION
 from swe_cli.errors import CheckpointError, EvalError, SweError
 from swe_cli.settings import DTYPES
 
@@ -29,6 +30,7 @@ def load_model(
     device "auto" or a device_map spreads the model with accelerate. The tokenizer pads and
     truncates on the left, so the last prompt positions are the last columns of a batch."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
@@ -52,7 +54,8 @@ def load_model(
             import accelerate  # noqa: F401
         except ImportError:
             raise SweError(
-                "--device-map needs the accelerate package", hint="pip install 'swe-cli[scale]'"
+                "--device-map needs the accelerate package",
+                hint=f"pip install '{DISTRIBUTION}[scale]'",
             ) from None
         kwargs["device_map"] = device_map
     path = resolve_model(str(model), revision).path
@@ -61,10 +64,13 @@ def load_model(
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if not device_map:
             loaded = loaded.to(device)
-    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError, SafetensorError) as error:
+        damaged = isinstance(error, SafetensorError)
         raise CheckpointError(
             f"cannot load '{model}' ({type(error).__name__}: {str(error)[:200]})".splitlines()[0],
-            hint="check the path or Hub id, the device and the dtype",
+            hint="a weight file is truncated or damaged: re-download or re-write the checkpoint"
+            if damaged
+            else "check the path or Hub id, the device and the dtype",
         ) from None
     loaded.eval()
     tokenizer.padding_side = "left"

@@ -325,7 +325,35 @@ def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, str]:
     return {"chosen": describe(chosen), "table": str(workspace / "edit" / SELECT_FILE)}
 
 
-def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, Any]:
+def default_solve(
+    workspace: Path, overrides: dict[str, Any], device: str = "cpu"
+) -> tuple[SolveConfig, str]:
+    """What `swe solve` runs without --method, and why: the edit `swe select` chose in this
+    workspace, else the solve settings of the built-in recipe for the workspace's model (the
+    same recipe `swe align` picks); options given on the command line override either."""
+    from swe_cli.recipe import select_recipe
+    from swe_cli.stages.select import selected_config
+    from swe_cli.workspace import Workspace
+
+    space = Workspace(workspace)
+    manifest = space.manifest()
+    record = manifest.stage("select")
+    if record is not None and record.done:
+        config, reason = selected_config(space, device), "chosen by swe select"
+    else:
+        model = manifest.model
+        recipe = select_recipe(model.model_type, model.num_layers, model.hidden_size)
+        config, reason = recipe.solve.resolve(device), f"from recipe {recipe.name}"
+    if overrides:
+        config = SolveConfig.model_validate({**config.model_dump(), **overrides})
+        reason += "; " + ", ".join(f"{key} given" for key in overrides)
+    return config, reason
+
+
+def solve(
+    workspace: Path, config: SolveConfig, ui: Ui = SILENT, reason: str | None = None
+) -> dict[str, Any]:
+    """Solve the edit with config; with a reason, say which method runs and why."""
     from swe_cli.report import solve_table
     from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
@@ -333,6 +361,9 @@ def solve(workspace: Path, config: SolveConfig, ui: Ui = SILENT) -> dict[str, An
     check_method(config.method)
     with writing(workspace):
         summary = run_solve(Workspace(workspace), config)
+    if reason:
+        ui.info(f"method [bold]{summary['method']}[/bold] ({reason})")
+        summary = {**summary, "method_reason": reason}
     if not ui.quiet:
         ui.show(solve_table(summary))
     return summary

@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 
-def _section(cls: type[Settings], data: Any, name: str, source: str) -> Any:
+def _section(
+    cls: type[Settings], data: Any, name: str, source: str, overridden: frozenset[str] = frozenset()
+) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -50,13 +52,18 @@ def _section(cls: type[Settings], data: Any, name: str, source: str) -> Any:
             raise RecipeError(
                 f"{source}: '{name}.{key}' must not be empty", hint="give a value or remove the key"
             ) from None
+        if f"{name}.{key}" in overridden:
+            raise RecipeError(
+                f"command-line override '{name}.{key}' has a bad value {value!r} ({problem['msg']})",
+                hint=f"fix the value given with --set {name}.{key}=... or its option",
+            ) from None
         raise RecipeError(
             f"{source}: '{name}.{key}' has a bad value {value!r} ({problem['msg']})",
             hint="fix the value in the recipe or the override",
         ) from None
 
 
-def recipe_from_dict(data: Any, source: str) -> Recipe:
+def recipe_from_dict(data: Any, source: str, overridden: frozenset[str] = frozenset()) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping", hint="see recipes/*.yaml")
     top = {"name", "description", "validated", *SECTIONS}
@@ -66,7 +73,10 @@ def recipe_from_dict(data: Any, source: str) -> Recipe:
             f"{source}: unknown key '{unknown[0]}'",
             hint="valid top-level keys: " + ", ".join(sorted(top)),
         )
-    sections = {name: _section(cls, data.get(name), name, source) for name, cls in SECTIONS.items()}
+    sections = {
+        name: _section(cls, data.get(name), name, source, overridden)
+        for name, cls in SECTIONS.items()
+    }
     return Recipe(
         name=str(data.get("name") or Path(source).stem),
         description=str(data.get("description") or ""),
@@ -92,15 +102,25 @@ def load_recipe(path: Path) -> Recipe:
     return recipe_from_dict(data, str(path))
 
 
+def recipe_folder() -> Any:
+    """Where the built-in recipes live: swe_cli/recipes in an installed wheel (and in an editable
+    install, which maps it to the repository's recipes/), else recipes/ next to the package in a
+    source checkout. The repository's recipes/ folder holds the only copy of each file."""
+    try:
+        folder = resources.files("swe_cli.recipes")
+    except ModuleNotFoundError:
+        folder = None
+    if folder is not None and folder.is_dir():
+        return folder
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
 def builtin_recipes() -> list[Recipe]:
     """The recipes shipped with swe (recipes/*.yaml in the repo, swe_cli/recipes in the wheel)."""
-    folder = resources.files("swe_cli") / "recipes"
-    repo_folder = Path(__file__).resolve().parent.parent / "recipes"
-    paths: list[Any] = []
-    if repo_folder.is_dir():
-        paths = sorted(repo_folder.glob("*.yaml"))
-    elif folder.is_dir():
-        paths = sorted(p for p in folder.iterdir() if p.name.endswith(".yaml"))
+    folder = recipe_folder()
+    if not folder.is_dir():
+        return []
+    paths = sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
     return [load_recipe(Path(str(p))) for p in paths]
 
 
@@ -141,7 +161,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
         data[section] = {**data[section], name: value}
     source = recipe.source or recipe.name
     data.pop("source", None)
-    return recipe_from_dict(data, source).updated(source=source)
+    overridden = frozenset(key for key, value in overrides.items() if value is not None)
+    return recipe_from_dict(data, source, overridden).updated(source=source)
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:
@@ -151,5 +172,11 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise RecipeError(f"--set '{item}' is not KEY=VALUE", hint="e.g. --set solve.rank=16")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise RecipeError(
+                f"--set '{item}': the value is not valid YAML ({str(error).splitlines()[0]})",
+                hint="quote the value or write a plain scalar, e.g. --set solve.rank=16",
+            ) from None
     return overrides

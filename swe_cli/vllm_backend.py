@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from swe_cli import DISTRIBUTION
 from swe_cli.errors import EvalError
 
 Generator = Callable[[Sequence[str], int], list[str]]
@@ -20,7 +21,7 @@ def require_vllm() -> Any:
     except ImportError:
         raise EvalError(
             "--backend vllm needs the vllm package, which is not installed",
-            hint="pip install 'swe-cli[vllm]' on a CUDA machine, or use --backend hf",
+            hint=f"pip install '{DISTRIBUTION}[vllm]' on a CUDA machine, or use --backend hf",
         ) from None
     return vllm
 

@@ -4,12 +4,16 @@ word-level tokenizer and a chat template, so every stage runs on them as on a Hu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+# The shared data sets sit next to the checkout (../shared); SWE_SHARED_DIR points elsewhere.
+SHARED_DIR = Path(
+    os.environ.get("SWE_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
+)
 MULTIJAIL = SHARED_DIR / "data" / "multijail" / "MultiJail.csv"
 
 WORDS = (

@@ -5,7 +5,9 @@ copy before changing it. Everything lives under tmp_path_factory and is built on
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable, Iterator
@@ -13,7 +15,40 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from common import WORDS, make_tiny_checkpoint
+from common import MULTIJAIL, WORDS, make_tiny_checkpoint
+
+
+def running_in_ci() -> bool:
+    """CI services set CI=true; there the real-model tests must run, not skip."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def missing_test_resources() -> list[str]:
+    """What the real-model and MultiJail tests need that this machine lacks (empty: nothing)."""
+    from qwen import qwen_available
+    from smollm2 import smollm2_available
+
+    missing = []
+    for available, name in ((smollm2_available, "SmolLM2"), (qwen_available, "Qwen")):
+        ok, reason = available()
+        if not ok:
+            missing.append(f"{name} checkpoint: {reason}")
+    if not MULTIJAIL.is_file():
+        missing.append(f"MultiJail data set: no file {MULTIJAIL} (set SWE_SHARED_DIR)")
+    for module, extra in (("peft", "lora"), ("accelerate", "scale")):
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{module}: pip install -e '.[{extra}]'")
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI=true a missing real-model package or data set fails the run at once, naming what
+    is missing, instead of letting the tests that need it skip; locally they skip with a reason."""
+    if running_in_ci():
+        missing = missing_test_resources()
+        if missing:
+            pytest.exit("CI=true but missing: " + "; ".join(missing), returncode=3)
+
 
 LANGS = ("en", "es", "sw")  # HRL first, then the target languages
 TARGETS = ("es", "sw")

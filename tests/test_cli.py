@@ -139,7 +139,9 @@ def test_probe_localize_solve_json(
     assert 0.0 < solved["layers"]["2"]["down"]["relative_residual"] < 1.0
 
     # without --json: tables on stderr, nothing on stdout
-    code, out, err = run_cli(["solve", "-w", str(workspace)], monkeypatch, capsys)
+    code, out, err = run_cli(
+        ["solve", "-w", str(workspace), "--method", "residual"], monkeypatch, capsys
+    )
     assert code == 0 and out == ""
     assert "relative" in err or "residual" in err
 
@@ -190,8 +192,8 @@ def test_solve_before_probe(
 def test_solve_before_localize(
     probed_workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    result = run_cli(["solve", "-w", str(probed_workspace)], monkeypatch, capsys)
-    assert_user_error(result, "'localize' has not finished")
+    args = ["solve", "-w", str(probed_workspace), "--method", "residual"]
+    assert_user_error(run_cli(args, monkeypatch, capsys), "'localize' has not finished")
 
 
 def test_unknown_method(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from common import MULTIJAIL
 
 from swe_cli.errors import PromptError
 from swe_cli.prompts import (
@@ -26,14 +26,6 @@ from swe_cli.prompts import (
 MULTIJAIL_LANGS = ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"]
 
 
-def _shared_dir() -> Path:
-    override = os.environ.get("SWE_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared"
-
-
-MULTIJAIL = _shared_dir() / "data/multijail/MultiJail.csv"
 needs_multijail = pytest.mark.skipif(
     not MULTIJAIL.is_file(), reason=f"MultiJail CSV not found at {MULTIJAIL}"
 )

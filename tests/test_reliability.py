@@ -637,8 +637,9 @@ def test_solve_rank_zero_is_refused(
 ) -> None:
     """--rank 0 used to mean "the default" silently."""
     with unchanged(base, workspace.root):
-        result = swe(monkeypatch, capsys, "solve", "-w", workspace.root, "--rank", "0")
-    assert_user_error(result, "'rank' has a bad value 0")
+        code, _, err = swe(monkeypatch, capsys, "solve", "-w", workspace.root, "--rank", "0")
+    assert code == 2  # a usage error: click's usage line and the option's name
+    assert "Invalid value for '--rank': 0 (Input should be greater than or equal to 1)" in err
 
 
 def test_disk_full_is_one_named_error(

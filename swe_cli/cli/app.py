@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,7 +28,9 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 STATE: dict[str, bool] = {"debug": False, "quiet": False, "json": False}
+CONTEXT: dict[str, Any] = {}  # the root click context of this run, for usage lines
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+LOG_WIDTH = 1000  # the widest a table may render in a log file
 
 
 def set_quiet(value: bool) -> bool:
@@ -50,6 +52,9 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
     if not enabled or STATE["quiet"]:
         yield lambda label, done, total: None
         return
+    if not err.is_terminal:
+        yield _progress_lines()
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, Any] = {}
@@ -69,6 +74,27 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
         yield update
 
 
+def _progress_lines() -> Callable[[str, int, int], None]:
+    """Progress for a log (stderr not a terminal): a plain line when a step starts, at every
+    tenth of it and when it ends, instead of a bar redrawn in place."""
+    import time
+
+    started: dict[str, float] = {}
+    shown: dict[str, int] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        started.setdefault(label, now)
+        tenth = 10 * done // total if total > 0 else 10
+        if shown.get(label) == tenth:
+            return
+        shown[label] = tenth
+        elapsed = now - started[label]
+        err.print(f"{label}: {done}/{total} ({elapsed:.0f} s)", highlight=False, soft_wrap=True)
+
+    return update
+
+
 def emit(summary: dict[str, Any], as_json: bool | None = None) -> None:
     """The command's summary as JSON on stdout when --json was given."""
     if STATE["json"] if as_json is None else as_json:
@@ -76,14 +102,27 @@ def emit(summary: dict[str, Any], as_json: bool | None = None) -> None:
 
 
 def info(message: str) -> None:
+    """A note on stderr, unless quiet; in a log (not a terminal) one line, not wrapped at 80."""
     if not STATE["quiet"]:
-        err.print(message)
+        err.print(message, soft_wrap=not err.is_terminal)
 
 
 def show(renderable: Any) -> None:
-    """A rich table (or anything rich renders) on stderr, unless quiet."""
-    if not STATE["quiet"]:
+    """A rich table (or anything rich renders) on stderr, unless quiet. In a log (stderr not a
+    terminal) rich would assume 80 columns and cut wide tables ('Har…'): there the table gets
+    the width its content needs."""
+    if STATE["quiet"]:
+        return
+    if err.is_terminal:
         err.print(renderable)
+        return
+    from rich.measure import Measurement
+
+    wide = err.options.update(width=LOG_WIDTH, max_width=LOG_WIDTH)
+    needed = Measurement.get(err, wide, renderable).maximum
+    # Console.print caps width at the console's own, so a console of the needed width prints it
+    wide_console = Console(file=err.file, width=max(err.width, min(needed, LOG_WIDTH)))
+    wide_console.print(renderable)
 
 
 def problem(message: str) -> None:
@@ -92,11 +131,13 @@ def problem(message: str) -> None:
 
 @app.callback(invoke_without_command=True)
 def root(
+    context: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     STATE["debug"] = debug
     STATE["quiet"] = STATE["json"] = False
+    CONTEXT["root"] = context
     if version:
         out.print(f"swe {__version__}")
         raise typer.Exit()
@@ -108,48 +149,133 @@ def _fail(message: str, hint: str | None) -> None:
         err.print(f"[yellow]hint:[/yellow] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Console entry point: run the app, turning SweError into one red line and exit code 1."""
-    STATE.update(debug=False, quiet=False, json=False)  # a fresh run (main may run in-process)
+def _command_context() -> Any:
+    """The click context of the command that ran (for its usage line), or the root's."""
+    root = CONTEXT.get("root")
+    if root is None or not root.invoked_subcommand:
+        return root
+    command = root.command.get_command(root, root.invoked_subcommand)
+    return type(root)(command, info_name=root.invoked_subcommand, parent=root)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """click's usage errors: typer's own copy of click (typer >= 0.16) or click itself."""
+    import click
+
+    return isinstance(error, click.ClickException | typer.TyperException) and hasattr(error, "show")
+
+
+def _usage_error(error: Any) -> NoReturn:
+    """click's rendering (usage, a try --help line, one line naming the option), exit 2. A
+    missing option also says what it takes (its help text)."""
+    param = getattr(error, "param", None)
+    if type(error).__name__ == "MissingParameter" and param is not None and not error.message:
+        error.message = (getattr(param, "help", "") or "").split(" [")[0]
+    error.show()
+    sys.exit(getattr(error, "exit_code", 2) or 2)
+
+
+def _option_usage_error(error: Any) -> NoReturn:
+    """A pydantic ValidationError of a command's options as click's bad-parameter error: the
+    failing field named as its command-line option, what it accepts, usage, exit 2."""
+    from swe_cli.settings import describe
+
+    problem = error.errors()[0]
+    field = str(problem["loc"][0]) if problem["loc"] else ""
+    context = _command_context()
+    hint = None
+    if context is not None:
+        for param in context.command.params:
+            if param.name == field and getattr(param, "opts", None):
+                hint = "'" + max(param.opts, key=len) + "'"
+    if hint is None:
+        message = f"invalid option: {describe(error)}"
+    else:
+        reason = str(problem["msg"]).removeprefix("Value error, ")
+        message = f"{problem.get('input')!r} ({reason})"
+    exceptions = _click_exceptions()
+    if hint is None:
+        _usage_error(exceptions.UsageError(message, ctx=context))
+    _usage_error(exceptions.BadParameter(message, ctx=context, param_hint=hint))
+
+
+def _click_exceptions() -> Any:
+    """The exception module of the click that parses swe's command line: typer >= 0.16 carries
+    its own copy of click, older typer uses click itself."""
     try:
-        code = app(standalone_mode=False)
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _file_problem(error: OSError) -> NoReturn:
+    """An operating-system error on a named file or folder: the user's environment, not a bug."""
+    where = error.filename or "a file"
+    if error.errno in DISK_FULL:
+        _fail(
+            f"no space left on the disk while writing {where}",
+            "free disk space or choose another -o/-w; re-run the same command to resume "
+            "(finished shards are kept, a partial output is removed)",
+        )
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        _fail(
+            f"cannot write or read {where}: {error.strerror or 'permission denied'}",
+            "choose a folder you can write to (-o/-w), or fix its permissions",
+        )
+    else:
+        _fail(f"{where}: {error.strerror or error}", "check the path and the file")
+    sys.exit(1)
+
+
+def _interrupted(error: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C: say what is kept and how to resume (the command's own words when it has them)."""
+    said = getattr(error, "message", None)
+    said = said or "finished shards are kept; re-run the same command to resume"
+    err.print(f"[bold red]interrupted[/bold red]: {escape(said)}", highlight=False, soft_wrap=True)
+    sys.exit(130)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning SweError into one red line and exit code 1,
+    and usage errors (a missing or bad option, an unknown command) into click's usage lines
+    and exit code 2."""
+    STATE.update(debug=False, quiet=False, json=False)  # a fresh run (main may run in-process)
+    CONTEXT.clear()
+    try:
+        # click's parse-and-invoke without typer's main, which would turn Ctrl-C into a bare
+        # exit code 130: every exception reaches this one boundary as raised
+        command = typer.main.get_command(app)
+        with command.make_context("swe", sys.argv[1:]) as context:
+            command.invoke(context)
     except SweError as error:
         if STATE["debug"]:
             raise
         _fail(error.message, error.hint)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print(
-            "[bold red]interrupted[/bold red]: finished shards are kept; re-run the same command to resume"
-        )
-        sys.exit(130)
+    except KeyboardInterrupt as error:
+        _interrupted(error)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
         sys.exit(1)
     except Exception as error:  # noqa: BLE001 - click usage errors and the unexpected
-        import click
         from pydantic import ValidationError
 
-        from swe_cli.settings import describe
-
-        if isinstance(error, ValidationError) and not STATE["debug"]:
-            _fail(f"invalid option: {describe(error)}", "see the command's --help for its values")
-            sys.exit(1)
-        if isinstance(error, OSError) and error.errno in DISK_FULL and not STATE["debug"]:
-            where = f" while writing {error.filename}" if error.filename else ""
-            _fail(
-                f"no space left on the disk{where}",
-                "free disk space or choose another -o/-w; re-run the same command to resume "
-                "(finished shards are kept, a partial output is removed)",
-            )
-            sys.exit(1)
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
+        if _is_usage_error(error):
+            _usage_error(error)
         if STATE["debug"]:
             raise
+        if isinstance(error, ValidationError):
+            _option_usage_error(error)
+        if isinstance(error, OSError) and (error.filename or error.errno in DISK_FULL):
+            _file_problem(error)
+        if _is_damaged_safetensors(error):
+            _fail(
+                f"a safetensors file is damaged or truncated ({error})",
+                "re-download or re-write the checkpoint; `swe verify` checks an edited one",
+            )
+            sys.exit(1)
         err.print(
             f"[bold red]error:[/bold red] unexpected {type(error).__name__}: {escape(str(error))}",
             highlight=False,
@@ -159,5 +285,8 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
-    # standalone_mode=False returns the code of a typer.Exit instead of raising it
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(0)
+
+
+def _is_damaged_safetensors(error: Exception) -> bool:
+    return type(error).__name__ == "SafetensorError"

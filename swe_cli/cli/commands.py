@@ -112,8 +112,9 @@ def localize(
 
 @app.command()
 def solve(
+    context: typer.Context,
     workspace: o.Workspace,
-    method: o.Method = o.SOLVE["method"],
+    method: o.Method = None,
     layers: o.SolveLayers = o.SOLVE["layers"],
     rank: o.Rank = o.SOLVE["rank"],
     gamma: o.Gamma = o.SOLVE["gamma"],
@@ -130,11 +131,13 @@ def solve(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Compute the closed-form edit from the workspace and write WS/edit/."""
+    """Compute the closed-form edit from the workspace and write WS/edit/. Without --method:
+    the edit `swe select` chose in the workspace, else the recipe of the workspace's model."""
+    from swe_cli.pipeline import default_solve
     from swe_cli.pipeline import solve as run
 
-    settings = SolveSettings(
-        method=method or "paper",
+    settings = SolveSettings(  # validates every option before the workspace is read
+        method=method or "auto",
         layers=layers,
         rank=rank,
         gamma=gamma,
@@ -148,7 +151,22 @@ def solve(
         strength=strength,
         keep_hrl=keep_hrl,
     )
-    emit(run(workspace, settings.resolve(device), ui()))  # type: ignore[arg-type]
+    if method is not None:
+        emit(run(workspace, settings.resolve(device), ui(), "--method"))  # type: ignore[arg-type]
+        return
+    given = {
+        name: value
+        for name, value in settings.model_dump().items()
+        if name != "method" and _given(context, name)
+    }
+    config, reason = default_solve(workspace, given, device)  # type: ignore[arg-type]
+    emit(run(workspace, config, ui(), reason))  # type: ignore[arg-type]
+
+
+def _given(context: typer.Context, name: str) -> bool:
+    """Whether an option was given on the command line (not its default)."""
+    source = context.get_parameter_source(name)
+    return source is not None and source.name in {"COMMANDLINE", "ENVIRONMENT"}
 
 
 @app.command()

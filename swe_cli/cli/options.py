@@ -26,7 +26,12 @@ MODEL_HELP = "Hub model id or local model folder."
 # -- output and run ---------------------------------------------------------------------------------
 Json = Annotated[
     bool,
-    typer.Option("--json", help="Print a machine-readable summary on stdout.", callback=set_json),
+    typer.Option(
+        "--json",
+        help="Print the summary as JSON on stdout (nothing else goes there) in place of the "
+        "tables, progress and notes, which go to stderr; errors still go to stderr.",
+        callback=set_json,
+    ),
 ]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or tables.", callback=set_quiet)
@@ -115,7 +120,8 @@ Method = Annotated[
         help="Edit method: "
         + "; ".join(f"{name} ({text})" for name, text in method_descriptions().items())
         + "; or auto (the candidate `swe select` measured best). align/demo: overrides the "
-        "recipe's solve.method.",
+        "recipe's solve.method; solve: default the edit `swe select` chose in the workspace, "
+        "else the recipe's.",
     ),
 ]
 SolveLayers = Annotated[str | None, _option(SolveSettings, "layers", "--layers")]

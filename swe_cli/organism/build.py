@@ -67,8 +67,17 @@ def build_organism(
     *,
     steps: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    report: Callable[[str, int, int], None] | None = None,
 ) -> OrganismInfo:
-    """Train, save and measure an organism in ``out_dir`` (replaced if it exists)."""
+    """Train, save and measure an organism in ``out_dir`` (replaced if it exists). ``progress``
+    gets (step, steps) of training; ``report`` gets (label, done, total) of every build step."""
+
+    def step(label: str, done: int, total: int = 1) -> None:
+        if report is not None:
+            report(f"organism: {label}", done, total)
+
+    if report is not None and progress is None:
+        progress = lambda done, total: step("training", done, total)  # noqa: E731
     from swe_cli.organism.gap import measure_gap
     from swe_cli.organism.tokenizer import build_tokenizer
     from swe_cli.organism.train import TrainConfig, deterministic_torch, train
@@ -95,12 +104,16 @@ def build_organism(
             pad_token_id=tokenizer.pad_token_id,
             max_new_tokens=16,
         )
+        step("saving", 0)
         model.save_pretrained(model_dir, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(model_dir)
         _portable_tokenizer_class(model_dir)
         write_prompt_sets(tmp / "prompts")
+        step("saving", 1)
+        step("measuring the safety gap", 0)
         with deterministic_torch(config.threads):
             metrics = measure_gap(model_dir, tmp / "prompts")
+        step("measuring the safety gap", 1)
         manifest = _manifest(seed, config.as_dict(), train_seconds, metrics, data)
         (tmp / "organism.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
@@ -110,13 +123,18 @@ def build_organism(
     return _info(out_dir, seed, metrics)
 
 
-def cached_organism(seed: int = 0, cache_dir: Path | None = None) -> OrganismInfo:
+def cached_organism(
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    report: Callable[[str, int, int], None] | None = None,
+) -> OrganismInfo:
     """The organism of ``seed``, built on first use under the cache and reused afterwards.
 
     Default location: ``$SWE_CACHE/organism/v<FORMAT_VERSION>-<source digest>-seed<seed>``, with ``SWE_CACHE``
     defaulting to ``~/.cache/swe``. With ``cache_dir`` the folder is
     ``<cache_dir>/v<FORMAT_VERSION>-<source digest>-seed<seed>``. The digest covers the source of
     the world, tokenizer, export and trainer, so a changed organism never reuses a stale build.
+    ``report`` gets (label, done, total) of each build step (see build_organism).
     """
     if cache_dir is None:
         root = Path(os.environ.get("SWE_CACHE", Path.home() / ".cache" / "swe"))
@@ -124,7 +142,7 @@ def cached_organism(seed: int = 0, cache_dir: Path | None = None) -> OrganismInf
     path = Path(cache_dir) / f"v{FORMAT_VERSION}-{source_digest()}-seed{seed}"
     if not (path / "organism.json").is_file():
         try:
-            build_organism(path, seed)
+            build_organism(path, seed, report=report)
         except OSError:
             # Another process finished the same build first: its result is as good as ours.
             if not (path / "organism.json").is_file():

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from swe_cli import DISTRIBUTION
 from swe_cli.edit import (
     EDIT_FILE,
     EDITABLE_DTYPES,
@@ -524,7 +525,7 @@ def render_card(card: ModelCard, provenance: dict[str, Any], config: dict[str, A
         f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
         'model = PeftModel.from_pretrained(base, "THIS_FOLDER_OR_REPO")\n'
         "merged = model.merge_and_unload()  # optional: the edited model itself\n```\n\n"
-        "```bash\npip install swe-cli[lora]\n"
+        f"```bash\npip install '{DISTRIBUTION}[lora]'\n"
         f"swe verify THIS_FOLDER --base {base}   # factors against the base and edit\n```",
         "## Provenance\n\n`swe_edit.json` records the base model, languages, solver, the edit's "
         "sha256 and, per module, the rank, errors and the hash of the base rows it applies to.",

@@ -89,7 +89,13 @@ def parse_candidate(text: str, base: SolveConfig, num_layers: int | None = None)
                 f"selection candidate '{text}': cannot read '{word}'",
                 hint="write method@layers then key=value solve settings, e.g. residual@12 rank=32",
             )
-        values[key] = yaml.safe_load(value)
+        try:
+            values[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SolveError(
+                f"selection candidate '{text}': '{word}' is not valid YAML",
+                hint="write key=value with a plain value, e.g. residual@12 rank=32",
+            ) from None
     try:
         return SolveConfig.model_validate({**base.model_dump(), **values})
     except (ValueError, SolveError) as error:
