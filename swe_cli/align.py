@@ -36,6 +36,7 @@ from swe_cli.pipeline import (
     select,
     selection_summary,
     solve,
+    writing,
 )
 from swe_cli.settings import Recipe, parse_layers
 
@@ -106,6 +107,7 @@ class AlignRequest:
     utility: str | None = "builtin"  # eval's short answers, multiple choice, over-refusal probes
     choices: str | None = "builtin"
     over_refusal: str | None = "builtin"
+    push_to_hub: str | None = None  # the CLI pushes after align; --dry-run lists the files
 
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
@@ -161,123 +163,135 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     }
     if request.dry_run:
         ui.info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {request.output}")
+        if request.push_to_hub:
+            from swe_cli.hub import planned_upload
+
+            plan["upload"] = planned_upload(resolved.path)
+            ui.info(
+                f"--push-to-hub {request.push_to_hub} would upload {len(plan['upload'])} files: "
+                + ", ".join(plan["upload"])
+            )
         return {"dry_run": True, **plan}
-    ui.info(f"workspace {workspace}")
-    timings: dict[str, float] = {}
+    # one writer per workspace and per output at a time (released by the kernel on exit)
+    with writing(workspace, request.output, create=True):
+        ui.info(f"workspace {workspace}")
+        timings: dict[str, float] = {}
 
-    @contextmanager
-    def timed(stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        timings[stage] = time.perf_counter() - start
+        @contextmanager
+        def timed(stage: str) -> Iterator[None]:
+            start = time.perf_counter()
+            yield
+            timings[stage] = time.perf_counter() - start
 
-    probe_settings = recipe.probe
-    if moments and parse_layers(probe_settings.stats_layers) is None:
-        # stream moments only where the method needs them
-        probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
-    with timed("probe"):
-        probe(
-            ProbeRequest(
-                model=request.model,
-                workspace=workspace,
-                langs=request.langs,
-                harmful=request.harmful,
-                harmless=harmless,
-                general=general,
-                hrl=request.hrl,
-                settings=probe_settings,
-                device=request.device,
-                dtype=request.dtype,
-                device_map=request.device_map,
-                revision=request.revision,
-                resolved=resolved,
-                patterns=request.patterns,
-            ),
-            ui,
-        )
-    with timed("localize"):
-        localize(workspace, recipe.localize, ui)
-    if selecting:
-        with timed("select"):
-            solve_config = select(
-                workspace,
-                solve_config,
-                recipe.select,
-                request.limits,
-                dtype=request.dtype,
-                patterns=request.patterns,
-                ui=ui,
-            ).updated(device=solve_config.device)
-    with timed("solve"):
-        solved = solve(workspace, solve_config, ui)
-    # With eval, the edited model is written beside OUT first and moved into place only once
-    # the shipping gate has passed: a rejected edit never takes OUT's name.
-    written = candidate_folder(request.output) if request.run_eval else request.output
-    with timed("apply"):
-        applied = apply(
-            ApplyRequest(
-                output=written,
-                workspace=workspace,
-                link=request.link,
-                force=request.force or request.run_eval,
-                revision=request.revision,
-            ),
-            ui,
-        )
-    summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
-    if selecting:
-        summary["select"] = selection_summary(workspace, solve_config)
-    if request.run_eval:
-        with timed("eval"):
-            report = evaluate(
-                EvalRequest(
-                    model=str(written),
-                    label=str(request.output),  # evaluated beside OUT, shipped as OUT
-                    baseline=request.model,
-                    langs=[request.hrl, *request.langs],
+        probe_settings = recipe.probe
+        if moments and parse_layers(probe_settings.stats_layers) is None:
+            # stream moments only where the method needs them
+            probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
+        with timed("probe"):
+            probe(
+                ProbeRequest(
+                    model=request.model,
+                    workspace=workspace,
+                    langs=request.langs,
                     harmful=request.harmful,
                     harmless=harmless,
                     general=general,
-                    heldout_fraction=probe_settings.heldout_fraction,
-                    max_prompts=probe_settings.max_prompts,
-                    judge=recipe.eval.judge,
-                    patterns=request.patterns,
-                    max_new_tokens=recipe.eval.max_new_tokens,
-                    batch_size=recipe.eval.batch_size,
+                    hrl=request.hrl,
+                    settings=probe_settings,
                     device=request.device,
                     dtype=request.dtype,
+                    device_map=request.device_map,
                     revision=request.revision,
-                    output=workspace / "eval",
-                    workspace=workspace,
-                    utility=request.utility,
-                    choices=request.choices,
-                    over_refusal=request.over_refusal,
+                    resolved=resolved,
+                    patterns=request.patterns,
                 ),
                 ui,
             )
-            summary["eval"] = report.to_dict()
-        decision = check_gate(report, request.hrl, request.langs, request.limits)
-        summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
-        refresh_card(written, workspace, gate_note(decision, request.gate))
-        if not decision.passed and request.gate:
-            shutil.rmtree(written, ignore_errors=True)
-            raise SweError(
-                f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
-                hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+        with timed("localize"):
+            localize(workspace, recipe.localize, ui)
+        if selecting:
+            with timed("select"):
+                solve_config = select(
+                    workspace,
+                    solve_config,
+                    recipe.select,
+                    request.limits,
+                    dtype=request.dtype,
+                    patterns=request.patterns,
+                    ui=ui,
+                ).updated(device=solve_config.device)
+        with timed("solve"):
+            solved = solve(workspace, solve_config, ui)
+        # With eval, the edited model is written beside OUT first and moved into place only once
+        # the shipping gate has passed: a rejected edit never takes OUT's name.
+        written = fresh_candidate(request.output) if request.run_eval else request.output
+        with timed("apply"):
+            applied = apply(
+                ApplyRequest(
+                    output=written,
+                    workspace=workspace,
+                    link=request.link,
+                    force=request.force or request.run_eval,
+                    revision=request.revision,
+                ),
+                ui,
             )
-        if not decision.passed:
-            ui.info(
-                "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
-                + "; ".join(decision.reasons)
-            )
-        move_into_place(written, request.output, replace=request.force)
-        summary["apply"] = {**applied, "output": str(request.output)}
-    summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
-    if not ui.quiet:
-        from swe_cli.report import timings_table
+        summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
+        if selecting:
+            summary["select"] = selection_summary(workspace, solve_config)
+        if request.run_eval:
+            with timed("eval"):
+                report = evaluate(
+                    EvalRequest(
+                        model=str(written),
+                        label=request.output.name,  # evaluated beside OUT, shipped as OUT
+                        baseline=request.model,
+                        langs=[request.hrl, *request.langs],
+                        harmful=request.harmful,
+                        harmless=harmless,
+                        general=general,
+                        heldout_fraction=probe_settings.heldout_fraction,
+                        max_prompts=probe_settings.max_prompts,
+                        judge=recipe.eval.judge,
+                        patterns=request.patterns,
+                        max_new_tokens=recipe.eval.max_new_tokens,
+                        batch_size=recipe.eval.batch_size,
+                        device=request.device,
+                        dtype=request.dtype,
+                        revision=request.revision,
+                        output=workspace / "eval",
+                        workspace=workspace,
+                        utility=request.utility,
+                        choices=request.choices,
+                        over_refusal=request.over_refusal,
+                    ),
+                    ui,
+                )
+                summary["eval"] = report.to_dict()
+            decision = check_gate(report, request.hrl, request.langs, request.limits)
+            summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+            note = gate_note(decision, request.gate)
+            record_gate(workspace, written, decision, request.gate, note)
+            refresh_card(written, workspace, note)
+            if not decision.passed and request.gate:
+                shutil.rmtree(written, ignore_errors=True)
+                raise SweError(
+                    f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
+                    hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+                )
+            if not decision.passed:
+                ui.info(
+                    "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
+                    + "; ".join(decision.reasons)
+                )
+            move_into_place(written, request.output, replace=request.force)
+            summary["apply"] = {**applied, "output": str(request.output)}
+        summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+        if not ui.quiet:
+            from swe_cli.report import timings_table
 
-        ui.show(timings_table(timings, request.output))
-    return summary
+            ui.show(timings_table(timings, request.output))
+        return summary
 
 
 def check_chat_template(model_dir: Path) -> None:
@@ -301,8 +315,17 @@ def check_chat_template(model_dir: Path) -> None:
 
 def candidate_folder(output: Path) -> Path:
     """Where align writes the edited model while eval and the gate decide: a hidden sibling of
-    OUT (same filesystem, so moving it into place is a rename)."""
-    return output.parent / f".{output.name}.swe-candidate"
+    OUT (same filesystem, so moving it into place is a rename), named with this process's PID."""
+    return output.parent / f".{output.name}.swe-candidate-{os.getpid()}"
+
+
+def fresh_candidate(output: Path) -> Path:
+    """This run's candidate folder, after removing those that killed runs left behind (the
+    caller holds OUT's lock, so no other live run owns one)."""
+    for stale in output.parent.glob(f".{output.name}.swe-candidate*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return candidate_folder(output)
 
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:
@@ -310,6 +333,26 @@ def gate_note(decision: GateDecision, enforced: bool) -> str:
         return "Shipping gate: passed (" + decision.limits.describe() + ")."
     state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
     return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
+
+
+def record_gate(
+    workspace: Path, written: Path, decision: GateDecision, enforced: bool, note: str
+) -> None:
+    """The gate's decision in the workspace, bound to the edit it judged: a later `swe apply`
+    of the same edit carries it into the card."""
+    from swe_cli.hub import edited_model_hash
+    from swe_cli.workspace import Workspace
+
+    Workspace(workspace).record_stage(
+        "gate",
+        {"limits": decision.to_dict()["limits"], "enforced": enforced},
+        {
+            "passed": decision.passed,
+            "reasons": list(decision.reasons),
+            "note": note,
+            "edit_sha256": edited_model_hash(written),
+        },
+    )
 
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
@@ -320,7 +363,8 @@ def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    card = ModelCard.for_provenance(provenance, space.base_dir(), space.eval_report())
+    report = space.eval_report(str((provenance.get("edit") or {}).get("sha256")))
+    card = ModelCard.for_provenance(provenance, space.base_dir(), report)
     card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 
