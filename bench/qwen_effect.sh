@@ -18,5 +18,5 @@ fi
 D="residual@12 rank=32 alpha=10 beta=10 keep_hrl=true strength=1.5"
 python bench/effect.py "$QWEN" -w "$WS" --max-prompts "$PROMPTS" --max-new-tokens "$TOKENS" \
   --utility-items 0 --borderline swe_cli/data/borderline.jsonl \
-  --methods "base;default;$D harmless_targets=1;$D lang_strength=sw=2,th=2" \
+  --methods "base;default;$D harmless_targets=1;$D harmless_targets=0.25;$D lang_strength=sw=2,th=2" \
   --json "$WS/effect.json"
