@@ -261,6 +261,7 @@ def greedy_tokens(
 
 def _plain_greedy(config: Any) -> bool:
     """Greedy search with one beam and nothing that needs model.generate's machinery."""
+
     def value(name: str) -> Any:
         return getattr(config, name, None)
 

@@ -139,8 +139,10 @@ def test_sampling_checkpoints_still_decode_greedily(tiny_llama: Path, one_thread
     model.generation_config.temperature = 0.7
     first = generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=8, batch_size=4)
     again = generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=8, batch_size=4)
-    assert first == again == reference_generate(
-        model, tokenizer, TINY_PROMPTS, max_new_tokens=8, batch_size=4
+    assert (
+        first
+        == again
+        == reference_generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=8, batch_size=4)
     )
 
 
