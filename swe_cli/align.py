@@ -110,7 +110,7 @@ class AlignRequest:
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.io.files import check_overlap, move_into_place
+    from swe_cli.io.files import check_overlap
     from swe_cli.recipe import parse_set_options
 
     check_run(request.langs, request.hrl, request.device, request.dtype)
@@ -210,73 +210,119 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             ).updated(device=solve_config.device)
     with timed("solve"):
         solved = solve(workspace, solve_config, ui)
-    # With eval, the edited model is written beside OUT first and moved into place only once
-    # the shipping gate has passed: a rejected edit never takes OUT's name.
-    written = candidate_folder(request.output) if request.run_eval else request.output
-    with timed("apply"):
-        applied = apply(
-            ApplyRequest(
-                output=written,
-                workspace=workspace,
-                link=request.link,
-                force=request.force or request.run_eval,
-                revision=request.revision,
-            ),
-            ui,
-        )
-    summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
-    if selecting:
-        summary["select"] = selection_summary(workspace, solve_config)
     if request.run_eval:
-        with timed("eval"):
-            report = evaluate(
-                EvalRequest(
-                    model=str(written),
-                    label=str(request.output),  # evaluated beside OUT, shipped as OUT
-                    baseline=request.model,
-                    langs=[request.hrl, *request.langs],
-                    harmful=request.harmful,
-                    harmless=harmless,
-                    general=general,
-                    heldout_fraction=probe_settings.heldout_fraction,
-                    max_prompts=probe_settings.max_prompts,
-                    judge=recipe.eval.judge,
-                    patterns=request.patterns,
-                    max_new_tokens=recipe.eval.max_new_tokens,
-                    batch_size=recipe.eval.batch_size,
-                    device=request.device,
-                    dtype=request.dtype,
-                    revision=request.revision,
-                    output=workspace / "eval",
+        summary = _evaluate_then_ship(request, workspace, recipe, probe_settings, plan, ui, timed)
+        summary["solve"] = solved
+    else:
+        with timed("apply"):
+            applied = apply(
+                ApplyRequest(
+                    output=request.output,
                     workspace=workspace,
-                    utility=request.utility,
-                    choices=request.choices,
-                    over_refusal=request.over_refusal,
+                    link=request.link,
+                    force=request.force,
+                    revision=request.revision,
                 ),
                 ui,
             )
-            summary["eval"] = report.to_dict()
-        decision = check_gate(report, request.hrl, request.langs, request.limits)
-        summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
-        refresh_card(written, workspace, gate_note(decision, request.gate))
-        if not decision.passed and request.gate:
-            shutil.rmtree(written, ignore_errors=True)
-            raise SweError(
-                f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
-                hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
-            )
-        if not decision.passed:
-            ui.info(
-                "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
-                + "; ".join(decision.reasons)
-            )
-        move_into_place(written, request.output, replace=request.force)
-        summary["apply"] = {**applied, "output": str(request.output)}
+        summary = {**plan, "solve": solved, "apply": applied}
+    if selecting:
+        summary["select"] = selection_summary(workspace, solve_config)
     summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
     if not ui.quiet:
         from swe_cli.report import timings_table
 
         ui.show(timings_table(timings, request.output))
+    return summary
+
+
+def _evaluate_then_ship(
+    request: AlignRequest,
+    workspace: Path,
+    recipe: Recipe,
+    probe_settings: Any,
+    plan: dict[str, Any],
+    ui: Ui,
+    timed: Any,
+) -> dict[str, Any]:
+    """Eval, the shipping gate, then OUT. The edit is evaluated on the base loaded once and
+    patched in memory, with the base's measurements cached between runs; OUT is written only
+    when the gate passes (or is overridden). A model whose parameters do not carry the
+    checkpoint's tensor names is evaluated the old way: the edited model written beside OUT
+    first, loaded beside the base, and moved into place once the gate has passed."""
+    from swe_cli.io.files import move_into_place
+    from swe_cli.stages.apply import solved_edit
+    from swe_cli.stages.base_cache import default_cache_dir
+    from swe_cli.stages.evaluate import EditNotInMemory
+    from swe_cli.workspace import Workspace
+
+    written = candidate_folder(request.output)
+    eval_request = EvalRequest(
+        model=str(request.output),
+        label=str(request.output),
+        baseline=request.model,
+        langs=[request.hrl, *request.langs],
+        harmful=request.harmful,
+        harmless=plan["harmless"],
+        general=plan["general"],
+        heldout_fraction=probe_settings.heldout_fraction,
+        max_prompts=probe_settings.max_prompts,
+        judge=recipe.eval.judge,
+        patterns=request.patterns,
+        max_new_tokens=recipe.eval.max_new_tokens,
+        batch_size=recipe.eval.batch_size,
+        device=request.device,
+        dtype=request.dtype,
+        revision=request.revision,
+        output=workspace / "eval",
+        workspace=workspace,
+        utility=request.utility,
+        choices=request.choices,
+        over_refusal=request.over_refusal,
+        edit=solved_edit(Workspace(workspace))[0],
+        base_cache=default_cache_dir(),
+    )
+    applied: dict[str, Any] | None = None
+
+    def write_candidate() -> dict[str, Any]:
+        with timed("apply"):
+            return apply(
+                ApplyRequest(
+                    output=written,
+                    workspace=workspace,
+                    link=request.link,
+                    force=True,
+                    revision=request.revision,
+                ),
+                ui,
+            )
+
+    with timed("eval"):
+        try:
+            report = evaluate(eval_request, ui)
+        except EditNotInMemory as error:
+            ui.info(f"edit not applicable in memory ({error.message}): evaluating it on disk")
+            applied = write_candidate()
+            report = evaluate(replace(eval_request, model=str(written), edit=None), ui)
+    summary: dict[str, Any] = {**plan, "eval": report.to_dict()}
+    decision = check_gate(report, request.hrl, request.langs, request.limits)
+    summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+    if not decision.passed and request.gate:
+        shutil.rmtree(written, ignore_errors=True)
+        raise SweError(
+            f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
+            hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+        )
+    if not decision.passed:
+        ui.info(
+            "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
+            + "; ".join(decision.reasons)
+        )
+    if applied is None:
+        applied = write_candidate()
+    refresh_card(written, workspace, gate_note(decision, request.gate))
+    move_into_place(written, request.output, replace=request.force)
+    summary["apply"] = {**applied, "output": str(request.output)}
     return summary
 
 

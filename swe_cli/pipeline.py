@@ -536,6 +536,40 @@ class EvalRequest:
     over_refusal: str | None = "builtin"  # over-refusal probes: builtin, none or a file
     adapter: Path | None = None  # a LoRA adapter applied to `model` (PEFT)
     label: str | None = None  # the model's name in the report (default: model)
+    # the edit file to evaluate on `baseline` in memory (one model load; `model` is then only
+    # the report's name), and the folder caching the baseline's measurements between runs
+    edit: Path | None = None
+    base_cache: Path | None = None
+
+
+def _eval_edit_in_memory(
+    request: EvalRequest, sets: dict[str, Any], judge: Any, refusal_judge: Any, progress: Any
+) -> Any:
+    from swe_cli.edit import load_edit
+    from swe_cli.stages.evaluate import run_eval_edit
+
+    if request.baseline is None or request.edit is None:
+        raise SweError("an edit evaluated in memory needs its base model as the baseline")
+    return run_eval_edit(
+        request.baseline,
+        load_edit(request.edit),
+        harmful=sets["harmful"],
+        harmless=sets["harmless"],
+        general=sets["general"],
+        utility=sets["utility"],
+        langs=request.langs,
+        split=request.split,
+        judge=judge,
+        refusal_judge=refusal_judge,
+        max_new_tokens=request.max_new_tokens,
+        batch_size=request.batch_size,
+        device=request.device,
+        dtype=request.dtype,
+        revision=request.revision,
+        progress=progress,
+        label=request.label or request.model,
+        cache=request.base_cache,
+    )
 
 
 def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
@@ -586,28 +620,31 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
         else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
     )
     with ui.progress() as update:
-        report = run_eval(
-            request.model,
-            baseline=request.baseline,
-            harmful=sets["harmful"],
-            harmless=sets["harmless"],
-            general=sets["general"],
-            utility=sets["utility"],
-            langs=request.langs,
-            split=request.split,
-            judge=judge,
-            refusal_judge=refusal_judge,
-            max_new_tokens=request.max_new_tokens,
-            batch_size=request.batch_size,
-            device=request.device,
-            dtype=request.dtype,
-            revision=request.revision,
-            progress=update,
-            backend=request.backend,
-            tensor_parallel_size=request.tensor_parallel_size,
-            adapter=request.adapter,
-            label=request.label,
-        )
+        if request.edit is not None:
+            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update)
+        else:
+            report = run_eval(
+                request.model,
+                baseline=request.baseline,
+                harmful=sets["harmful"],
+                harmless=sets["harmless"],
+                general=sets["general"],
+                utility=sets["utility"],
+                langs=request.langs,
+                split=request.split,
+                judge=judge,
+                refusal_judge=refusal_judge,
+                max_new_tokens=request.max_new_tokens,
+                batch_size=request.batch_size,
+                device=request.device,
+                dtype=request.dtype,
+                revision=request.revision,
+                progress=update,
+                backend=request.backend,
+                tensor_parallel_size=request.tensor_parallel_size,
+                adapter=request.adapter,
+                label=request.label,
+            )
     if request.output is not None:
         written = write_report(report, request.output)
         names = ", ".join(sorted(p.name for p in written.values()))

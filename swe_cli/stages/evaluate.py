@@ -30,8 +30,9 @@ Definitions (also in the report's Markdown note):
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,11 +470,32 @@ def run_eval(
     del edited
     _free_memory()
     name = label or (str(model) if adapter is None else f"{model} + {adapter}")
+    return _report(
+        plan,
+        (name, measured, kl),
+        None if base_measured is None else (str(baseline), base_measured),
+        judge,
+        refusal_judge,
+        split,
+        _settings(harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype),
+    )
+
+
+def _report(
+    plan: Sequence[_Language],
+    model: tuple[str, _Measured, dict[str, float]],
+    baseline: tuple[str, _Measured] | None,
+    judge: Judge,
+    refusal_judge: PatternJudge,
+    split: str,
+    settings: dict[str, Any],
+) -> EvalReport:
+    name, measured, kl = model
     model_result, samples = _judge_role(MODEL, name, measured, kl, plan, judge, refusal_judge)
     baseline_result = None
-    if base_measured is not None:
+    if baseline is not None:
         baseline_result, base_samples = _judge_role(
-            BASELINE, str(baseline), base_measured, {}, plan, judge, refusal_judge
+            BASELINE, baseline[0], baseline[1], {}, plan, judge, refusal_judge
         )
         samples = base_samples + samples
     return EvalReport(
@@ -482,11 +504,186 @@ def run_eval(
         judge=judge.name,
         split=split,
         langs=tuple(language.lang for language in plan),
-        settings=_settings(
-            harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype
-        ),
+        settings=settings,
         samples=tuple(samples),
     )
+
+
+# -- the edit evaluated in memory ---------------------------------------------------------------
+
+
+class EditNotInMemory(EvalError):
+    """The edit names a tensor that the loaded model does not hold under that name and shape."""
+
+
+@contextlib.contextmanager
+def edit_applied(model: Any, edit: Any) -> Iterator[None]:
+    """The loaded base becomes the edited model in place, as `swe apply` writes it: each edited
+    block is base + delta in float32, rounded to the checkpoint's dtype (then to the loaded
+    dtype); the original values are restored bit for bit afterwards."""
+    import torch
+
+    from swe_cli.io.safetensors import torch_dtype_of
+
+    saved = []
+    with torch.no_grad():
+        try:
+            for item in edit.tensors:
+                parameter = _parameter(model, item.name, tuple(item.shape))
+                rows = torch.as_tensor(item.rows, dtype=torch.long, device=parameter.device)
+                original = parameter[rows].clone()
+                saved.append((parameter, rows, original))
+                delta = torch.as_tensor(item.delta, dtype=torch.float32).to(parameter.device)
+                if item.cols is None:
+                    before = original.float()
+                else:
+                    cols = torch.as_tensor(item.cols, dtype=torch.long, device=parameter.device)
+                    before = original[:, cols].float()
+                changed = (before + delta).to(torch_dtype_of(item.dtype)).to(parameter.dtype)
+                if item.cols is None:
+                    parameter[rows] = changed
+                else:
+                    block = original.clone()
+                    block[:, cols] = changed
+                    parameter[rows] = block
+            yield
+        finally:
+            for parameter, rows, original in reversed(saved):
+                parameter[rows] = original
+
+
+def _parameter(model: Any, name: str, shape: tuple[int, ...]) -> Any:
+    try:
+        parameter = model.get_parameter(name)
+    except AttributeError:
+        raise EditNotInMemory(f"the loaded model has no parameter '{name}'") from None
+    if tuple(parameter.shape) != shape:
+        raise EditNotInMemory(
+            f"'{name}' has shape {tuple(parameter.shape)} in the loaded model, {shape} in the edit"
+        )
+    return parameter
+
+
+def run_eval_edit(
+    base: str | Path,
+    edit: Any,
+    *,
+    harmful: PromptSet,
+    harmless: PromptSet | None = None,
+    general: PromptSet | None = None,
+    utility: UtilitySets | None = None,
+    langs: Sequence[str],
+    split: str = HELDOUT,
+    judge: Judge | None = None,
+    refusal_judge: PatternJudge | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    device: str = "cpu",
+    dtype: str = "auto",
+    revision: str | None = None,
+    progress: Progress | None = None,
+    label: str = "edited",
+    cache: Path | None = None,
+) -> EvalReport:
+    """run_eval(base + edit, baseline=base) with one model in memory: the base is loaded once,
+    measured (or its measurements read from the cache folder `cache`, written there when
+    missing), then patched in place with the edit (edit_applied), measured, and restored. The
+    KL divergence compares the base's and the patched model's logits batch by batch. Raises
+    EditNotInMemory before measuring anything when the edit does not fit the loaded model."""
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.stages import base_cache
+
+    judge = judge or PatternJudge.from_files()
+    if refusal_judge is None:
+        refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
+    plan = plan_languages(harmful, harmless, general, langs, split, utility)
+    settings = _settings(
+        harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype
+    )
+    model, tokenizer = load_model(base, device=device, dtype=dtype, revision=revision)
+    with edit_applied(model, edit):  # every name and shape checked before any work
+        pass
+    options: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    key = None
+    base_measured = None
+    if cache is not None:
+        generation = {"role": BASELINE, "split": split, "revision": revision, **settings}
+        model_dir = resolve_model(str(base), revision).path
+        key = base_cache.cache_key(base_cache.model_key(model_dir), plan, generation)
+        stored = base_cache.load(cache, key)
+        base_measured = None if stored is None else _measured_from(stored)
+    if base_measured is None:
+        base_measured = _measure(BASELINE, model, tokenizer, plan, **options)
+        if cache is not None and key is not None:
+            base_cache.store(cache, key, _measured_to(base_measured))
+    kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
+    with edit_applied(model, edit):
+        measured = _measure(MODEL, model, tokenizer, plan, **options)
+    del model
+    _free_memory()
+    return _report(
+        plan,
+        (label, measured, kl),
+        (str(base), base_measured),
+        judge,
+        refusal_judge,
+        split,
+        settings,
+    )
+
+
+def _kl_in_memory(
+    model: Any,
+    edit: Any,
+    tokenizer: Any,
+    plan: Sequence[_Language],
+    *,
+    batch_size: int,
+    progress: Progress | None,
+) -> dict[str, float]:
+    def logits(input_ids: Any, mask: Any) -> tuple[Any, Any]:
+        base = _logits(model, input_ids, mask)
+        with edit_applied(model, edit):
+            return base, _logits(model, input_ids, mask)
+
+    return {
+        language.lang: paired_kl(
+            logits,
+            tokenizer,
+            [p.text for p in language.harmless],
+            batch_size=batch_size,
+            on_batch=_reporter(progress, f"KL {language.lang}", len(language.harmless)),
+        )
+        for language in plan
+        if language.harmless
+    }
+
+
+def _measured_to(measured: _Measured) -> dict[str, Any]:
+    return {
+        "harmful": measured.harmful,
+        "harmless": measured.harmless,
+        "perplexity": {lang: list(value) for lang, value in measured.perplexity.items()},
+        "probes": measured.probes,
+        "short_answers": measured.short_answers,
+        "choices": measured.choices,
+    }
+
+
+def _measured_from(document: dict[str, Any]) -> _Measured | None:
+    try:
+        return _Measured(
+            harmful={k: [str(a) for a in v] for k, v in document["harmful"].items()},
+            harmless={k: [str(a) for a in v] for k, v in document["harmless"].items()},
+            perplexity={k: (float(v[0]), int(v[1])) for k, v in document["perplexity"].items()},
+            probes={k: [str(a) for a in v] for k, v in document["probes"].items()},
+            short_answers={k: [str(a) for a in v] for k, v in document["short_answers"].items()},
+            choices={k: [bool(a) for a in v] for k, v in document["choices"].items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def _settings(
