@@ -557,6 +557,8 @@ def _parameter(model: Any, name: str, shape: tuple[int, ...]) -> Any:
         parameter = model.get_parameter(name)
     except AttributeError:
         raise EditNotInMemory(f"the loaded model has no parameter '{name}'") from None
+    if parameter.device.type == "meta":  # offloaded by accelerate: no values to patch here
+        raise EditNotInMemory(f"'{name}' is offloaded in the loaded model")
     if tuple(parameter.shape) != shape:
         raise EditNotInMemory(
             f"'{name}' has shape {tuple(parameter.shape)} in the loaded model, {shape} in the edit"
