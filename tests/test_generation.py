@@ -4,7 +4,7 @@ as the reference."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +96,16 @@ def test_answers_equal_model_generate_on_the_tiny_llama(
     assert ours == reference
 
 
-def test_finished_rows_leave_the_batch(tiny_llama: Path, one_thread: None) -> None:
-    """A random tiny llama with a common eos: some rows end early, and later steps compute
-    fewer rows than the batch holds; every answer stays the reference's."""
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3"])
+def test_finished_rows_leave_the_batch(
+    tiny_checkpoint: Callable[[str], Path], family: str, one_thread: None
+) -> None:
+    """A random tiny model of each supported family with a common eos: some rows end early,
+    and later steps compute fewer rows than the batch holds; every answer stays the
+    reference's."""
     import torch
 
-    model, tokenizer = _tiny(tiny_llama)
+    model, tokenizer = _tiny(tiny_checkpoint(family))
     eos_word = "bomb"  # an ordinary token made eos, so that rows end at different steps
     eos = tokenizer.convert_tokens_to_ids(eos_word)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, eos]
