@@ -251,9 +251,9 @@ def _evaluate_then_ship(
     checkpoint's tensor names is evaluated the old way: the edited model written beside OUT
     first, loaded beside the base, and moved into place once the gate has passed."""
     from swe_cli.io.files import move_into_place
+    from swe_cli.measure import EditNotInMemory
     from swe_cli.stages.apply import solved_edit
     from swe_cli.stages.base_cache import default_cache_dir
-    from swe_cli.stages.evaluate import EditNotInMemory
     from swe_cli.workspace import Workspace
 
     written = candidate_folder(request.output)
