@@ -8,7 +8,8 @@ In one process, on the same prompts, batches and settings, alternating A and B e
 - probe: probe's moment streaming (stages/probe.stream_moments: forward hooks on the recorded
   layers, float32 second moments summed in float64) against bare forward passes over the same
   texts and batches; tokens/s counts the non-pad tokens.
-Prints a table with the ratio swe / bare (1.0 = no overhead).
+Prints tokens/s from the process's CPU seconds (steady on a shared machine) and from wall
+seconds, medians of the repeats, and the ratios swe / bare (1.0 = no overhead).
 
     python bench/generate.py --model QWEN_DIR --per-language 16 --max-new-tokens 48
 """
@@ -103,6 +104,12 @@ def probe_moments(
         recorder.close()
 
 
+def _median(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median wall and median CPU seconds."""
+    walls, cpus = sorted(w for w, _ in pairs), sorted(c for _, c in pairs)
+    return walls[len(walls) // 2], cpus[len(cpus) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a local checkpoint folder")
@@ -131,11 +138,18 @@ def main() -> None:
         f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
         f"{torch.get_num_threads()} threads"
     )
-    times: dict[str, list[float]] = {"swe generate": [], "bare model.generate": []}
+    # wall and CPU seconds of each repeat; A and B alternate which goes first
+    times: dict[str, list[tuple[float, float]]] = {}
     tokens = 0
     answers: dict[str, list[str]] = {}
-    for _ in range(args.repeats):
-        start = time.perf_counter()
+
+    def timed(name: str, function: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = function()
+        times.setdefault(name, []).append((time.perf_counter() - wall, time.process_time() - cpu))
+        return result
+
+    def ours() -> None:
         answers["swe"] = generate(
             model,
             tokenizer,
@@ -143,41 +157,58 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
         )
-        times["swe generate"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        answers["bare"], tokens = bare_generate(
+
+    def bare() -> int:
+        answers["bare"], count = bare_generate(
             model, tokenizer, prompts, args.max_new_tokens, args.batch_size
         )
-        times["bare model.generate"].append(time.perf_counter() - start)
+        return count
+
+    for repeat in range(args.repeats):
+        if repeat % 2 == 0:
+            timed("swe generate", ours)
+            tokens = timed("bare model.generate", bare)
+        else:
+            tokens = timed("bare model.generate", bare)
+            timed("swe generate", ours)
     same = answers["swe"] == answers["bare"]
     rows = [("generation", "swe generate", "bare model.generate", tokens)]
 
     if not args.skip_probe:
         texts = [chat_text(tokenizer, p, a) for p, a in zip(prompts, answers["swe"], strict=True)]
         layers = [int(layer) for layer in args.moment_layers.split(",") if layer]
-        times["swe probe moments"], times["bare forward"] = [], []
         probe_tokens = 0
-        for _ in range(args.repeats):
-            start = time.perf_counter()
+
+        def probe() -> None:
             probe_moments(model, tokenizer, texts, args.batch_size, layers)
-            times["swe probe moments"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            probe_tokens = bare_forward(model, tokenizer, texts, args.batch_size)
-            times["bare forward"].append(time.perf_counter() - start)
+
+        def forward() -> int:
+            return bare_forward(model, tokenizer, texts, args.batch_size)
+
+        for repeat in range(args.repeats):
+            if repeat % 2 == 0:
+                timed("swe probe moments", probe)
+                probe_tokens = timed("bare forward", forward)
+            else:
+                probe_tokens = timed("bare forward", forward)
+                timed("swe probe moments", probe)
         rows.append(("probe", "swe probe moments", "bare forward", probe_tokens))
 
     print(f"answers identical: {same}")
-    print("| path | tokens | swe s | bare s | swe tokens/s | bare tokens/s | swe / bare |")
-    print("|---|---|---|---|---|---|---|")
-    result = {"answers_identical": same, "rows": []}
-    for name, ours, bare, count in rows:
-        ours_s, bare_s = min(times[ours]), min(times[bare])
+    print("medians of the repeats; tokens/s from CPU seconds (the process's own), wall in brackets")
+    print("| path | tokens | swe tokens/s | bare tokens/s | swe / bare (CPU) | swe / bare (wall) |")
+    print("|---|---|---|---|---|---|")
+    result: dict[str, Any] = {"answers_identical": same, "rows": []}
+    for name, swe_name, bare_name, count in rows:
+        swe_wall, swe_cpu = _median(times[swe_name])
+        bare_wall, bare_cpu = _median(times[bare_name])
         print(
-            f"| {name} | {count} | {ours_s:.1f} | {bare_s:.1f} | {count / ours_s:.1f} | "
-            f"{count / bare_s:.1f} | {bare_s / ours_s:.2f}x |"
+            f"| {name} | {count} | {count / swe_cpu:.1f} ({count / swe_wall:.1f}) | "
+            f"{count / bare_cpu:.1f} ({count / bare_wall:.1f}) | {bare_cpu / swe_cpu:.2f}x | "
+            f"{bare_wall / swe_wall:.2f}x |"
         )
         result["rows"].append(
-            {"path": name, "tokens": count, "swe_seconds": times[ours], "bare_seconds": times[bare]}
+            {"path": name, "tokens": count, "swe": times[swe_name], "bare": times[bare_name]}
         )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
