@@ -252,9 +252,7 @@ def _evaluate_then_ship(
     first, loaded beside the base, and moved into place once the gate has passed."""
     from swe_cli.io.files import move_into_place
     from swe_cli.measure import EditNotInMemory
-    from swe_cli.stages.apply import solved_edit
-    from swe_cli.stages.base_cache import default_cache_dir
-    from swe_cli.workspace import Workspace
+    from swe_cli.pipeline import base_eval_cache, solved_edit_file
 
     written = candidate_folder(request.output)
     eval_request = EvalRequest(
@@ -279,8 +277,8 @@ def _evaluate_then_ship(
         utility=request.utility,
         choices=request.choices,
         over_refusal=request.over_refusal,
-        edit=solved_edit(Workspace(workspace))[0],
-        base_cache=default_cache_dir(),
+        edit=solved_edit_file(workspace),
+        base_cache=base_eval_cache(),
     )
     applied: dict[str, Any] | None = None
 

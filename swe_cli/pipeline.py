@@ -542,6 +542,21 @@ class EvalRequest:
     base_cache: Path | None = None
 
 
+def solved_edit_file(workspace: Path) -> Path:
+    """The edit file of the workspace's last finished solve (checked against its record)."""
+    from swe_cli.stages.apply import solved_edit
+    from swe_cli.workspace import Workspace
+
+    return solved_edit(Workspace(workspace))[0]
+
+
+def base_eval_cache() -> Path:
+    """Where the base model's eval measurements are cached between runs."""
+    from swe_cli.stages.base_cache import default_cache_dir
+
+    return default_cache_dir()
+
+
 def _eval_edit_in_memory(
     request: EvalRequest, sets: dict[str, Any], judge: Any, refusal_judge: Any, progress: Any
 ) -> Any:
