@@ -36,6 +36,7 @@ from swe_cli.pipeline import (
     select,
     selection_summary,
     solve,
+    writing,
 )
 from swe_cli.settings import Recipe, parse_layers
 
@@ -106,6 +107,7 @@ class AlignRequest:
     utility: str | None = "builtin"  # eval's short answers, multiple choice, over-refusal probes
     choices: str | None = "builtin"
     over_refusal: str | None = "builtin"
+    push_to_hub: str | None = None  # the CLI pushes after align; --dry-run lists the files
 
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
@@ -161,79 +163,91 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     }
     if request.dry_run:
         ui.info(f"plan: {' -> '.join(plan['stages'])} in {workspace}, output {request.output}")
+        if request.push_to_hub:
+            from swe_cli.hub import planned_upload
+
+            plan["upload"] = planned_upload(resolved.path)
+            ui.info(
+                f"--push-to-hub {request.push_to_hub} would upload {len(plan['upload'])} files: "
+                + ", ".join(plan["upload"])
+            )
         return {"dry_run": True, **plan}
-    ui.info(f"workspace {workspace}")
-    timings: dict[str, float] = {}
+    # one writer per workspace and per output at a time (released by the kernel on exit)
+    with writing(workspace, request.output, create=True):
+        ui.info(f"workspace {workspace}")
+        timings: dict[str, float] = {}
 
-    @contextmanager
-    def timed(stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        timings[stage] = time.perf_counter() - start
+        @contextmanager
+        def timed(stage: str) -> Iterator[None]:
+            start = time.perf_counter()
+            yield
+            timings[stage] = time.perf_counter() - start
 
-    probe_settings = recipe.probe
-    if moments and parse_layers(probe_settings.stats_layers) is None:
-        # stream moments only where the method needs them
-        probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
-    with timed("probe"):
-        probe(
-            ProbeRequest(
-                model=request.model,
-                workspace=workspace,
-                langs=request.langs,
-                harmful=request.harmful,
-                harmless=harmless,
-                general=general,
-                hrl=request.hrl,
-                settings=probe_settings,
-                device=request.device,
-                dtype=request.dtype,
-                device_map=request.device_map,
-                revision=request.revision,
-                resolved=resolved,
-                patterns=request.patterns,
-            ),
-            ui,
-        )
-    with timed("localize"):
-        localize(workspace, recipe.localize, ui)
-    if selecting:
-        with timed("select"):
-            solve_config = select(
-                workspace,
-                solve_config,
-                recipe.select,
-                request.limits,
-                dtype=request.dtype,
-                patterns=request.patterns,
-                ui=ui,
-            ).updated(device=solve_config.device)
-    with timed("solve"):
-        solved = solve(workspace, solve_config, ui)
-    if request.run_eval:
-        summary = _evaluate_then_ship(request, workspace, recipe, probe_settings, plan, ui, timed)
-        summary["solve"] = solved
-    else:
-        with timed("apply"):
-            applied = apply(
-                ApplyRequest(
-                    output=request.output,
+        probe_settings = recipe.probe
+        if moments and parse_layers(probe_settings.stats_layers) is None:
+            # stream moments only where the method needs them
+            probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
+        with timed("probe"):
+            probe(
+                ProbeRequest(
+                    model=request.model,
                     workspace=workspace,
-                    link=request.link,
-                    force=request.force,
+                    langs=request.langs,
+                    harmful=request.harmful,
+                    harmless=harmless,
+                    general=general,
+                    hrl=request.hrl,
+                    settings=probe_settings,
+                    device=request.device,
+                    dtype=request.dtype,
+                    device_map=request.device_map,
                     revision=request.revision,
+                    resolved=resolved,
+                    patterns=request.patterns,
                 ),
                 ui,
             )
-        summary = {**plan, "solve": solved, "apply": applied}
-    if selecting:
-        summary["select"] = selection_summary(workspace, solve_config)
-    summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
-    if not ui.quiet:
-        from swe_cli.report import timings_table
+        with timed("localize"):
+            localize(workspace, recipe.localize, ui)
+        if selecting:
+            with timed("select"):
+                solve_config = select(
+                    workspace,
+                    solve_config,
+                    recipe.select,
+                    request.limits,
+                    dtype=request.dtype,
+                    patterns=request.patterns,
+                    ui=ui,
+                ).updated(device=solve_config.device)
+        with timed("solve"):
+            solved = solve(workspace, solve_config, ui)
+        if request.run_eval:
+            summary = _evaluate_then_ship(
+                request, workspace, recipe, probe_settings, plan, ui, timed
+            )
+            summary["solve"] = solved
+        else:
+            with timed("apply"):
+                applied = apply(
+                    ApplyRequest(
+                        output=request.output,
+                        workspace=workspace,
+                        link=request.link,
+                        force=request.force,
+                        revision=request.revision,
+                    ),
+                    ui,
+                )
+            summary = {**plan, "solve": solved, "apply": applied}
+        if selecting:
+            summary["select"] = selection_summary(workspace, solve_config)
+        summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+        if not ui.quiet:
+            from swe_cli.report import timings_table
 
-        ui.show(timings_table(timings, request.output))
-    return summary
+            ui.show(timings_table(timings, request.output))
+        return summary
 
 
 def _evaluate_then_ship(
@@ -252,12 +266,12 @@ def _evaluate_then_ship(
     first, loaded beside the base, and moved into place once the gate has passed."""
     from swe_cli.io.files import move_into_place
     from swe_cli.measure import EditNotInMemory
-    from swe_cli.pipeline import base_eval_cache, solved_edit_file
+    from swe_cli.pipeline import base_eval_cache, edit_hash, solved_edit_file
 
-    written = candidate_folder(request.output)
+    written = fresh_candidate(request.output)
     eval_request = EvalRequest(
         model=str(request.output),
-        label=str(request.output),
+        label=request.output.name,
         baseline=request.model,
         langs=[request.hrl, *request.langs],
         harmful=request.harmful,
@@ -305,6 +319,8 @@ def _evaluate_then_ship(
     summary: dict[str, Any] = {**plan, "eval": report.to_dict()}
     decision = check_gate(report, request.hrl, request.langs, request.limits)
     summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+    note = gate_note(decision, request.gate)
+    record_gate(workspace, edit_hash(eval_request.edit), decision, request.gate, note)
     if not decision.passed and request.gate:
         shutil.rmtree(written, ignore_errors=True)
         raise SweError(
@@ -318,7 +334,7 @@ def _evaluate_then_ship(
         )
     if applied is None:
         applied = write_candidate()
-    refresh_card(written, workspace, gate_note(decision, request.gate))
+    refresh_card(written, workspace, note)
     move_into_place(written, request.output, replace=request.force)
     summary["apply"] = {**applied, "output": str(request.output)}
     return summary
@@ -345,8 +361,17 @@ def check_chat_template(model_dir: Path) -> None:
 
 def candidate_folder(output: Path) -> Path:
     """Where align writes the edited model while eval and the gate decide: a hidden sibling of
-    OUT (same filesystem, so moving it into place is a rename)."""
-    return output.parent / f".{output.name}.swe-candidate"
+    OUT (same filesystem, so moving it into place is a rename), named with this process's PID."""
+    return output.parent / f".{output.name}.swe-candidate-{os.getpid()}"
+
+
+def fresh_candidate(output: Path) -> Path:
+    """This run's candidate folder, after removing those that killed runs left behind (the
+    caller holds OUT's lock, so no other live run owns one)."""
+    for stale in output.parent.glob(f".{output.name}.swe-candidate*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return candidate_folder(output)
 
 
 def gate_note(decision: GateDecision, enforced: bool) -> str:
@@ -354,6 +379,25 @@ def gate_note(decision: GateDecision, enforced: bool) -> str:
         return "Shipping gate: passed (" + decision.limits.describe() + ")."
     state = "shipped anyway with `--no-gate`" if not enforced else "rejected"
     return f"Shipping gate: **failed**, {state}: " + "; ".join(decision.reasons) + "."
+
+
+def record_gate(
+    workspace: Path, edit_sha256: str | None, decision: GateDecision, enforced: bool, note: str
+) -> None:
+    """The gate's decision in the workspace, bound to the edit it judged (its sha256): a later
+    `swe apply` of the same edit carries it into the card."""
+    from swe_cli.workspace import Workspace
+
+    Workspace(workspace).record_stage(
+        "gate",
+        {"limits": decision.to_dict()["limits"], "enforced": enforced},
+        {
+            "passed": decision.passed,
+            "reasons": list(decision.reasons),
+            "note": note,
+            "edit_sha256": edit_sha256,
+        },
+    )
 
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
@@ -364,7 +408,8 @@ def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    card = ModelCard.for_provenance(provenance, space.base_dir(), space.eval_report())
+    report = space.eval_report(str((provenance.get("edit") or {}).get("sha256")))
+    card = ModelCard.for_provenance(provenance, space.base_dir(), report)
     card = replace(card, gate_note=gate)
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 

@@ -67,6 +67,7 @@ def save_edit(edit: Edit, directory: Path) -> Path:
     """Write edit.safetensors atomically into `directory`; returns its path."""
     import torch
 
+    validate_edit(edit, Path(directory) / EDIT_FILE)  # never write a nan delta
     tensors: dict[str, Any] = {}
     layout: dict[str, Any] = {}
     for item in edit.tensors:
@@ -163,6 +164,14 @@ def validate_edit(edit: Edit, source: Path | str) -> None:
         width = item.shape[1] if item.cols is None else len(item.cols)
         if tuple(item.delta.shape) != (len(item.rows), width):
             raise EditError(f"{source}: delta of '{item.name}' has shape {list(item.delta.shape)}")
+        import numpy
+
+        bad = int((~numpy.isfinite(as_numpy(item.delta))).sum())
+        if bad:
+            raise EditError(
+                f"{source}: delta of '{item.name}' has {bad} non-finite entries (nan or inf)",
+                hint="the edit is damaged, or the solve diverged: re-run `swe solve` (raise lam)",
+            )
 
 
 def _check_indices(source: Path | str, name: str, kind: str, values: Any, size: int) -> None:

@@ -52,6 +52,10 @@ class LoraError(SweError):
     """An edit cannot be exported as a LoRA adapter, or an adapter cannot be read or loaded."""
 
 
+class BusyError(SweError):
+    """Another swe process holds the lock of a workspace or an output."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C in a command that knows what it keeps and how to resume: the message says so."""
 

@@ -58,6 +58,24 @@ def hub_repo_id(model: dict[str, Any]) -> str | None:
     return None
 
 
+def public_name(model: dict[str, Any]) -> str:
+    """How files meant to be pushed name a base model: its Hub id when it came from the Hub,
+    else its folder's name (never a local path, which would leak the user's home)."""
+    return hub_repo_id(model) or public_source(str(model.get("id") or "")) or "base model"
+
+
+def public_source(source: str) -> str:
+    """A prompt set's or model's source as pushed files may name it: a Hub id as it is, a local
+    file or folder by its name alone."""
+    text = str(source or "")
+    if not text:
+        return text
+    local = text.startswith(("/", ".", "~")) or Path(text).expanduser().exists()
+    if local or not _HUB_ID.match(text):
+        return Path(text.rstrip("/\\")).name or text
+    return text
+
+
 def normalise_languages(hrl: str | None, langs: Any) -> list[str]:
     """The HRL first, then the target languages, from a list, a dict or a comma string."""
     if isinstance(langs, str):
@@ -121,9 +139,15 @@ def workspace_provenance(
     """The caller-side part of swe_edit.json for a workspace: base model, languages, solver."""
     model = dict(manifest.get("model") or {})
     solve = (manifest.get("stages") or {}).get("solve") or {}
+    prompt_sets = {
+        name: {**record, "source": public_source(str(record.get("source") or ""))}
+        if isinstance(record, dict)
+        else record
+        for name, record in (manifest.get("prompt_sets") or {}).items()
+    }
     return {
         "base_model": {
-            "id": model.get("id"),
+            "id": public_name(model),
             "hub_id": hub_repo_id(model),
             "revision": model.get("revision"),
             "commit": model.get("commit"),
@@ -133,7 +157,7 @@ def workspace_provenance(
         },
         "languages": normalise_languages(manifest.get("hrl"), manifest.get("langs")),
         "hrl": manifest.get("hrl"),
-        "prompt_sets": manifest.get("prompt_sets"),
+        "prompt_sets": prompt_sets or None,
         "solver": {
             "method": (edit_yaml or {}).get("method") or (solve.get("params") or {}).get("method"),
             "params": solve.get("params"),
@@ -189,6 +213,16 @@ def complete_provenance(
 def write_provenance(path: Path, data: dict[str, Any]) -> None:
     """swe_edit.json, atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def edited_model_hash(folder: Path) -> str | None:
+    """The edit sha256 an edited checkpoint or adapter records in its swe_edit.json."""
+    try:
+        data = json.loads((Path(folder) / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = (data.get("edit") or {}).get("sha256") if isinstance(data, dict) else None
+    return str(value) if value else None
 
 
 def artifact_provenance(edit_file: Path, artifact: Path) -> dict[str, Any]:
@@ -415,6 +449,64 @@ def _token(token: str | None) -> str:
     return found
 
 
+# What a checkpoint needs besides its weights and index (config, tokenizer, chat template,
+# generation settings, licence): only these are uploaded from a folder copied from the base, so
+# a user's notes or logs inside the base folder never reach the Hub.
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "LICENSE",
+    "LICENSE.txt",
+    "LICENSE.md",
+    "NOTICE",
+    "NOTICE.txt",
+    "USE_POLICY.md",
+)
+SWE_FILES = (
+    CARD_FILE,
+    PROVENANCE_FILE,
+    f"{EDIT_DIR}/edit.safetensors",
+    "edit.safetensors",  # an edit artifact (--edit-only)
+    EVAL_FILE,
+    "adapter_config.json",  # an adapter (--as-lora)
+    "adapter_model.safetensors",
+)
+
+
+def upload_files(folder: Path) -> list[str]:
+    """The files `--push-to-hub` uploads from `folder`: swe's own, the checkpoint's weights and
+    what its index names, and the known checkpoint files (CHECKPOINT_FILES); nothing else."""
+    from swe_cli.errors import CheckpointError
+    from swe_cli.io.checkpoint import INDEX_NAME, weight_files
+
+    folder = Path(folder)
+    names = [*SWE_FILES, *CHECKPOINT_FILES, INDEX_NAME]
+    with contextlib.suppress(CheckpointError):  # an adapter or an edit has no weights of its own
+        names += [path.relative_to(folder).as_posix() for path in weight_files(folder)]
+    return sorted(name for name in dict.fromkeys(names) if (folder / name).is_file())
+
+
+def planned_upload(base_dir: Path) -> list[str]:
+    """What `--push-to-hub` would upload for an edited checkpoint of `base_dir` (--dry-run):
+    upload_files of the base, with swe's card, provenance and edit in place of the base's."""
+    base = [name for name in upload_files(base_dir) if name not in SWE_FILES]
+    return sorted([*base, CARD_FILE, PROVENANCE_FILE, f"{EDIT_DIR}/edit.safetensors"])
+
+
 def push_to_hub(
     folder: Path,
     repo_id: str,
@@ -432,6 +524,8 @@ def push_to_hub(
         raise HubError(f"{folder}: no such folder to push", hint="run `swe apply` first")
     from huggingface_hub import HfApi
 
+    allowed = upload_files(folder)
+
     api = HfApi(token=_token(token), library_name="swe", library_version=__version__)
     message = commit_message or "Upload multilingual safety edit made with swe"
     try:
@@ -446,6 +540,7 @@ def push_to_hub(
                 repo_type="model",
                 revision=revision,
                 private=private,
+                allow_patterns=allowed,
                 ignore_patterns=UPLOAD_IGNORE,
             )
         else:  # huggingface_hub >= 2 streams large folders in several commits by itself
@@ -455,6 +550,7 @@ def push_to_hub(
                 repo_type="model",
                 revision=revision,
                 commit_message=message,
+                allow_patterns=allowed,
                 ignore_patterns=UPLOAD_IGNORE,
             )
     except HubError:

@@ -103,6 +103,16 @@ def paired_kl(
         # Right padding: pad tokens come after every real one, so causal attention ignores them.
         input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
         base_logits, edited_logits = logits(input_ids, attention_mask)
+        for role, values in (("base", base_logits), ("edited", edited_logits)):
+            finite = torch.isfinite(values).all(-1) | ~attention_mask.to(values.device).bool()
+            if not bool(finite.all()):
+                row = int((~finite).any(-1).nonzero()[0])
+                raise EvalError(
+                    f"the {role} model's logits are not finite (nan or inf) on harmless prompt "
+                    f"{done + row + 1} of {len(prompts)}: {prompts[batch[row]][:60]!r}",
+                    hint="the weights hold nan/inf values: check the edit or adapter "
+                    "(`swe verify`) and --dtype",
+                )
         base_log = torch.log_softmax(base_logits, dim=-1)
         edited_log = torch.log_softmax(edited_logits, dim=-1)
         if base_log.shape != edited_log.shape:
@@ -116,7 +126,13 @@ def paired_kl(
         done += len(batch)
         if on_batch is not None:
             on_batch(done)
-    return max(0.0, sum(per_prompt) / len(per_prompt))
+    mean = sum(per_prompt) / len(per_prompt)
+    if not math.isfinite(mean):
+        raise EvalError(
+            f"the KL divergence on the harmless prompts is {mean}",
+            hint="check the edit or adapter (`swe verify`) and --dtype",
+        )
+    return max(0.0, mean)  # rounding can make a KL of identical models a hair below zero
 
 
 # -- the in-memory patch -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ passes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,22 @@ class Ui:
 
 
 SILENT = Ui()
+
+
+@contextmanager
+def writing(
+    workspace: Path | None = None, output: Path | None = None, create: bool = False
+) -> Iterator[None]:
+    """Hold the locks of the workspace and the output a stage writes (swe_cli/io/lock.py): a
+    second writer of either exits with the holder's PID instead of mixing its files in."""
+    from swe_cli.io.lock import lock_output, lock_workspace
+
+    with contextlib.ExitStack() as stack:
+        if workspace is not None:
+            stack.enter_context(lock_workspace(Path(workspace), create=create))
+        if output is not None:
+            stack.enter_context(lock_output(Path(output)))
+        yield
 
 
 def check_device(device: str) -> str:
@@ -148,7 +165,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             "patterns": tuple(request.patterns),
         }
     )
-    with ui.progress() as update:
+    with writing(request.workspace, create=True), ui.progress() as update:
         result = run_probe(
             Workspace(request.workspace),
             resolved,
@@ -228,7 +245,8 @@ def localize(workspace: Path, settings: LocalizeSettings, ui: Ui = SILENT) -> di
     from swe_cli.stages.localize import run_localize
     from swe_cli.workspace import Workspace
 
-    summary = run_localize(Workspace(workspace), settings)
+    with writing(workspace):
+        summary = run_localize(Workspace(workspace), settings)
     if not ui.quiet:
         ui.show(localize_table(summary))
     return summary
@@ -244,12 +262,14 @@ def tune(workspace: Path, base: SolveConfig, confirm: int = 0, ui: Ui = SILENT) 
 
     check_method(base.method)
     space = Workspace(workspace)
-    result = run_tune(space, base)
+    with writing(workspace):
+        result = run_tune(space, base)
     if not ui.quiet:
         ui.show(candidates_table(result))
     if confirm <= 0:
         return result.best
-    rows = confirm_candidates(space, result, top=confirm, device=base.device)
+    with writing(workspace):
+        rows = confirm_candidates(space, result, top=confirm, device=base.device)
     chosen = confirmed_choice(rows)
     ui.info(f"--confirm: {len(rows) - 1} candidates checked by generation on validation prompts")
     return chosen
@@ -270,9 +290,10 @@ def select(
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
-    result = run_select(
-        space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
-    )
+    with writing(workspace):
+        result = run_select(
+            space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
+        )
     if not ui.quiet:
         manifest = space.manifest()
         ui.show(selection_table(result, manifest.hrl, list(manifest.langs)))
@@ -338,7 +359,8 @@ def solve(
     from swe_cli.workspace import Workspace
 
     check_method(config.method)
-    summary = run_solve(Workspace(workspace), config)
+    with writing(workspace):
+        summary = run_solve(Workspace(workspace), config)
     if reason:
         ui.info(f"method [bold]{summary['method']}[/bold] ({reason})")
         summary = {**summary, "method_reason": reason}
@@ -365,6 +387,11 @@ class ApplyRequest:
 
 
 def apply(request: ApplyRequest, ui: Ui = SILENT) -> dict[str, Any]:
+    with writing(request.workspace if request.edit is None else None, request.output):
+        return _apply(request, ui)
+
+
+def _apply(request: ApplyRequest, ui: Ui) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
     from swe_cli.stages.apply import apply_edit_artifact, apply_workspace, export_edit
     from swe_cli.workspace import Workspace
@@ -487,15 +514,13 @@ def verify_lora(
     ui: Ui = SILENT,
     problem: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the edit
-    file recorded in the adapter's provenance, when it still exists)."""
-    from swe_cli.stages.verify import recorded_edit, verify_adapter
+    """`swe verify` on an adapter folder: against the base and the edit (`edit`, else the one
+    the adapter carries); no edit to compare with is a failure."""
+    from swe_cli.stages.verify import verify_adapter
 
-    if edit is None:
-        edit = recorded_edit(output)
     report = verify_adapter(output, base_dir, edit)
     if report.ok:
-        against = "the edit" if edit is not None else "its recorded hashes (no edit found)"
+        against = "the edit" if edit is not None else "the edit it carries"
         error = report.max_reconstruction_error
         ui.info(
             f"[green]verified[/green] LoRA adapter {output}: {report.modules_checked} modules, "
@@ -506,6 +531,26 @@ def verify_lora(
         for item in report.problems:
             problem(f"mismatch: {item}")
     return report.summary()
+
+
+def check_adapter_base(adapter: Path, model: str, revision: str | None) -> None:
+    """`swe eval --adapter`: the adapter must pass `swe verify` against MODEL (rows it changes,
+    config, factors), or the measurement would be of something else."""
+    from swe_cli.errors import LoraError
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.stages.export import is_adapter
+    from swe_cli.stages.verify import verify_adapter
+
+    if not is_adapter(Path(adapter)):
+        return  # loading it says what is wrong
+    report = verify_adapter(Path(adapter), resolve_model(model, revision).path)
+    if not report.ok:
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise LoraError(
+            f"adapter {adapter} does not verify against {model}: {report.problems[0]}{more}",
+            hint=f"`swe verify {adapter} --base {model}` lists every problem; evaluate it on the "
+            "base it was exported from",
+        )
 
 
 # -- eval -----------------------------------------------------------------------------------------
@@ -548,6 +593,13 @@ def solved_edit_file(workspace: Path) -> Path:
     from swe_cli.workspace import Workspace
 
     return solved_edit(Workspace(workspace))[0]
+
+
+def edit_hash(edit_file: Path | None) -> str | None:
+    """The sha256 of an edit file's edit (the hash a checkpoint written from it records)."""
+    from swe_cli.edit import edit_sha256, load_edit
+
+    return None if edit_file is None else edit_sha256(load_edit(edit_file, framework="np"))
 
 
 def base_eval_cache() -> Path:
@@ -620,8 +672,16 @@ def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
 
 
 def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
+    with writing(request.workspace, request.output):
+        return _evaluate(request, ui)
+
+
+def _evaluate(request: EvalRequest, ui: Ui) -> Any:
+    if request.adapter is not None:
+        check_adapter_base(request.adapter, request.model, request.revision)
+    from swe_cli.hub import edited_model_hash
     from swe_cli.judges import GuardJudge, PatternJudge
-    from swe_cli.report import rich_table, write_report
+    from swe_cli.report import public_names, rich_table, write_report, write_report_folder
     from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
 
@@ -666,7 +726,8 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
         ui.info(f"report written to {request.output} ({names})")
     if request.workspace is not None:
         space = Workspace(request.workspace)
-        write_report(report, space.eval_dir)
+        # the workspace's copy feeds the model card: models named without local paths
+        write_report_folder(public_names(report), space.eval_dir)
         if space.exists():
             space.record_stage(
                 "eval",
@@ -680,6 +741,12 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
                 {
                     "report": str(space.eval_dir / "report.json"),
                     "mean": report.to_dict()["model"]["mean"],
+                    # the edit this eval measured: a card shows the table only beside it
+                    "edit_sha256": edit_hash(request.edit)
+                    if request.edit is not None
+                    else edited_model_hash(
+                        request.adapter if request.adapter is not None else Path(request.model)
+                    ),
                 },
             )
     if not ui.quiet:

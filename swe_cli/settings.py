@@ -6,6 +6,7 @@ the device) gets a subclass that narrows those fields: the other fields are not 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,30 +27,60 @@ def split_list(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
-def parse_layers(value: Any) -> tuple[int, ...] | None:
-    """'all' or empty -> None; '3' / '1,2,5' / '1-3' / '-1' / [1, 2] -> layer numbers."""
+MAX_LAYERS = 1000  # deeper than any model: a range is bounded before it is expanded
+
+
+def parse_layers(value: Any, num_layers: int | None = None) -> tuple[int, ...] | None:
+    """'all' or empty -> None; '3' / '1,2,5' / '1-3' / '-1' / [1, 2] -> layer numbers. A reversed
+    or empty range is an error, and so is a layer past the model's `num_layers` (or, without a
+    model, past MAX_LAYERS), checked before a range is expanded."""
     if value is None:
         return None
+    limit = num_layers if num_layers is not None else MAX_LAYERS
     if isinstance(value, int) and not isinstance(value, bool):
-        return (value,)
+        value = [value]
     if isinstance(value, list | tuple):
-        return tuple(int(item) for item in value)
-    text = str(value)
-    if text.strip().lower() in {"", "all"}:
-        return None
+        try:
+            items = [(int(item), int(item), str(item)) for item in value]
+        except (TypeError, ValueError):
+            raise SweError(
+                f"cannot read layers {value!r}", hint="use e.g. 3, 1,2,5, 1-3 or all"
+            ) from None
+    else:
+        text = str(value)
+        if text.strip().lower() in {"", "all"}:
+            return None
+        items = [_layer_range(part, value) for part in split_list(text)]
+    if not items:
+        raise SweError(f"no layers in '{value}'", hint="use e.g. 3, 1,2,5, 1-3 or all")
     layers: list[int] = []
+    for start, end, part in items:
+        if end < start:
+            raise SweError(
+                f"layer range '{part}' is reversed (it holds no layer)",
+                hint=f"write the lower layer first, e.g. {end}-{start}",
+            )
+        if start < -limit or end >= limit:
+            model = f"the model has {num_layers} layers" if num_layers else "no model is that deep"
+            raise SweError(
+                f"layers '{part}' out of range: {model}",
+                hint=f"choose layers between 0 and {limit - 1} (negative counts from the end)",
+            )
+        layers.extend(range(start, end + 1))
+    return tuple(layers)
+
+
+def _layer_range(part: str, value: Any) -> tuple[int, int, str]:
+    """'3' -> (3, 3), '1-3' -> (1, 3), '-2' -> (-2, -2), '-3--1' -> (-3, -1)."""
     try:
-        for part in split_list(text):
-            if "-" in part[1:]:
-                start, end = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                layers.extend(range(int(start), int(end) + 1))
-            else:
-                layers.append(int(part))
+        if "-" in part[1:]:
+            start, end = part[1:].split("-", 1)
+            return int(part[0] + start), int(end), part
+        return int(part), int(part), part
     except ValueError:
         raise SweError(
             f"cannot read layers '{value}'", hint="use e.g. 3, 1,2,5, 1-3 or all"
         ) from None
-    return tuple(layers)
 
 
 def check_langs(langs: list[str], hrl: str) -> list[str]:
@@ -89,7 +120,9 @@ def _names(value: Any) -> Any:
 def _layers(value: Any) -> Any:
     try:
         return parse_layers(value)
-    except (SweError, TypeError):
+    except SweError as error:
+        raise ValueError(error.message) from None
+    except TypeError:
         raise ValueError(f"cannot read layers {value!r}") from None
 
 
@@ -101,7 +134,8 @@ Layers = Annotated[tuple[int, ...] | None, BeforeValidator(_layers)]
 class Settings(BaseModel):
     """Frozen, strict about unknown keys; lax about YAML scalars (1 for 1.0, 'yes' for true)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # nan and inf compare false with every bound, so they would slip past any range check
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     def updated(self, **changes: Any) -> Any:
         """A validated copy with some fields changed."""
@@ -164,8 +198,18 @@ class ProbeConfig(ProbeSettings):
 
 # -- localize -------------------------------------------------------------------------------------
 class LocalizeSettings(Settings):
-    tau_mag: float = Field(2.0, description="z-score threshold of the mean difference.")
-    tau_stat: float = Field(1.0, description="Cohen's d threshold.")
+    # inf turns a criterion off (nothing passes it), -inf selects every neuron by it; nan is refused
+    tau_mag: float = Field(
+        2.0, allow_inf_nan=True, description="z-score threshold of the mean difference."
+    )
+    tau_stat: float = Field(1.0, allow_inf_nan=True, description="Cohen's d threshold.")
+
+    @field_validator("tau_mag", "tau_stat")
+    @classmethod
+    def _not_nan(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("nan is no threshold")
+        return value
 
 
 LocalizeConfig = LocalizeSettings
@@ -177,6 +221,13 @@ PROJECTIONS = ("gate", "up")  # the paper method's editable rows
 DTYPES = ("auto", "float32", "float16", "bfloat16")  # model dtypes for probe and eval
 
 
+# Sane ranges: far beyond any measured setting, short of the values that destroy a model (strength
+# 1e30 put 1e29 into down_proj and made every answer degenerate).
+MAX_STRENGTH = 100.0
+MAX_COEFFICIENT = 1e6
+MAX_RANK = 65536
+
+
 class SolveSettings(Settings):
     method: str = Field(
         "paper",
@@ -186,18 +237,34 @@ class SolveSettings(Settings):
     rank: int | None = Field(
         None,
         ge=1,
+        le=MAX_RANK,
         description=f"Rank cap of the edit [default: {PAPER_RANK} for paper, none for residual].",
     )
-    gamma: float = Field(1.0, description="paper: harmless penalty, relative (x N_h/N_s).")
-    lam: float = Field(0.1, description="Ridge term, relative (x trace(X^T X)/d).")
+    gamma: float = Field(
+        1.0,
+        ge=0,
+        le=MAX_COEFFICIENT,
+        description="paper: harmless penalty, relative (x N_h/N_s).",
+    )
+    lam: float = Field(
+        0.1, gt=0, le=MAX_COEFFICIENT, description="Ridge term, relative (x trace(X^T X)/d)."
+    )
     alpha: float = Field(
-        1.0, description="residual: all-position preservation weight, relative (x n)."
+        1.0,
+        ge=0,
+        le=MAX_COEFFICIENT,
+        description="residual: all-position preservation weight, relative (x n).",
     )
     beta: float = Field(
-        1.0, description="residual: harmless last-position key weight, relative (x n/n_s)."
+        1.0,
+        ge=0,
+        le=MAX_COEFFICIENT,
+        description="residual: harmless last-position key weight, relative (x n/n_s).",
     )
     hard: bool = Field(False, description="Hard null-space projector instead of the soft penalty.")
-    threshold: float = Field(0.01, description="Null-space eigenvalue threshold (relative).")
+    threshold: float = Field(
+        0.01, gt=0, le=1, description="Null-space eigenvalue threshold (relative)."
+    )
     projections: Text = Field("gate", description="paper: rows to edit, gate and/or up.")
     sparse: bool = Field(False, description="residual: edit only the safety-neuron columns.")
     keep_hrl: bool = Field(
@@ -208,6 +275,7 @@ class SolveSettings(Settings):
     strength: float = Field(
         1.0,
         gt=0,
+        le=MAX_STRENGTH,
         description="Scale of the target: residual, x (h_HRL - h_LRL); refusal, x the shortfall "
         "to the HRL level along the refusal direction.",
     )
@@ -270,6 +338,13 @@ class SelectSettings(Settings):
     validation_fraction: float = Field(
         0.25, gt=0, lt=1, description="Share of the fit ids held back to measure candidates on."
     )
+
+    @field_validator("candidates")
+    @classmethod
+    def _some(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:  # '' would silently measure the default spread
+            raise ValueError("names no candidate; leave it out for the default spread")
+        return value
 
 
 # -- eval -----------------------------------------------------------------------------------------

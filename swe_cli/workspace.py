@@ -249,6 +249,22 @@ class Workspace:
             self.manifest_path, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True)
         )
 
+    def check_writable(self) -> None:
+        """A stage that records itself here must be able to, checked before it writes anything
+        elsewhere (apply would otherwise write OUT and then fail)."""
+        import os
+        import tempfile
+
+        try:
+            descriptor, probe = tempfile.mkstemp(prefix=".swe-write-check-", dir=self.root)
+            os.close(descriptor)
+            os.unlink(probe)
+        except OSError as error:
+            raise WorkspaceError(
+                f"workspace {self.root} is not writable ({error.strerror or type(error).__name__})",
+                hint="apply records itself in the workspace: make it writable, or copy it",
+            ) from None
+
     def require_stage(self, stage: str) -> StageRecord:
         """The recorded parameters/outputs of a finished stage, or a clear error."""
         record = self.manifest().stage(stage)
@@ -330,15 +346,33 @@ class Workspace:
             )
         return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
 
-    def eval_report(self) -> str | None:
-        """The Markdown table of the last `swe eval -w` (WS/eval/report.md), if any."""
+    def eval_report(self, edit_hash: str) -> str | None:
+        """The Markdown table of the last `swe eval -w` (WS/eval/report.md), only when that eval
+        measured this very edit (its sha256 is recorded with the eval): a table of another edit,
+        or of a re-solved one, is never shown."""
         from swe_cli.io.files import check_inside
 
         path = self.eval_dir / "report.md"
-        if not path.exists():
+        record = (self.load().get("stages") or {}).get("eval") or {}
+        measured = (record.get("outputs") or {}).get("edit_sha256")
+        if not path.exists() or record.get("status") != "done" or measured != edit_hash:
             return None
         check_inside(path, self.root, WorkspaceError)
         return path.read_text(encoding="utf-8")
+
+    def gate_note(self, edit_hash: str, shipped_by: str = "") -> str | None:
+        """What the shipping gate decided about this edit, when it was judged (align --eval
+        records it); shipped_by names the command writing it anyway after a refusal."""
+        record = (self.load().get("stages") or {}).get("gate") or {}
+        outputs = record.get("outputs") or {}
+        if outputs.get("edit_sha256") != edit_hash or "passed" not in outputs:
+            return None
+        if outputs["passed"]:
+            return str(outputs.get("note") or "Shipping gate: passed.")
+        reasons = "; ".join(map(str, outputs.get("reasons") or []))
+        if shipped_by:
+            return f"Shipping gate: **failed** ({reasons}); written anyway by {shipped_by}."
+        return str(outputs.get("note") or f"Shipping gate: **failed**: {reasons}.")
 
     def record_languages(self, hrl: str, langs: list[str], prompt_sets: dict[str, Any]) -> None:
         """The HRL, the target languages and the prompt sets' sources and hashes (probe)."""
@@ -382,7 +416,7 @@ class Workspace:
 
     def invalidate_after(self, stage: str) -> None:
         """A re-run stage makes every later stage's result stale."""
-        order = ["probe", "localize", "select", "solve", "apply", "eval"]
+        order = ["probe", "localize", "select", "solve", "apply", "eval", "gate"]
         manifest = self.load()
         stages = manifest.get("stages", {})
         for later in order[order.index(stage) + 1 :]:

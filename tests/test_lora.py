@@ -153,12 +153,14 @@ def test_adapter_folder_is_standard_peft(tiny_llama: Path, tmp_path: Path) -> No
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
+        "swe_edit",  # the edit it was exported from, so it verifies without a workspace
         "swe_edit.json",
     ]
     from swe_cli.io.files import current_umask
 
     expected_mode = 0o666 & ~current_umask()  # readable by a serving process, as cp would make it
-    assert all(p.stat().st_mode & 0o777 == expected_mode for p in folder.iterdir())
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert all(p.stat().st_mode & 0o777 == expected_mode for p in files)
     config = json.loads((folder / "adapter_config.json").read_text())
     ranks = {
         "model.layers.0.mlp.gate_proj": 2,

@@ -21,7 +21,14 @@ import yaml
 from common import make_tiny_checkpoint
 
 from swe_cli.architectures import adapter_for
-from swe_cli.edit import Edit, TensorEdit, load_edit, save_edit, tensor_edit_from_base
+from swe_cli.edit import (
+    Edit,
+    TensorEdit,
+    edit_sha256,
+    load_edit,
+    save_edit,
+    tensor_edit_from_base,
+)
 from swe_cli.errors import CheckpointError, EditError, SweError
 from swe_cli.io.checkpoint import INDEX_NAME, SINGLE_NAME, checkpoint_layout, load_index
 from swe_cli.stages.apply import (
@@ -514,6 +521,8 @@ def make_workspace(root: Path, base: Path, name: str, with_eval: bool = True) ->
         (workspace.eval_dir / "report.md").write_text(
             "| lang | ASR before | ASR after |\n|---|---:|---:|\n| sw | 0.90 | 0.10 |\n"
         )
+        # as `swe eval -w` records it: the table belongs to this edit
+        workspace.record_stage("eval", {}, {"edit_sha256": edit_sha256(edit)})
     return workspace
 
 

@@ -164,7 +164,7 @@ def test_a_language_without_harmless_validation_prompts_does_not_void_the_rate()
     meter = select_stage._Meter(
         None, None, None, {"en": ["h"]}, {"en": ["a", "b"], "sw": []}, SelectSettings()
     )
-    meter._refused = lambda lang, texts: math.nan if not texts else 0.5  # type: ignore[method-assign]
+    meter._refused = lambda lang, texts, degenerate=None: math.nan if not texts else 0.5  # type: ignore[method-assign]
     measure = meter.measure()
     assert measure.harmless_refusal == 0.5 and measure.refusal == {"en": 0.5}
 
@@ -206,7 +206,9 @@ class FakeRefusal:
 
 def _use(monkeypatch: pytest.MonkeyPatch, fake: FakeRefusal) -> None:
     monkeypatch.setattr(
-        select_stage._Meter, "_refused", lambda meter, lang, texts: fake(meter, lang, texts)
+        select_stage._Meter,
+        "_refused",
+        lambda meter, lang, texts, degenerate=None: fake(meter, lang, texts),
     )
 
 

@@ -179,6 +179,7 @@ def select(
     max_kl: o.MaxKl = GATE.max_kl,
     max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
     max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,
+    max_degenerate_rise: o.MaxDegenerateRise = GATE.max_degenerate_rise,
     patterns: o.Patterns = None,
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
@@ -193,7 +194,10 @@ def select(
         candidates=candidates, prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     limits = GateLimits(
-        max_hrl_asr_rise=max_hrl_asr_rise, max_over_refusal=max_over_refusal, max_kl=max_kl
+        max_hrl_asr_rise=max_hrl_asr_rise,
+        max_over_refusal=max_over_refusal,
+        max_kl=max_kl,
+        max_degenerate_rise=max_degenerate_rise,
     )
     chosen = run(
         workspace,
@@ -481,6 +485,7 @@ def align(
     max_over_refusal: o.MaxOverRefusal = GATE.max_over_refusal,
     max_hrl_asr_rise: o.MaxHrlAsrRise = GATE.max_hrl_asr_rise,
     max_utility_drop: o.MaxUtilityDrop = GATE.max_utility_drop,
+    max_degenerate_rise: o.MaxDegenerateRise = GATE.max_degenerate_rise,
     patterns: o.Patterns = None,
     device: Annotated[
         str,
@@ -530,6 +535,7 @@ def align(
             max_over_refusal=max_over_refusal,
             max_kl=max_kl,
             max_utility_drop=max_utility_drop,
+            max_degenerate_rise=max_degenerate_rise,
         ),
         patterns=patterns or [],
         device=device,
@@ -539,6 +545,7 @@ def align(
         link=link,
         force=force,
         dry_run=dry_run,
+        push_to_hub=push_to_hub,
     )
     summary = run(request, ui())
     if push_to_hub and not dry_run:

@@ -156,6 +156,15 @@ MaxUtilityDrop = Annotated[
     float,
     typer.Option("--max-utility-drop", min=0, help="Gate: largest fall of utility accuracy."),
 ]
+MaxDegenerateRise = Annotated[
+    float,
+    typer.Option(
+        "--max-degenerate-rise",
+        min=0,
+        help="Largest rise of degenerate (empty or looping) answers to harmful prompts, in any "
+        "language (HRL included).",
+    ),
+]
 Candidates = Annotated[str | None, _option(SelectSettings, "candidates", "--candidates")]
 SelectPrompts = Annotated[int, _option(SelectSettings, "prompts", "--prompts", min=1)]
 SelectTokens = Annotated[int, _option(SelectSettings, "max_new_tokens", "--max-new-tokens", min=1)]

@@ -42,6 +42,7 @@ from swe_cli.hub import (
     complete_provenance,
     download_edit,
     edit_card,
+    public_source,
     workspace_provenance,
     write_provenance,
 )
@@ -189,10 +190,13 @@ def apply_workspace(
     check_output(
         Path(output), [("base model folder", base_dir), ("workspace", workspace.root)], force
     )
+    workspace.check_writable()
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), manifest.model.id)
     provenance = workspace_provenance(manifest.data, edit_yaml)
-    card = ModelCard.for_provenance(provenance, base_dir, workspace.eval_report())
+    edit_hash = edit_sha256(load_edit(edit_file, framework="np"))
+    card = ModelCard.for_provenance(provenance, base_dir, workspace.eval_report(edit_hash))
+    card = replace(card, gate_note=workspace.gate_note(edit_hash, "`swe apply`"))
     result = _apply(
         EditSource(file=edit_file),
         base_dir,
@@ -205,15 +209,19 @@ def apply_workspace(
         progress=progress,
         sync=sync,
     )
-    workspace.record_stage(
-        "apply",
-        {"output": str(result.output), "device": result.device, "link": link},
-        {
-            "edit_sha256": result.edit_sha256,
-            "patched": list(result.patched),
-            "rows": result.rows_edited,
-        },
-    )
+    try:  # OUT is complete and in place: failing to record it is a warning, not a failure
+        workspace.record_stage(
+            "apply",
+            {"output": str(result.output), "device": result.device, "link": link},
+            {
+                "edit_sha256": result.edit_sha256,
+                "patched": list(result.patched),
+                "rows": result.rows_edited,
+            },
+        )
+    except OSError as error:
+        note = f"{result.output} is complete, but the workspace could not record it ({error})"
+        return replace(result, warnings=(*result.warnings, note))
     return result
 
 
@@ -258,7 +266,7 @@ def apply_edit_artifact(
             f"({str(recorded)[:12]}): config or weight map differ, the edited rows match"
         )
     provenance["applied_to"] = {
-        "id": base.model_id if isinstance(base, ResolvedModel) else base_dir.name,
+        "id": public_source(base.model_id) if isinstance(base, ResolvedModel) else base_dir.name,
         "fingerprint": actual,
     }
     report = edit_file.parent / EVAL_FILE
@@ -298,8 +306,9 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
         edit_sha256(edit),
         {"artifact": "edit"},
     )
-    report = workspace.eval_report()
+    report = workspace.eval_report(provenance["edit"]["sha256"])
     card = ModelCard.for_provenance(provenance, model_path if model_path.is_dir() else None, report)
+    card = replace(card, gate_note=workspace.gate_note(provenance["edit"]["sha256"], "`swe apply`"))
     temporary = temporary_folder(output)
     try:
         shutil.copyfile(edit_file, temporary / EDIT_FILE)

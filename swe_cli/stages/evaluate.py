@@ -111,6 +111,11 @@ def perplexity(
         done += len(batch)
         if on_batch is not None:
             on_batch(done)
+    if not math.isfinite(total_nll):  # exp(nan) is nan, and nan breaks no limit
+        raise EvalError(
+            f"the perplexity on the general text is not finite (mean log-loss {total_nll})",
+            hint="the weights hold nan/inf values: check the edit or adapter (`swe verify`)",
+        )
     return math.exp(total_nll / total_tokens), total_tokens
 
 

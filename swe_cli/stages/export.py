@@ -26,6 +26,7 @@ from typing import Any
 
 from swe_cli import DISTRIBUTION
 from swe_cli.edit import (
+    EDIT_FILE,
     EDITABLE_DTYPES,
     Edit,
     TensorEdit,
@@ -33,15 +34,19 @@ from swe_cli.edit import (
     edit_sha256,
     load_edit,
     patched_row_bytes,
+    save_edit,
     solved_edit,
 )
 from swe_cli.errors import EditError, LoraError
 from swe_cli.hub import (
     CARD_FILE,
+    EDIT_DIR,
     PROVENANCE_FILE,
     ModelCard,
     artifact_provenance,
     complete_provenance,
+    public_name,
+    public_source,
     workspace_provenance,
     write_provenance,
 )
@@ -276,8 +281,13 @@ def adapter_config(factors: tuple[LoraFactor, ...], base_model_name_or_path: str
     """adapter_config.json: full module names as target_modules, r = the largest rank, and per
     module rank (and alpha = rank, so scaling is 1) where ranks differ. Only keys that every
     PEFT release since 0.11 accepts."""
-    rank = max(factor.rank for factor in factors)
-    pattern = {factor.module: factor.rank for factor in factors if factor.rank != rank}
+    return config_for_ranks({f.module: f.rank for f in factors}, base_model_name_or_path)
+
+
+def config_for_ranks(ranks: dict[str, int], base_model_name_or_path: str) -> dict[str, Any]:
+    """The adapter_config.json swe writes for modules of these ranks (verify compares with it)."""
+    rank = max(ranks.values())
+    pattern = {module: value for module, value in sorted(ranks.items()) if value != rank}
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -287,7 +297,7 @@ def adapter_config(factors: tuple[LoraFactor, ...], base_model_name_or_path: str
         "r": rank,
         "lora_alpha": rank,
         "lora_dropout": 0.0,
-        "target_modules": sorted(factor.module for factor in factors),
+        "target_modules": sorted(ranks),
         "rank_pattern": pattern,
         "alpha_pattern": dict(pattern),
         "bias": "none",
@@ -368,6 +378,8 @@ def export_lora(
     try:
         weights = temporary / ADAPTER_WEIGHTS_FILE
         save_file(adapter_tensors(factors), str(weights), metadata={"format": "pt"})
+        carried = save_edit(edit, temporary / EDIT_DIR)
+        carried.chmod(0o666 & ~current_umask())
         weights.chmod(0o666 & ~current_umask())  # safetensors creates it 0600; follow the umask
         lora = {
             "rank": rank,
@@ -378,7 +390,8 @@ def export_lora(
             "within_dtype_rounding": all(factor.within_rounding for factor in factors),
             "adapter_sha256": file_sha256(weights),
             "adapter_bytes": weights.stat().st_size,
-            "edit_file": str(Path(edit_file).resolve()) if edit_file else None,
+            # the edit travels inside the adapter, so it can be verified without a workspace
+            "edit_file": f"{EDIT_DIR}/{EDIT_FILE}",
             "modules": [factor.summary() for factor in factors],
         }
         record = complete_provenance(
@@ -412,6 +425,7 @@ def export_workspace_lora(
     manifest = workspace.manifest()
     base_dir = workspace.base_dir()
     check_output(Path(output), [("workspace", workspace.root)], force)
+    workspace.check_writable()
     edit_file, edit_yaml = solved_edit(workspace)
     workspace.check_model(fingerprint(base_dir), manifest.model.id)
     provenance = workspace_provenance(manifest.data, edit_yaml)
@@ -420,9 +434,7 @@ def export_workspace_lora(
         base_dir,
         output,
         provenance=provenance,
-        base_model_name_or_path=str(
-            provenance["base_model"].get("hub_id") or manifest.model.id or base_dir
-        ),
+        base_model_name_or_path=public_name(manifest.data.get("model") or {}),
         max_rank=max_rank,
         force=force,
         edit_file=edit_file,
@@ -450,7 +462,7 @@ def export_artifact_lora(
     base_dir = base.path if isinstance(base, ResolvedModel) else Path(base)
     provenance = artifact_provenance(edit_file, artifact)
     recorded = provenance.get("base_model") or {}
-    name = recorded.get("hub_id") or (
+    name = recorded.get("hub_id") or public_source(
         base.model_id if isinstance(base, ResolvedModel) else str(base_dir)
     )
     return export_lora(

@@ -31,16 +31,19 @@ from typing import Any
 
 import yaml
 
-from swe_cli.errors import SolveError
+from swe_cli.errors import EvalError, SolveError, SweError
 from swe_cli.gate import (
+    DEGENERATE,
     HARMLESS_REFUSAL,
     HRL,
+    KL,
     TARGET,
     TOLERANCE,
     Breach,
     GateLimits,
     Outcome,
     broken,
+    number,
 )
 from swe_cli.io.files import atomic_write_text
 from swe_cli.measure import judged_answers, logits_of, paired_kl, patched, refusal_rate
@@ -60,7 +63,7 @@ Progress = Callable[[str], None]
 # Candidates
 
 
-def parse_candidate(text: str, base: SolveConfig) -> SolveConfig:
+def parse_candidate(text: str, base: SolveConfig, num_layers: int | None = None) -> SolveConfig:
     """'residual@12 rank=32', 'refusal@12,15 strength=4', 'paper' (the method's own layers):
     the method, optionally @layers, then solve settings as key=value; every other setting is
     base's (the recipe's)."""
@@ -73,6 +76,11 @@ def parse_candidate(text: str, base: SolveConfig) -> SolveConfig:
             f"selection candidate '{text}': unknown method '{method}'",
             hint="choose one of: " + ", ".join(method_names()),
         )
+    if layers:
+        try:  # bounded by the model's depth before a range is expanded
+            parse_layers(layers, num_layers)
+        except SweError as error:
+            raise SolveError(f"selection candidate '{text}': {error.message}", error.hint) from None
     values: dict[str, Any] = {"method": method, "layers": layers or None}
     for word in words[1:]:
         key, sep, value = word.partition("=")
@@ -116,7 +124,16 @@ def candidate_configs(
 ) -> list[SolveConfig]:
     """The candidates to measure; base itself is one of them when it names a method (a recipe's
     pinned choice competes with the spread)."""
-    configs = [parse_candidate(spec, base) for spec in candidate_specs(settings, num_layers)]
+    if settings.candidates is not None and not settings.candidates:
+        raise SolveError(
+            "--candidates names no candidate",
+            hint="leave it out for the default spread, or write e.g. 'residual@12 rank=32; paper'",
+        )
+    configs: list[SolveConfig] = []
+    for spec in candidate_specs(settings, num_layers):
+        config = parse_candidate(spec, base, num_layers)
+        if config not in configs:  # a candidate written twice is measured once
+            configs.append(config)
     if base.method != AUTO and base not in configs:
         configs.insert(0, base)
     return configs
@@ -163,6 +180,8 @@ class Measure:
     harmless_refusal: float  # harmless validation prompts refused (all languages)
     kl: float  # mean KL(base || this) on the harmless validation prompts; 0 for the base
     seconds: float
+    # share of degenerate answers (empty, looping) to the harmful prompts, per language measured
+    degenerate: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -209,9 +228,11 @@ def run_select(
         workspace.require_stage(stage)
     context = context_from(workspace, manifest)
     num_layers = manifest.model.num_layers
-    configs = [
-        _with_layers(config, context) for config in candidate_configs(settings, base, num_layers)
-    ]
+    configs: list[SolveConfig] = []
+    for config in candidate_configs(settings, base, num_layers):
+        with_layers = _with_layers(config, context)
+        if with_layers not in configs:  # 'residual' and 'residual@L' with L its default
+            configs.append(with_layers)
     _check_layers(workspace, configs, context.probed_layers)
     split = split_ids(context, context.probed_layers[:1], settings.validation_fraction)
     data = TuneData(context, split.fit, split.validation)
@@ -245,7 +266,11 @@ def run_select(
             rows.append(Row(config, None, -math.inf, (), time.perf_counter() - start, str(error)))
             continue
         solve_seconds = time.perf_counter() - start
-        measure = meter.measure(changes, reference, context.langs)
+        try:
+            measure = meter.measure(changes, reference, context.langs)
+        except EvalError as error:  # e.g. non-finite logits: the candidate breaks the model
+            rows.append(Row(config, None, -math.inf, (), solve_seconds, error.message))
+            continue
         gain = _gain(reference.refusal, measure.refusal, context.langs)
         reasons = _broken(reference, measure, context.hrl, context.langs, limits)
         rows.append(Row(config, measure, gain, reasons, solve_seconds))
@@ -332,15 +357,22 @@ class _Meter:
         start = time.perf_counter()
         patch = patched(edited) if edited is not None else contextlib.nullcontext()
         refusal: dict[str, float] = {}
+        degenerate: dict[str, float] = {}
         with patch:
             for lang in targets:
-                refusal[lang] = self._refused(lang, self.harmful[lang])
+                refusal[lang] = self._refused(lang, self.harmful[lang], degenerate)
             if reference is not None and _gain(reference.refusal, refusal, targets) <= TOLERANCE:
                 rest = {lang: math.nan for lang in self.harmful if lang not in refusal}
-                return Measure({**refusal, **rest}, math.nan, math.nan, time.perf_counter() - start)
+                return Measure(
+                    {**refusal, **rest},
+                    math.nan,
+                    math.nan,
+                    time.perf_counter() - start,
+                    degenerate,
+                )
             for lang, texts in self.harmful.items():
                 if lang not in refusal:
-                    refusal[lang] = self._refused(lang, texts)
+                    refusal[lang] = self._refused(lang, texts, degenerate)
             refused = sum(  # a language without validation prompts counts for nothing
                 self._refused(lang, texts) * len(texts)
                 for lang, texts in self.harmless.items()
@@ -348,9 +380,14 @@ class _Meter:
             )
         total = sum(len(texts) for texts in self.harmless.values())
         kl = 0.0 if edited is None else self._kl(edited)
-        return Measure(refusal, refused / total, kl, time.perf_counter() - start)
+        return Measure(refusal, refused / total, kl, time.perf_counter() - start, degenerate)
 
-    def _refused(self, lang: str, texts: list[str]) -> float:
+    def _refused(
+        self, lang: str, texts: list[str], degenerate: dict[str, float] | None = None
+    ) -> float:
+        """Share of `texts` refused; with `degenerate`, its share of degenerate answers too."""
+        from swe_cli.judges import DEGENERATE as DEGENERATE_VERDICT
+
         verdicts = judged_answers(
             self.model,
             self.tokenizer,
@@ -360,6 +397,8 @@ class _Meter:
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
         )
+        if degenerate is not None and verdicts:
+            degenerate[lang] = verdicts.count(DEGENERATE_VERDICT) / len(verdicts)
         return refusal_rate(verdicts)
 
     def _kl(self, edited: Any) -> float:
@@ -386,6 +425,7 @@ def _outcome(measure: Measure) -> Outcome:
         harm={lang: 1.0 - rate for lang, rate in measure.refusal.items()},
         harmless_refusal=measure.harmless_refusal,
         kl=measure.kl,
+        degenerate=measure.degenerate,
     )
 
 
@@ -397,7 +437,15 @@ def _reason(breach: Breach, base: Measure, measure: Measure, limits: GateLimits)
         return (
             f"harmless refusals rose {base.harmless_refusal:.2f} -> {measure.harmless_refusal:.2f}"
         )
-    return f"KL {measure.kl:.3f} > {limits.max_kl}"
+    if breach.rule == DEGENERATE:
+        lang = str(breach.lang)
+        return (
+            f"{lang} degenerate answers rose {base.degenerate[lang]:.2f} -> "
+            f"{measure.degenerate[lang]:.2f}"
+        )
+    if breach.rule == KL:
+        return f"KL {number(measure.kl, limits.max_kl, '.3f')} > {limits.max_kl}"
+    return f"KL was not measured ({breach.rule})"
 
 
 def _choose(rows: Sequence[Row]) -> SolveConfig:

@@ -3,6 +3,7 @@ by name through the registry) and write the edit artifact and its diagnostics (W
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import yaml
@@ -10,6 +11,7 @@ import yaml
 from swe_cli import __version__
 from swe_cli.edit import Edit, edit_sha256, save_edit
 from swe_cli.errors import SolveError, WorkspaceError
+from swe_cli.hub import public_name
 from swe_cli.io.checkpoint import fingerprint
 from swe_cli.io.files import atomic_write_text
 from swe_cli.methods import get_method
@@ -49,7 +51,7 @@ def run_solve(workspace: Workspace, config: SolveConfig) -> dict[str, Any]:
     edit = Edit(
         tuple(tensor_edits),
         {
-            "base_model": model.id,
+            "base_model": public_name(asdict(model)),  # Hub id or folder name, never a path
             "base_revision": model.commit or model.revision or "",
             "base_fingerprint": model.fingerprint,
             "method": config.method,

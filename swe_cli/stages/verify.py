@@ -26,7 +26,7 @@ from swe_cli.io.checkpoint import (
     locate,
     tensor_files,
 )
-from swe_cli.io.files import MiB, Progress
+from swe_cli.io.files import MiB, Progress, inside, link_roots
 from swe_cli.io.safetensors import (
     SafetensorsHeader,
     read_header,
@@ -36,10 +36,12 @@ from swe_cli.io.safetensors import (
 )
 from swe_cli.stages.apply import COMPARE_CHUNK, Target, row_blocks
 from swe_cli.stages.export import (
+    ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     Adapter,
     base_rows,
     compact_product,
+    config_for_ranks,
     file_sha256,
     module_of,
     read_adapter,
@@ -395,48 +397,105 @@ class AdapterReport:
         }
 
 
+ADAPTER_FILES = (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    PROVENANCE_FILE,
+    CARD_FILE,
+    f"{EDIT_DIR}/{EDIT_FILE}",
+)
+# adapter_config.json keys that do not change the forward pass: every other key must be exactly
+# what swe writes
+NAME_KEYS = ("base_model_name_or_path", "revision", "inference_mode", "init_lora_weights")
+
+
+def adapter_edit_file(folder: Path) -> Path:
+    """Where an adapter carries the edit it was exported from."""
+    return Path(folder) / EDIT_DIR / EDIT_FILE
+
+
 def recorded_edit(folder: Path) -> Edit | None:
-    """The edit an adapter was exported from, when the file recorded in its swe_edit.json still
-    exists (its hash is checked by `verify_adapter`); None otherwise."""
-    provenance = read_adapter(folder).provenance
-    recorded = (provenance.get("lora") or {}).get("edit_file")
-    if not recorded or not Path(recorded).is_file():
+    """The edit carried inside the adapter folder (swe_edit/edit.safetensors), None when absent
+    or a link leaving the folder (verify_adapter reports both)."""
+    path = adapter_edit_file(folder)
+    if not path.is_file() or not inside(path, link_roots(Path(folder))):
         return None
-    return load_edit(Path(recorded))
+    return load_edit(path)
+
+
+def check_adapter_files(folder: Path) -> list[str]:
+    """Every file accounted for: the ones swe writes, no other file or folder, no link leaving
+    the folder (a Hub cache snapshot's links into its blobs are fine)."""
+    folder, problems = Path(folder), []
+    roots = link_roots(folder)
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink() and not inside(path, roots):
+            problems.append(f"{relative}: a link to {path.resolve()}, outside the adapter folder")
+        elif path.is_dir():
+            if relative != EDIT_DIR:
+                problems.append(f"{relative}/: a folder swe does not write into an adapter")
+        elif relative not in ADAPTER_FILES:
+            problems.append(f"{relative}: a file swe does not write into an adapter")
+    for required in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROVENANCE_FILE):
+        if not (folder / required).is_file():
+            problems.append(f"{required}: missing")
+    return problems
 
 
 def verify_adapter(folder: Path, base_dir: Path, edit: Edit | None = None) -> AdapterReport:
-    """Check an adapter folder against its base and, when given, the edit it was exported from.
+    """Check an adapter folder against its base and the edit it was exported from (`edit`, else
+    the one it carries): as strict as a checkpoint, so a pass means the forward pass is base +
+    the edit.
 
-    Always: the config names exactly the modules that hold factors, with their ranks; shapes fit
-    the base tensors; the weights file's sha256 and the base rows B touches match swe_edit.json.
-    With `edit`: its sha256 is the one recorded, it touches the same tensors, B A is zero outside
-    its rows and columns, and base + B A cast to the base dtype equals the rows `swe apply`
-    writes, within the dtype's rounding."""
+    Every file is one swe writes; adapter_config.json is exactly what swe writes for these
+    factors (every key that changes the forward pass: rank and alpha patterns, rslora, dora,
+    targets, ...), naming the recorded base; shapes fit the base tensors; the weights file's
+    sha256 and the base rows B touches match swe_edit.json; the edit's sha256 is the one recorded,
+    it touches the same tensors, B A is zero outside its rows and columns, and base + B A cast to
+    the base dtype equals the rows `swe apply` writes, within the dtype's rounding. No edit to
+    compare with is a problem (cannot verify), never a pass."""
     folder, base_dir = Path(folder), Path(base_dir)
+    problems = check_adapter_files(folder)
+    if any("outside the adapter folder" in problem for problem in problems):
+        return _report(folder, base_dir, problems, None, None)  # read nothing through the link
     adapter = read_adapter(folder)
-    problems: list[str] = []
     lora = adapter.provenance.get("lora") or {}
     recorded = {module["module"]: module for module in lora.get("modules") or []}
     problems += _check_config(adapter)
     digest = file_sha256(folder / ADAPTER_WEIGHTS_FILE)
-    if lora.get("adapter_sha256") and lora["adapter_sha256"] != digest:
+    if lora.get("adapter_sha256") != digest:
         problems.append(f"{folder}: {ADAPTER_WEIGHTS_FILE} differs from the one swe wrote (sha256)")
     for module, (A, B) in adapter.factors.items():
         problems += _check_module(base_dir, module, A, B, recorded.get(module))
+        if not (bool(A.isfinite().all()) and bool(B.isfinite().all())):
+            problems.append(f"'{module}': lora_A or lora_B holds nan or inf")
     worst = None
-    if edit is not None:
+    edit = edit if edit is not None else recorded_edit(folder)
+    if edit is None:
+        problems.append(
+            f"cannot verify the factors: no edit inside the adapter ({EDIT_DIR}/{EDIT_FILE}) "
+            "and none given (-w WORKSPACE)"
+        )
+    else:
         worst, edit_problems = _check_against_edit(adapter, base_dir, edit)
         problems += edit_problems
-    ranks = [int(A.shape[0]) for A, _ in adapter.factors.values()]
+    return _report(folder, base_dir, problems, adapter, worst)
+
+
+def _report(
+    folder: Path, base_dir: Path, problems: list[str], adapter: Adapter | None, worst: Any
+) -> AdapterReport:
+    factors = adapter.factors if adapter is not None else {}
+    ranks = [int(A.shape[0]) for A, _ in factors.values()]
     return AdapterReport(
         adapter=folder,
         base=base_dir,
         problems=tuple(problems),
-        modules_checked=len(adapter.factors),
+        modules_checked=len(factors),
         rank=max(ranks, default=0),
         max_reconstruction_error=worst,
-        edit_sha256=(adapter.provenance.get("edit") or {}).get("sha256"),
+        edit_sha256=((adapter.provenance if adapter else {}).get("edit") or {}).get("sha256"),
     )
 
 
@@ -444,17 +503,25 @@ def _check_config(adapter: Adapter) -> list[str]:
     config, problems = adapter.config, []
     if config.get("peft_type") != "LORA":
         problems.append(f"{adapter.folder}: peft_type is {config.get('peft_type')!r}, not LORA")
-    targets = config.get("target_modules")
-    if sorted(targets or []) != sorted(adapter.factors):
-        problems.append(f"{adapter.folder}: target_modules do not name the modules with factors")
-    for module, (A, _) in adapter.factors.items():
-        rank = int((config.get("rank_pattern") or {}).get(module, config.get("r", -1)))
-        alpha = float((config.get("alpha_pattern") or {}).get(module, config.get("lora_alpha", -1)))
-        if rank != A.shape[0] or alpha != rank:
+    if not adapter.factors:
+        return [*problems, f"{adapter.folder}: the adapter holds no factors"]
+    expected = config_for_ranks(
+        {module: int(A.shape[0]) for module, (A, _) in adapter.factors.items()}, ""
+    )
+    for key in sorted(set(config) | set(expected)):
+        if key not in NAME_KEYS and key != "peft_type" and config.get(key) != expected.get(key):
             problems.append(
-                f"'{module}': config rank {rank} / alpha {alpha:g}, factors have rank "
-                f"{A.shape[0]} (swe adapters use alpha = rank)"
+                f"{ADAPTER_CONFIG_FILE}: '{key}' is {config.get(key)!r}; swe writes "
+                f"{expected.get(key)!r} for these factors (it changes the forward pass)"
             )
+    base = adapter.provenance.get("base_model") or {}
+    names = {str(value) for value in (base.get("hub_id"), base.get("id")) if value}
+    if str(config.get("base_model_name_or_path")) not in names:
+        problems.append(
+            f"{ADAPTER_CONFIG_FILE}: base_model_name_or_path "
+            f"{config.get('base_model_name_or_path')!r} is not the recorded base "
+            f"({', '.join(sorted(names)) or 'none recorded'})"
+        )
     return problems
 
 
@@ -513,7 +580,11 @@ def _check_against_edit(adapter: Adapter, base_dir: Path, edit: Edit) -> tuple[f
             problems.append(f"'{module}': the adapter changes entries outside the edited ones")
         entry = locate(base_dir, item.name)
         base_bytes = base_rows(entry, rows.tolist())
-        error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
+        try:
+            error, within = reconstruction_error(item, base_bytes, compact_product(item, A, B))
+        except EditError as failure:  # e.g. factors holding nan: base + B A is not finite
+            problems.append(f"'{module}': {failure.message}")
+            continue
         worst = max(worst, error)
         if not within:
             problems.append(
