@@ -490,7 +490,7 @@ def _model_body(card: ModelCard, provenance: dict[str, Any]) -> str:
         f"# {card.base_name} with a multilingual safety edit",
         organism_note(card),
         f"This checkpoint is {base_link(card)} with a sparse, closed-form weight edit made by "
-        "[swe](https://pypi.org/project/swe-cli/) (sparse weight editing) to close the "
+        "swe (sparse weight editing) to close the "
         f"multilingual safety gap: it should refuse harmful requests in {targets} as it does in "
         f"{card.hrl or 'the high-resource language'}. Only the rows listed below differ from "
         "the base; every other tensor is byte-identical. It loads like the base model "

@@ -7,6 +7,7 @@ folder passes `swe verify`. The `organism` fixture (the cached seed-0 build) is 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,9 +51,16 @@ def test_demo_output_is_verified_and_complete(demo: dict[str, Any], organism: An
     code, out = run_swe("verify", str(aligned), "--base", str(organism.model_dir), "--json")
     assert code == 0 and json.loads(out)["ok"] is True
     card = (aligned / "README.md").read_text(encoding="utf-8")
-    assert (
-        card.startswith("---\n") and "multilingual" in card and "| " in card
-    )  # eval table present
+    from huggingface_hub import ModelCard
+
+    hub = ModelCard(card)
+    assert hub.data.language == [organism.hrl, *organism.lrls]
+    assert hub.data.base_model is None  # a local organism has no Hub id
+    assert hub.text.lstrip().startswith("# swe model organism (seed 0) with a multilingual")
+    assert "**Synthetic base.**" in card and "Shipping gate: passed" in card
+    assert "| Language |" in card and "- **ASR base / edited**:" in card  # eval table, defined
+    for path in (str(folder), str(organism.model_dir), str(Path.home())):
+        assert path not in card, path
     for name in ("report.json", "report.md", "asr.png"):
         assert (workspace / "eval" / name).stat().st_size > 0, name
 
