@@ -82,3 +82,13 @@ def test_aligned_model_differs_from_base_only_in_edited_rows(
             if not bool((new.get_tensor(name) == old.get_tensor(name)).all()):
                 changed.add(name)
     assert changed and changed <= edited
+
+
+def test_ci_doc_reads_fields_that_align_writes(demo: dict[str, Any]) -> None:
+    """docs/ci.md's jq filters and named fields exist in the JSON of a real run (demo = align)."""
+    from test_ci_doc import ci_align_paths, doc_field_paths, reads
+
+    paths = {*ci_align_paths(), *doc_field_paths()}
+    assert ("gate", "passed") in paths
+    for path in sorted(paths):
+        assert reads(demo["summary"], path), ".".join(path)
