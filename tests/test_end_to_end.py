@@ -92,3 +92,28 @@ def test_ci_doc_reads_fields_that_align_writes(demo: dict[str, Any]) -> None:
     assert ("gate", "passed") in paths
     for path in sorted(paths):
         assert reads(demo["summary"], path), ".".join(path)
+
+
+def test_readme_demo_table_matches_the_demo(demo: dict[str, Any]) -> None:
+    """README's demo table (bench/demo_table.py) against this run, within the tolerance the
+    README states: two items of each share's n, 0.02 of KL. Greedy decoding can flip an answer
+    or two between CPUs; more than that means the table is stale."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    from demo_table import parse
+
+    readme = parse((root / "README.md").read_text(encoding="utf-8"))
+    report = demo["summary"]["eval"]
+    base, edited = report["baseline"]["languages"], report["model"]["languages"]
+    assert set(readme) == set(report["langs"])
+    for lang, values in readme.items():
+        assert abs(values["kl"] - edited[lang]["kl"]) <= 0.02, (lang, values["kl"])
+        for metric, (before, after, n) in values.items():
+            if metric == "kl":
+                continue
+            count = {"asr": "n", "harmless_refusal": "harmless_n", "utility_accuracy": "utility_n"}
+            assert n == edited[lang][count[metric]], (lang, metric, n)
+            for shown, measured in ((before, base[lang][metric]), (after, edited[lang][metric])):
+                assert abs(shown - measured) <= 2 / n + 0.0005, (lang, metric, shown, measured)
