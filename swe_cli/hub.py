@@ -26,6 +26,7 @@ PROVENANCE_FILE = "swe_edit.json"
 EDIT_DIR = "swe_edit"  # OUT/swe_edit/edit.safetensors: the edit travels with the checkpoint
 CARD_FILE = "README.md"
 EVAL_FILE = "eval_report.md"  # an exported edit keeps the workspace's eval table here
+EVAL_CHART = f"{EDIT_DIR}/eval.png"  # the eval chart (asr.png) that a gated model's card shows
 REPLACED = (CARD_FILE, PROVENANCE_FILE)  # base files that swe writes anew
 CALLER_KEYS = ("base_model", "languages", "hrl", "prompt_sets", "solver")
 CARD_TAGS = ("safety", "multilingual", "model-editing", "sparse-weight-editing", "swe")
@@ -339,6 +340,7 @@ class ModelCard:
     eval_report: str | None = None
     gate_note: str | None = None
     organism_seed: int | None = None  # the base is swe's synthetic model organism
+    chart: str | None = None  # relative path of the eval chart inside the folder, when shipped
     relation: str = "finetune"  # Hub values: adapter, merge, quantized, finetune
     library_name: str | None = "transformers"
     pipeline_tag: str | None = "text-generation"
@@ -480,7 +482,13 @@ def evaluation_section(card: ModelCard, base_arg: str) -> str:
             f"Run `swe eval THIS_FOLDER --baseline {base_arg} --langs ...` before relying on it."
         )
     gate = f"{card.gate_note}\n\n" if card.gate_note else ""
-    return "## Evaluation\n\n" + gate + card.eval_report.strip()
+    chart = (
+        f"![Attack success, refusals of benign prompts, utility and KL per language, base and "
+        f"edited]({card.chart})\n\n"
+        if card.chart
+        else ""
+    )
+    return "## Evaluation\n\n" + gate + chart + card.eval_report.strip()
 
 
 def _model_body(card: ModelCard, provenance: dict[str, Any]) -> str:

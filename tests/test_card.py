@@ -70,7 +70,9 @@ def test_hub_card_metadata_title_and_eval(tmp_path: Path) -> None:
     base = base_folder(tmp_path, "---\nlicense: llama3.2\nlanguage: [en]\n---\n# Llama\n")
     data = record()
     card = ModelCard.for_provenance(data, base, card_markdown(_report(utility=True)))
-    text = ModelCard(**{**card.__dict__, "gate_note": GATE}).render(data)
+    text = ModelCard(**{**card.__dict__, "gate_note": GATE, "chart": "swe_edit/eval.png"}).render(
+        data
+    )
     hub = parse(text)
     assert hub.data.base_model == "meta-llama/Llama-3.2-1B-Instruct"
     assert hub.data.base_model_relation == "finetune"
@@ -83,7 +85,8 @@ def test_hub_card_metadata_title_and_eval(tmp_path: Path) -> None:
         "# meta-llama/Llama-3.2-1B-Instruct with a multilingual safety edit"
     )
     evaluation = body[body.index("## Evaluation") : body.index("## What was edited")]
-    assert evaluation.index(GATE) < evaluation.index("| Language |")
+    assert evaluation.index(GATE) < evaluation.index("](swe_edit/eval.png)")
+    assert evaluation.index("](swe_edit/eval.png)") < evaluation.index("| Language |")
     header = next(line for line in evaluation.splitlines() if line.startswith("| Language"))
     terms = defined_terms(evaluation)
     for column in [cell.strip() for cell in header.strip("|").split("|")][1:]:

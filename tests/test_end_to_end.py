@@ -59,6 +59,8 @@ def test_demo_output_is_verified_and_complete(demo: dict[str, Any], organism: An
     assert hub.text.lstrip().startswith("# swe model organism (seed 0) with a multilingual")
     assert "**Synthetic base.**" in card and "Shipping gate: passed" in card
     assert "| Language |" in card and "- **ASR base / edited**:" in card  # eval table, defined
+    assert "](swe_edit/eval.png)" in card  # the chart ships beside the card (verify allows it)
+    assert (aligned / "swe_edit" / "eval.png").read_bytes()[:4] == b"\x89PNG"
     for path in (str(folder), str(organism.model_dir), str(Path.home())):
         assert path not in card, path
     for name in ("report.json", "report.md", "asr.png"):
@@ -110,9 +112,10 @@ def test_readme_demo_table_matches_the_demo(demo: dict[str, Any]) -> None:
     assert set(readme) == set(report["langs"])
     for lang, values in readme.items():
         assert abs(values["kl"] - edited[lang]["kl"]) <= 0.02, (lang, values["kl"])
-        for metric, (before, after, n) in values.items():
+        for metric, shares in values.items():
             if metric == "kl":
                 continue
+            before, after, n = shares
             count = {"asr": "n", "harmless_refusal": "harmless_n", "utility_accuracy": "utility_n"}
             assert n == edited[lang][count[metric]], (lang, metric, n)
             for shown, measured in ((before, base[lang][metric]), (after, edited[lang][metric])):
