@@ -556,15 +556,16 @@ def chart_figure(report: EvalReport) -> Any:
     """The figure of asr.png: one panel per measured metric (ASR, over-refusal, harmless
     refusals, utility, KL), base and edited bars per language, each bar labelled with its value
     and n (a zero is drawn as a thin bar with its 0 written above, so it cannot look missing),
-    and one legend above the panels, outside every bar. Two panels per row, sized to stay
-    readable when a model card shows it at about 800 pixels wide."""
+    and one legend above the panels, outside every bar. Sized so that the labels stay readable
+    when a model card shows it about 800 pixels wide."""
     import matplotlib.pyplot as plt
 
     langs = [r.lang for r in report.model.languages]
     panels = chart_panels(report)
-    columns = 1 if len(panels) == 1 else 2
+    # two panels a row while the languages fit, so the image stays about 1100 pixels wide
+    columns = 2 if len(panels) > 1 and len(langs) <= 6 else 1
     rows = -(-len(panels) // columns)
-    width = max(4.0, 0.85 * len(langs) + 1.6) * columns
+    width = max(4.0, 1.0 * len(langs) + 1.5) * columns
     figure, axes = plt.subplots(
         rows, columns, figsize=(width, 2.9 * rows + 0.7), squeeze=False, layout="constrained"
     )
@@ -574,9 +575,12 @@ def chart_figure(report: EvalReport) -> Any:
         axis.set_visible(False)
     labels = [BASE_LABEL, EDITED_LABEL] if report.baseline is not None else [EDITED_LABEL]
     handles = [plt.Rectangle((0, 0), 1, 1, color=_COLOURS[label]) for label in labels]
-    figure.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
+    figure.legend(
+        handles, labels, loc="outside upper center", ncols=len(labels), frameon=False, fontsize=11
+    )
     judge = "refusal patterns" if report.judge == "pattern" else judge_name(report.judge)
-    figure.supxlabel(f"{report.split} prompts, judge: {judge}", fontsize="small")
+    split = "held-out" if report.split == "heldout" else report.split
+    figure.supxlabel(f"{split} prompts, judge: {judge}", fontsize="medium")
     return figure
 
 
@@ -600,7 +604,7 @@ def _panel(axis: Any, report: EvalReport, langs: list[str], panel: Panel) -> Non
             value = None if result is None else getattr(result, panel.metric)
             x = position + (index - (len(series) - 1) / 2) * width
             if value is None:
-                axis.text(x, 0, "–", ha="center", va="bottom", fontsize=8)
+                axis.text(x, 0, "–", ha="center", va="bottom", fontsize=9)
                 continue
             height = value * scale
             # a zero would be an invisible bar: draw a stub and write the value
@@ -618,15 +622,15 @@ def _panel(axis: Any, report: EvalReport, langs: list[str], panel: Panel) -> Non
                 f"{text}\nn={count}",
                 ha="center",
                 va="bottom",
-                fontsize=7,
+                fontsize=8.5,
                 linespacing=1.0,
             )
     axis.set_xticks(range(len(langs)), langs)
     axis.set_ylim(0, top * 1.3)
     if panel.percent:
         axis.set_yticks(range(0, 101, 25))
-    axis.set_title(panel.title, fontsize=10)
-    axis.tick_params(labelsize=9)
+    axis.set_title(panel.title, fontsize=11)
+    axis.tick_params(labelsize=10)
     axis.spines[["top", "right"]].set_visible(False)
 
 
