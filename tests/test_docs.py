@@ -62,3 +62,21 @@ def test_relative_links_exist(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+
+
+def doc_commands() -> list[tuple[str, list[str]]]:
+    from test_readme import swe_lines
+
+    return [(path.name, words) for path in DOCS for words in swe_lines(path.read_text("utf-8"))]
+
+
+@pytest.mark.parametrize(
+    "name,words", doc_commands(), ids=lambda value: value if isinstance(value, str) else value[1]
+)
+def test_doc_commands_use_real_options(name: str, words: list[str]) -> None:
+    from test_readme import options_of
+
+    used = {word.split("=", 1)[0] for word in words[2:] if word.startswith("-")}
+    assert used <= options_of(words[1]), (
+        f"{name}: {' '.join(words)}: {sorted(used - options_of(words[1]))}"
+    )
