@@ -16,8 +16,8 @@ from test_hub import provenance
 from test_report import _report
 
 from swe_cli.hub import ModelCard, edit_card
-from swe_cli.lora import adapter_card, render_card
 from swe_cli.report import card_markdown
+from swe_cli.stages.export import adapter_card, render_card
 
 GATE = "Shipping gate: passed (no target language's ASR up)."
 
