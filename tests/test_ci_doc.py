@@ -110,3 +110,12 @@ def test_jq_path_reader() -> None:
     summary = {"eval": {"model": {"languages": {"bn": {"asr": 0.1}}}}}
     assert reads(summary, ("eval", "model", "languages", "*", "asr"))
     assert not reads(summary, ("eval", "model", "languages", "*", "kl"))
+
+
+def test_install_names_the_distribution() -> None:
+    from swe_cli import DISTRIBUTION
+
+    installs = [
+        line for script in scripts() for line in script.splitlines() if "pip install" in line
+    ]
+    assert installs and all(DISTRIBUTION in line for line in installs), installs
