@@ -602,6 +602,7 @@ SWE_FILES = (
     CARD_FILE,
     PROVENANCE_FILE,
     f"{EDIT_DIR}/edit.safetensors",
+    EVAL_CHART,  # the chart the card of a gated model shows
     "edit.safetensors",  # an edit artifact (--edit-only)
     EVAL_FILE,
     "adapter_config.json",  # an adapter (--as-lora)

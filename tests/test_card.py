@@ -162,3 +162,13 @@ def test_edit_and_lora_cards_parse_and_name_no_local_path(tmp_path: Path) -> Non
     assert lora.data.base_model_relation == "adapter" and lora.data.library_name == "peft"
     assert local not in text and "| Language |" in text
     assert 'from_pretrained("meta-llama/Llama-3.2-1B-Instruct")' in text
+
+
+def test_the_cards_chart_is_uploaded(tmp_path: Path) -> None:
+    from swe_cli.hub import EVAL_CHART, upload_files
+
+    for name in ("README.md", "swe_edit.json", EVAL_CHART, "swe_edit/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    uploaded = upload_files(tmp_path)
+    assert EVAL_CHART in uploaded and "swe_edit/notes.txt" not in uploaded
