@@ -402,15 +402,21 @@ def record_gate(
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
-    from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
+    from swe_cli.hub import CARD_FILE, EVAL_CHART, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
+    from swe_cli.report import CHART_NAME
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
     report = space.eval_report(str((provenance.get("edit") or {}).get("sha256")))
     card = ModelCard.for_provenance(provenance, space.base_dir(), report)
-    card = replace(card, gate_note=gate)
+    chart = space.eval_dir / CHART_NAME
+    if card.eval_report and chart.is_file():  # the chart of the same eval as the table
+        shutil.copyfile(chart, output / EVAL_CHART)
+    card = replace(
+        card, gate_note=gate, chart=EVAL_CHART if (output / EVAL_CHART).is_file() else None
+    )
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 
 
