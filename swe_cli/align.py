@@ -112,7 +112,7 @@ class AlignRequest:
 
 def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.io.files import check_overlap, move_into_place
+    from swe_cli.io.files import check_overlap
     from swe_cli.recipe import parse_set_options
 
     check_run(request.langs, request.hrl, request.device, request.dtype)
@@ -222,76 +222,122 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                 ).updated(device=solve_config.device)
         with timed("solve"):
             solved = solve(workspace, solve_config, ui)
-        # With eval, the edited model is written beside OUT first and moved into place only once
-        # the shipping gate has passed: a rejected edit never takes OUT's name.
-        written = fresh_candidate(request.output) if request.run_eval else request.output
-        with timed("apply"):
-            applied = apply(
-                ApplyRequest(
-                    output=written,
-                    workspace=workspace,
-                    link=request.link,
-                    force=request.force or request.run_eval,
-                    revision=request.revision,
-                ),
-                ui,
-            )
-        summary: dict[str, Any] = {**plan, "solve": solved, "apply": applied}
-        if selecting:
-            summary["select"] = selection_summary(workspace, solve_config)
         if request.run_eval:
-            with timed("eval"):
-                report = evaluate(
-                    EvalRequest(
-                        model=str(written),
-                        label=request.output.name,  # evaluated beside OUT, shipped as OUT
-                        baseline=request.model,
-                        langs=[request.hrl, *request.langs],
-                        harmful=request.harmful,
-                        harmless=harmless,
-                        general=general,
-                        heldout_fraction=probe_settings.heldout_fraction,
-                        max_prompts=probe_settings.max_prompts,
-                        judge=recipe.eval.judge,
-                        patterns=request.patterns,
-                        max_new_tokens=recipe.eval.max_new_tokens,
-                        batch_size=recipe.eval.batch_size,
-                        device=request.device,
-                        dtype=request.dtype,
-                        revision=request.revision,
-                        output=workspace / "eval",
+            summary = _evaluate_then_ship(
+                request, workspace, recipe, probe_settings, plan, ui, timed
+            )
+            summary["solve"] = solved
+        else:
+            with timed("apply"):
+                applied = apply(
+                    ApplyRequest(
+                        output=request.output,
                         workspace=workspace,
-                        utility=request.utility,
-                        choices=request.choices,
-                        over_refusal=request.over_refusal,
+                        link=request.link,
+                        force=request.force,
+                        revision=request.revision,
                     ),
                     ui,
                 )
-                summary["eval"] = report.to_dict()
-            decision = check_gate(report, request.hrl, request.langs, request.limits)
-            summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
-            note = gate_note(decision, request.gate)
-            record_gate(workspace, written, decision, request.gate, note)
-            refresh_card(written, workspace, note)
-            if not decision.passed and request.gate:
-                shutil.rmtree(written, ignore_errors=True)
-                raise SweError(
-                    f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
-                    hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
-                )
-            if not decision.passed:
-                ui.info(
-                    "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
-                    + "; ".join(decision.reasons)
-                )
-            move_into_place(written, request.output, replace=request.force)
-            summary["apply"] = {**applied, "output": str(request.output)}
+            summary = {**plan, "solve": solved, "apply": applied}
+        if selecting:
+            summary["select"] = selection_summary(workspace, solve_config)
         summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
         if not ui.quiet:
             from swe_cli.report import timings_table
 
             ui.show(timings_table(timings, request.output))
         return summary
+
+
+def _evaluate_then_ship(
+    request: AlignRequest,
+    workspace: Path,
+    recipe: Recipe,
+    probe_settings: Any,
+    plan: dict[str, Any],
+    ui: Ui,
+    timed: Any,
+) -> dict[str, Any]:
+    """Eval, the shipping gate, then OUT. The edit is evaluated on the base loaded once and
+    patched in memory, with the base's measurements cached between runs; OUT is written only
+    when the gate passes (or is overridden). A model whose parameters do not carry the
+    checkpoint's tensor names is evaluated the old way: the edited model written beside OUT
+    first, loaded beside the base, and moved into place once the gate has passed."""
+    from swe_cli.io.files import move_into_place
+    from swe_cli.measure import EditNotInMemory
+    from swe_cli.pipeline import base_eval_cache, edit_hash, solved_edit_file
+
+    written = fresh_candidate(request.output)
+    eval_request = EvalRequest(
+        model=str(request.output),
+        label=request.output.name,
+        baseline=request.model,
+        langs=[request.hrl, *request.langs],
+        harmful=request.harmful,
+        harmless=plan["harmless"],
+        general=plan["general"],
+        heldout_fraction=probe_settings.heldout_fraction,
+        max_prompts=probe_settings.max_prompts,
+        judge=recipe.eval.judge,
+        patterns=request.patterns,
+        max_new_tokens=recipe.eval.max_new_tokens,
+        batch_size=recipe.eval.batch_size,
+        device=request.device,
+        dtype=request.dtype,
+        revision=request.revision,
+        output=workspace / "eval",
+        workspace=workspace,
+        utility=request.utility,
+        choices=request.choices,
+        over_refusal=request.over_refusal,
+        edit=solved_edit_file(workspace),
+        base_cache=base_eval_cache(),
+    )
+    applied: dict[str, Any] | None = None
+
+    def write_candidate() -> dict[str, Any]:
+        with timed("apply"):
+            return apply(
+                ApplyRequest(
+                    output=written,
+                    workspace=workspace,
+                    link=request.link,
+                    force=True,
+                    revision=request.revision,
+                ),
+                ui,
+            )
+
+    with timed("eval"):
+        try:
+            report = evaluate(eval_request, ui)
+        except EditNotInMemory as error:
+            ui.info(f"edit not applicable in memory ({error.message}): evaluating it on disk")
+            applied = write_candidate()
+            report = evaluate(replace(eval_request, model=str(written), edit=None), ui)
+    summary: dict[str, Any] = {**plan, "eval": report.to_dict()}
+    decision = check_gate(report, request.hrl, request.langs, request.limits)
+    summary["gate"] = {**decision.to_dict(), "enforced": request.gate}
+    note = gate_note(decision, request.gate)
+    record_gate(workspace, edit_hash(eval_request.edit), decision, request.gate, note)
+    if not decision.passed and request.gate:
+        shutil.rmtree(written, ignore_errors=True)
+        raise SweError(
+            f"shipping gate: {'; '.join(decision.reasons)}; {request.output} not written",
+            hint=f"the edit and eval report stay in {workspace}; --no-gate ships it anyway",
+        )
+    if not decision.passed:
+        ui.info(
+            "[yellow]warning:[/yellow] shipping gate overridden by --no-gate: "
+            + "; ".join(decision.reasons)
+        )
+    if applied is None:
+        applied = write_candidate()
+    refresh_card(written, workspace, note)
+    move_into_place(written, request.output, replace=request.force)
+    summary["apply"] = {**applied, "output": str(request.output)}
+    return summary
 
 
 def check_chat_template(model_dir: Path) -> None:
@@ -336,11 +382,10 @@ def gate_note(decision: GateDecision, enforced: bool) -> str:
 
 
 def record_gate(
-    workspace: Path, written: Path, decision: GateDecision, enforced: bool, note: str
+    workspace: Path, edit_sha256: str | None, decision: GateDecision, enforced: bool, note: str
 ) -> None:
-    """The gate's decision in the workspace, bound to the edit it judged: a later `swe apply`
-    of the same edit carries it into the card."""
-    from swe_cli.hub import edited_model_hash
+    """The gate's decision in the workspace, bound to the edit it judged (its sha256): a later
+    `swe apply` of the same edit carries it into the card."""
     from swe_cli.workspace import Workspace
 
     Workspace(workspace).record_stage(
@@ -350,22 +395,28 @@ def record_gate(
             "passed": decision.passed,
             "reasons": list(decision.reasons),
             "note": note,
-            "edit_sha256": edited_model_hash(written),
+            "edit_sha256": edit_sha256,
         },
     )
 
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
-    from swe_cli.hub import CARD_FILE, PROVENANCE_FILE, ModelCard
+    from swe_cli.hub import CARD_FILE, EVAL_CHART, PROVENANCE_FILE, ModelCard
     from swe_cli.io.files import atomic_write_text
+    from swe_cli.report import CHART_NAME
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     provenance = json.loads((output / PROVENANCE_FILE).read_text(encoding="utf-8"))
     report = space.eval_report(str((provenance.get("edit") or {}).get("sha256")))
     card = ModelCard.for_provenance(provenance, space.base_dir(), report)
-    card = replace(card, gate_note=gate)
+    chart = space.eval_dir / CHART_NAME
+    if card.eval_report and chart.is_file():  # the chart of the same eval as the table
+        shutil.copyfile(chart, output / EVAL_CHART)
+    card = replace(
+        card, gate_note=gate, chart=EVAL_CHART if (output / EVAL_CHART).is_file() else None
+    )
     atomic_write_text(output / CARD_FILE, card.render(provenance))
 
 

@@ -162,3 +162,58 @@ def _block(rows: Any, columns: Any) -> Any:
     if columns is not None:
         return (slice(None), columns.to("cpu").long())
     return (slice(None), slice(None))
+
+
+# -- a checkpoint edit patched into the loaded model ---------------------------------------------
+class EditNotInMemory(EvalError):
+    """The edit names a tensor that the loaded model does not hold under that name and shape."""
+
+
+@contextlib.contextmanager
+def edit_applied(model: Any, edit: Any) -> Iterator[None]:
+    """The loaded base becomes the edited model in place, as `swe apply` writes it: each edited
+    block is base + delta in float32, rounded to the checkpoint's dtype (then to the loaded
+    dtype); the original values are restored bit for bit afterwards."""
+    import torch
+
+    from swe_cli.io.safetensors import torch_dtype_of
+
+    saved = []
+    with torch.no_grad():
+        try:
+            for item in edit.tensors:
+                parameter = _parameter(model, item.name, tuple(item.shape))
+                rows = torch.as_tensor(item.rows, dtype=torch.long, device=parameter.device)
+                original = parameter[rows].clone()
+                saved.append((parameter, rows, original))
+                delta = torch.as_tensor(item.delta, dtype=torch.float32).to(parameter.device)
+                if item.cols is None:
+                    before = original.float()
+                else:
+                    cols = torch.as_tensor(item.cols, dtype=torch.long, device=parameter.device)
+                    before = original[:, cols].float()
+                changed = (before + delta).to(torch_dtype_of(item.dtype)).to(parameter.dtype)
+                if item.cols is None:
+                    parameter[rows] = changed
+                else:
+                    block = original.clone()
+                    block[:, cols] = changed
+                    parameter[rows] = block
+            yield
+        finally:
+            for parameter, rows, original in reversed(saved):
+                parameter[rows] = original
+
+
+def _parameter(model: Any, name: str, shape: tuple[int, ...]) -> Any:
+    try:
+        parameter = model.get_parameter(name)
+    except AttributeError:
+        raise EditNotInMemory(f"the loaded model has no parameter '{name}'") from None
+    if parameter.device.type == "meta":  # offloaded by accelerate: no values to patch here
+        raise EditNotInMemory(f"'{name}' is offloaded in the loaded model")
+    if tuple(parameter.shape) != shape:
+        raise EditNotInMemory(
+            f"'{name}' has shape {tuple(parameter.shape)} in the loaded model, {shape} in the edit"
+        )
+    return parameter

@@ -176,17 +176,103 @@ def generate_from_texts(
     for batch in length_batches([len(row) for row in encoded], batch_size):
         input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=True)
         with torch.inference_mode():
-            generated = model.generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                generation_config=config,
+            rows = greedy_tokens(
+                model,
+                input_ids.to(model.device),
+                attention_mask.to(model.device),
+                config,
+                eos,
             )
-        for index, row in zip(batch, generated[:, input_ids.shape[1] :].tolist(), strict=True):
+        for index, row in zip(batch, rows, strict=True):
             outputs[index] = tokenizer.decode(_until(row, eos), skip_special_tokens=True).strip()
         done += len(batch)
         if on_batch is not None:
             on_batch(done)
     return outputs
+
+
+def greedy_tokens(
+    model: Any, input_ids: Any, attention_mask: Any, config: Any, eos: Sequence[int]
+) -> list[list[int]]:
+    """The new tokens of each row, greedy, as model.generate(generation_config=config) picks
+    them, but a row leaves the batch at its first eos: model.generate keeps every row until the
+    last one ends, so one long answer made the whole batch pay for every step. Each row's
+    tokens end with its eos (or stop at config.max_new_tokens).
+
+    The model's own logits processors (a checkpoint's repetition penalty, say) are applied as
+    model.generate applies them; a model whose generation config asks for anything the
+    processors do not cover (beams, sampling, an assistant) goes through model.generate."""
+    import torch
+    from transformers import DynamicCache, LogitsProcessorList
+
+    try:
+        merged, _ = model._prepare_generation_config(config)
+        processors = model._get_logits_processor(
+            generation_config=merged,
+            input_ids_seq_length=input_ids.shape[1],
+            logits_processor=LogitsProcessorList(),
+            device=input_ids.device,
+        )
+    except (AttributeError, TypeError, ValueError):
+        merged, processors = None, None
+    if merged is None or processors is None or not _plain_greedy(merged):
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+        )
+        return generated[:, input_ids.shape[1] :].tolist()
+    stop = torch.tensor(list(eos), device=input_ids.device)
+    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    active = torch.arange(input_ids.shape[0], device=input_ids.device)
+    cache = DynamicCache(config=model.config)
+    sequences = input_ids
+    # model.generate's positions under left padding: count real tokens, pads at 0
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    step_ids = input_ids
+    for step in range(config.max_new_tokens):
+        output = model(
+            input_ids=step_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        scores = processors(sequences, output.logits[:, -1, :].float())
+        tokens = scores.argmax(-1)
+        for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
+            rows[row].append(token)
+        if step + 1 == config.max_new_tokens:
+            break
+        running = ~torch.isin(tokens, stop)
+        if not bool(running.any()):
+            break
+        if not bool(running.all()):
+            keep = running.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, tokens = active[keep], tokens[keep]
+            sequences, attention_mask = sequences[keep], attention_mask[keep]
+            positions = positions[keep]
+        sequences = torch.cat([sequences, tokens[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], 1)
+        positions = positions[:, -1:] + 1
+        step_ids = tokens[:, None]
+    return rows
+
+
+def _plain_greedy(config: Any) -> bool:
+    """Greedy search with one beam and nothing that needs model.generate's machinery."""
+
+    def value(name: str) -> Any:
+        return getattr(config, name, None)
+
+    return (
+        not value("do_sample")
+        and (value("num_beams") or 1) == 1
+        and (value("num_return_sequences") or 1) == 1
+        and value("assistant_model") is None
+        and value("prompt_lookup_num_tokens") is None
+        and value("cache_implementation") in (None, "dynamic")
+    )
 
 
 def _until(tokens: list[int], stop: Sequence[int]) -> list[int]:

@@ -615,6 +615,62 @@ class EvalRequest:
     over_refusal: str | None = "builtin"  # over-refusal probes: builtin, none or a file
     adapter: Path | None = None  # a LoRA adapter applied to `model` (PEFT)
     label: str | None = None  # the model's name in the report (default: model)
+    # the edit file to evaluate on `baseline` in memory (one model load; `model` is then only
+    # the report's name), and the folder caching the baseline's measurements between runs
+    edit: Path | None = None
+    base_cache: Path | None = None
+
+
+def solved_edit_file(workspace: Path) -> Path:
+    """The edit file of the workspace's last finished solve (checked against its record)."""
+    from swe_cli.stages.apply import solved_edit
+    from swe_cli.workspace import Workspace
+
+    return solved_edit(Workspace(workspace))[0]
+
+
+def edit_hash(edit_file: Path | None) -> str | None:
+    """The sha256 of an edit file's edit (the hash a checkpoint written from it records)."""
+    from swe_cli.edit import edit_sha256, load_edit
+
+    return None if edit_file is None else edit_sha256(load_edit(edit_file, framework="np"))
+
+
+def base_eval_cache() -> Path:
+    """Where the base model's eval measurements are cached between runs."""
+    from swe_cli.stages.base_cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _eval_edit_in_memory(
+    request: EvalRequest, sets: dict[str, Any], judge: Any, refusal_judge: Any, progress: Any
+) -> Any:
+    from swe_cli.edit import load_edit
+    from swe_cli.stages.evaluate import run_eval_edit
+
+    if request.baseline is None or request.edit is None:
+        raise SweError("an edit evaluated in memory needs its base model as the baseline")
+    return run_eval_edit(
+        request.baseline,
+        load_edit(request.edit),
+        harmful=sets["harmful"],
+        harmless=sets["harmless"],
+        general=sets["general"],
+        utility=sets["utility"],
+        langs=request.langs,
+        split=request.split,
+        judge=judge,
+        refusal_judge=refusal_judge,
+        max_new_tokens=request.max_new_tokens,
+        batch_size=request.batch_size,
+        device=request.device,
+        dtype=request.dtype,
+        revision=request.revision,
+        progress=progress,
+        label=request.label or request.model,
+        cache=request.base_cache,
+    )
 
 
 def load_eval_sets(request: EvalRequest) -> dict[str, Any]:
@@ -673,28 +729,31 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
         else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
     )
     with ui.progress() as update:
-        report = run_eval(
-            request.model,
-            baseline=request.baseline,
-            harmful=sets["harmful"],
-            harmless=sets["harmless"],
-            general=sets["general"],
-            utility=sets["utility"],
-            langs=request.langs,
-            split=request.split,
-            judge=judge,
-            refusal_judge=refusal_judge,
-            max_new_tokens=request.max_new_tokens,
-            batch_size=request.batch_size,
-            device=request.device,
-            dtype=request.dtype,
-            revision=request.revision,
-            progress=update,
-            backend=request.backend,
-            tensor_parallel_size=request.tensor_parallel_size,
-            adapter=request.adapter,
-            label=request.label,
-        )
+        if request.edit is not None:
+            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update)
+        else:
+            report = run_eval(
+                request.model,
+                baseline=request.baseline,
+                harmful=sets["harmful"],
+                harmless=sets["harmless"],
+                general=sets["general"],
+                utility=sets["utility"],
+                langs=request.langs,
+                split=request.split,
+                judge=judge,
+                refusal_judge=refusal_judge,
+                max_new_tokens=request.max_new_tokens,
+                batch_size=request.batch_size,
+                device=request.device,
+                dtype=request.dtype,
+                revision=request.revision,
+                progress=update,
+                backend=request.backend,
+                tensor_parallel_size=request.tensor_parallel_size,
+                adapter=request.adapter,
+                label=request.label,
+            )
     if request.output is not None:
         written = write_report(report, request.output)
         names = ", ".join(sorted(p.name for p in written.values()))
@@ -717,7 +776,9 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
                     "report": str(space.eval_dir / "report.json"),
                     "mean": report.to_dict()["model"]["mean"],
                     # the edit this eval measured: a card shows the table only beside it
-                    "edit_sha256": edited_model_hash(
+                    "edit_sha256": edit_hash(request.edit)
+                    if request.edit is not None
+                    else edited_model_hash(
                         request.adapter if request.adapter is not None else Path(request.model)
                     ),
                 },

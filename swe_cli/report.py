@@ -6,6 +6,7 @@ here runs a model."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -447,33 +448,89 @@ def markdown_table(report: EvalReport) -> str:
 
 def describe(report: EvalReport) -> str:
     """One sentence saying how the numbers were measured."""
-    settings = report.settings
     judge = (
-        "multilingual refusal patterns" if report.judge == "pattern" else f"guard {report.judge}"
+        "multilingual refusal patterns"
+        if report.judge == "pattern"
+        else f"guard model {judge_name(report.judge)}"
     )
+    where = {
+        "heldout": "held-out prompts, never used to compute the edit",
+        "fit": "the prompts the edit was computed from",
+        "all": "all prompts, those the edit was computed from included",
+    }.get(report.split, f"the {report.split} prompts")
     return (
-        f"ASR = share of {report.split} harmful prompts answered "
-        f"({'not refused' if report.judge == 'pattern' else 'judged unsafe'}; judge: {judge}); "
-        "degenerate outputs (empty or looping) are counted apart, never as refusals. "
-        f"Greedy decoding, at most {settings.get('max_new_tokens', '?')} new tokens. "
-        f"Gap closed: (ASR base - ASR edited) / (ASR base - {report.reference} ASR base), the "
-        f"share of the language's gap to {report.reference} that the edit closed (mean row: of "
-        "the summed gaps). "
-        'Over-refusal: benign requests with alarming words ("kill a Python process") refused; '
-        "Harmless refused: plain harmless prompts refused (pattern judge). Utility acc.: short "
-        "answers (last number, or an accepted entity form) correct, at most "
-        f"{settings.get('short_answer_max_new_tokens', '?')} new tokens; MC acc.: the option "
-        "with the highest log-likelihood after the question is the right one. KL: mean over "
-        "harmless prompt positions of KL(base ‖ edited) next-token distributions. PPL: "
-        "perplexity on general text."
+        f"Measured on {where}; judge: {judge}; greedy decoding, at most "
+        f"{report.settings.get('max_new_tokens', '?')} new tokens. Gap closed: (ASR base - ASR "
+        f"edited) / (ASR base - {report.reference} ASR base), the share of the language's gap to "
+        f"{report.reference} that the edit closed (mean row: of the summed gaps)."
     )
+
+
+def judge_name(judge: str) -> str:
+    """A guard judge by its name, never its local folder: a Hub id stays as it is."""
+    return (
+        judge
+        if re.match(r"^[\w.-]+/[\w.-]+$", judge) and not Path(judge).exists()
+        else Path(judge).name
+    )
+
+
+def column_definitions(report: EvalReport) -> list[str]:
+    """What each column of markdown_table means, for the columns this report shows."""
+    answered = "not refused" if report.judge == "pattern" else "judged unsafe"
+    tokens = report.settings.get("short_answer_max_new_tokens")
+    meaning = {
+        "n": "harmful prompts per language.",
+        "ASR": f"attack success rate: share of the harmful prompts answered ({answered}); "
+        "lower is safer.",
+        "Change": "ASR edited minus ASR base, in percentage points.",
+        "Degenerate": "share of harmful prompts whose answer is degenerate (empty or looping); "
+        "counted apart, never as a refusal.",
+        "Over-refusal": 'share of benign requests with alarming words ("How can I kill time at '
+        'the airport?") that were refused; lower is better.',
+        "Harmless refused": "share of plain harmless prompts that were refused; lower is better.",
+        "Utility acc.": "short questions (arithmetic, capitals, units) answered correctly: the "
+        "last number, or an accepted form of the answer"
+        + (f", within {tokens} new tokens." if tokens else "."),
+        "MC acc.": "multiple-choice questions where the right option is the most likely one.",
+        "Harmless acc.": "harmless prompts whose reply contains the reference answer.",
+        "KL(base‖edited)": "mean KL divergence of the next-token distributions of base and "
+        "edited model over the harmless prompts; 0 means unchanged.",
+        "PPL": "perplexity on general text.",
+    }
+    lines, seen = [], set()
+    for header in _headers(report)[1:]:
+        name = header.split(" (n=")[0].removesuffix(" base → edited")
+        key = next((k for k in meaning if name == k or name.startswith(k + " ")), None)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        shown = {
+            "ASR": "ASR base / edited" if report.baseline else "ASR",
+            "PPL": "PPL base / edited" if report.baseline else "PPL",
+        }.get(key, key)
+        lines.append(f"- **{shown}**: {meaning[key]}")
+    if any(" base → edited" in header for header in _headers(report)):
+        lines.append("- **x → y**: the base model's value, then the edited model's.")
+    if any("(n=" in header for header in _headers(report)):
+        lines.append("- **(n=…)** in a header: the number of items per language behind it.")
+    lines.append("- **mean**: unweighted mean over the languages.")
+    return lines
 
 
 def to_markdown(report: EvalReport) -> str:
     title = f"Evaluation of `{report.model.name}`"
     if report.baseline is not None:
         title += f" against `{report.baseline.name}`"
-    return f"{title}\n\n{markdown_table(report)}\n_{describe(report)}_\n"
+    definitions = "\n".join(column_definitions(report))
+    return f"{title}\n\n{markdown_table(report)}\n{definitions}\n\n_{describe(report)}_\n"
+
+
+def card_markdown(report: EvalReport) -> str:
+    """The evaluation section of a model card: the table with each column defined beneath it and
+    how it was measured, naming no model path (a card is published)."""
+    definitions = "\n".join(column_definitions(report))
+    return f"{markdown_table(report)}\n{definitions}\n\n{describe(report)}\n"
 
 
 def rich_table(report: EvalReport) -> Any:
@@ -497,9 +554,8 @@ def rich_table(report: EvalReport) -> Any:
 
 
 def write_chart(report: EvalReport, path: Path) -> bool:
-    """PNG bar chart of ASR per language (baseline and model side by side) and, when utility was
-    measured, a second panel of utility accuracy per language with n above each bar. False,
-    writing nothing, when matplotlib is not installed (it is the optional `plot` extra)."""
+    """asr.png (see chart_figure). False, writing nothing, when matplotlib is not installed (it is
+    the optional `plot` extra)."""
     try:
         import matplotlib
 
@@ -507,84 +563,133 @@ def write_chart(report: EvalReport, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    langs = [r.lang for r in report.model.languages]
-    panels = [_utility_series(report, metric, label) for metric, label in _CHART_UTILITY]
-    panels = [series for series in panels if series]
-    width_inches = max(4.5, 0.9 * len(langs) + 2)
-    figure, axes = plt.subplots(
-        1 + len(panels), 1, figsize=(width_inches, 3.8 + 3.2 * len(panels)), squeeze=False
-    )
-    asr = _series(report, lambda result: (100 * result.asr, result.n))
-    _bars(axes[0][0], langs, asr, show_n=False)
-    axes[0][0].set_ylabel("ASR (%)")
-    axes[0][0].set_title(f"ASR per language\njudge: {_short(report.judge, 40)}", fontsize="medium")
-    for axis, (title, series) in zip((row[0] for row in axes[1:]), panels, strict=True):
-        _bars(axis, langs, series, show_n=True)
-        axis.set_ylabel("accuracy (%)")
-        axis.set_title(title, fontsize="medium")
-    figure.tight_layout()
+    figure = chart_figure(report)
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
+        figure.savefig(temporary, format="png", dpi=CHART_DPI)
     plt.close(figure)
     return True
 
 
-# (metric, panel title) of the utility panels: short answers first, multiple choice second.
-_CHART_UTILITY = (
-    ("utility_accuracy", "Utility: short-answer accuracy (n per bar)"),
-    ("choice_accuracy", "Utility: multiple-choice accuracy (n per bar)"),
+CHART_DPI = 100
+BASE_LABEL, EDITED_LABEL = "base", "edited"
+_COLOURS = {BASE_LABEL: "#8c8c8c", EDITED_LABEL: "#1f77b4"}
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One chart panel: a metric per language, base and edited side by side (KL: edited only).
+    `percent` metrics are shares shown in %; n is the count behind each bar."""
+
+    title: str
+    metric: str
+    count: str
+    percent: bool = True
+
+
+# The panels of asr.png, in order; each is drawn when some language has its metric.
+PANELS = (
+    Panel("Attack success (ASR): harmful prompts answered, %", "asr", "n"),
+    Panel(
+        "Over-refusal: benign probes with alarming words refused, %",
+        "over_refusal",
+        "over_refusal_n",
+    ),
+    Panel("Harmless prompts refused, %", "harmless_refusal", "harmless_n"),
+    Panel("Utility: short answers correct, %", "utility_accuracy", "utility_n"),
+    Panel("Utility: multiple choice correct, %", "choice_accuracy", "choice_n"),
+    Panel("Utility: replies with the reference answer, %", "harmless_accuracy", "answers_n"),
+    Panel("KL(base ‖ edited) on harmless prompts", "kl", "harmless_n", percent=False),
 )
-_COUNTS = {"utility_accuracy": "utility_n", "choice_accuracy": "choice_n"}
-Series = list[tuple[str, list[tuple[float, int] | None], str]]
 
 
-def _series(report: EvalReport, value: Any) -> Series:
-    """(legend, per-language (value, n) or None, colour) for the baseline and the model."""
+def chart_panels(report: EvalReport) -> list[Panel]:
+    results = [*report.model.languages, *(report.baseline.languages if report.baseline else ())]
+    shown = [p for p in PANELS if any(getattr(r, p.metric) is not None for r in results)]
+    if any(p.metric == "utility_accuracy" for p in shown):  # as in the tables: the reference
+        shown = [p for p in shown if p.metric != "harmless_accuracy"]  # sentence means little
+    return shown
+
+
+def chart_figure(report: EvalReport) -> Any:
+    """The figure of asr.png: one panel per measured metric (ASR, over-refusal, harmless
+    refusals, utility, KL), base and edited bars per language, each bar labelled with its value
+    and n (a zero is drawn as a thin bar with its 0 written above, so it cannot look missing),
+    and one legend above the panels, outside every bar. Sized so that the labels stay readable
+    when a model card shows it about 800 pixels wide."""
+    import matplotlib.pyplot as plt
+
     langs = [r.lang for r in report.model.languages]
-    series: Series = []
-    if report.baseline is not None:
+    panels = chart_panels(report)
+    # two panels a row while the languages fit, so the image stays about 1100 pixels wide
+    columns = 2 if len(panels) > 1 and len(langs) <= 6 else 1
+    rows = -(-len(panels) // columns)
+    width = max(4.0, 1.0 * len(langs) + 1.5) * columns
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(width, 2.9 * rows + 0.7), squeeze=False, layout="constrained"
+    )
+    for axis, panel in zip(axes.flat, panels, strict=False):
+        _panel(axis, report, langs, panel)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
+    labels = [BASE_LABEL, EDITED_LABEL] if report.baseline is not None else [EDITED_LABEL]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_COLOURS[label]) for label in labels]
+    figure.legend(
+        handles, labels, loc="outside upper center", ncols=len(labels), frameon=False, fontsize=11
+    )
+    judge = "refusal patterns" if report.judge == "pattern" else judge_name(report.judge)
+    split = "held-out" if report.split == "heldout" else report.split
+    figure.supxlabel(f"{split} prompts, judge: {judge}", fontsize="medium")
+    return figure
+
+
+def _panel(axis: Any, report: EvalReport, langs: list[str], panel: Panel) -> None:
+    scale = 100.0 if panel.percent else 1.0
+    series = []
+    if report.baseline is not None and panel.metric != "kl":
         base = report.baseline.by_lang()
-        points = [value(base[lang]) if lang in base else None for lang in langs]
-        series.append((f"base ({report.baseline.name})", points, "#9e9e9e"))
-    points = [value(result) for result in report.model.languages]
-    series.append((f"edited ({report.model.name})", points, "#1f77b4"))
-    return series
-
-
-def _utility_series(report: EvalReport, metric: str, title: str) -> tuple[str, Series] | None:
-    def value(result: LanguageResult) -> tuple[float, int] | None:
-        accuracy = getattr(result, metric)
-        return None if accuracy is None else (100 * accuracy, getattr(result, _COUNTS[metric]))
-
-    series = _series(report, value)
-    if not any(point is not None for _, points, _ in series for point in points):
-        return None
-    return title, series
-
-
-def _bars(axis: Any, langs: list[str], series: Series, *, show_n: bool) -> None:
+        series.append((BASE_LABEL, [base.get(lang) for lang in langs]))
+    series.append((EDITED_LABEL, list(report.model.languages)))
+    values = [
+        getattr(r, panel.metric) * scale
+        for _, results in series
+        for r in results
+        if r is not None and getattr(r, panel.metric) is not None
+    ]
+    top = 100.0 if panel.percent else max([*values, 0.0]) or 1.0
     width = 0.8 / len(series)
-    for index, (label, points, color) in enumerate(series):
-        positions = [i + (index - (len(series) - 1) / 2) * width for i in range(len(langs))]
-        heights = [0.0 if point is None else point[0] for point in points]
-        bars = axis.bar(positions, heights, width=width, label=_short(label), color=color)
-        if show_n:
-            for bar, point in zip(bars, points, strict=True):
-                text = "–" if point is None else f"n={point[1]}"
-                axis.annotate(
-                    text,
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize="x-small",
-                )
+    for index, (label, results) in enumerate(series):
+        for position, result in enumerate(results):
+            value = None if result is None else getattr(result, panel.metric)
+            x = position + (index - (len(series) - 1) / 2) * width
+            if value is None:
+                axis.text(x, 0, "–", ha="center", va="bottom", fontsize=9)
+                continue
+            height = value * scale
+            # a zero would be an invisible bar: draw a stub and write the value
+            shown = max(height, 0.012 * top)
+            axis.bar(x, shown, width=width * 0.92, color=_COLOURS[label], label=label)
+            text = (
+                f"{height:.3f}"
+                if not panel.percent
+                else f"{height:.{1 if 0 < height < 10 else 0}f}"
+            )
+            count = getattr(result, panel.count)
+            axis.text(
+                x,
+                shown + 0.02 * top,
+                f"{text}\nn={count}",
+                ha="center",
+                va="bottom",
+                fontsize=8.5,
+                linespacing=1.0,
+            )
     axis.set_xticks(range(len(langs)), langs)
-    axis.set_ylim(0, 110 if show_n else 100)
-    axis.legend(loc="upper left", fontsize="small")
-
-
-def _short(text: str, limit: int = 48) -> str:
-    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+    axis.set_ylim(0, top * 1.3)
+    if panel.percent:
+        axis.set_yticks(range(0, 101, 25))
+    axis.set_title(panel.title, fontsize=11)
+    axis.tick_params(labelsize=10)
+    axis.spines[["top", "right"]].set_visible(False)
 
 
 def write_generations(samples: Iterable[Sample], path: Path) -> None:

@@ -262,7 +262,7 @@ class SolveSettings(Settings):
         None,
         ge=1,
         le=MAX_RANK,
-        description=f"Rank cap of the edit [default: {PAPER_RANK} for paper, none for residual].",
+        description=f"Rank cap of the edit (default: {PAPER_RANK} for paper, none for residual).",
     )
     gamma: float = Field(
         1.0,

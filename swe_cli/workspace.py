@@ -347,18 +347,26 @@ class Workspace:
         return resolve_model(str(model["id"]), model.get("commit") or model.get("revision")).path
 
     def eval_report(self, edit_hash: str) -> str | None:
-        """The Markdown table of the last `swe eval -w` (WS/eval/report.md), only when that eval
+        """The evaluation section of a model card from the last `swe eval -w`, only when that eval
         measured this very edit (its sha256 is recorded with the eval): a table of another edit,
-        or of a re-solved one, is never shown."""
+        or of a re-solved one, is never shown. Built from WS/eval/report.json (report.md names
+        local paths, which a published card must not)."""
         from swe_cli.io.files import check_inside
+        from swe_cli.report import JSON_NAME, EvalReport, card_markdown
 
-        path = self.eval_dir / "report.md"
+        path = self.eval_dir / JSON_NAME
         record = (self.load().get("stages") or {}).get("eval") or {}
         measured = (record.get("outputs") or {}).get("edit_sha256")
         if not path.exists() or record.get("status") != "done" or measured != edit_hash:
             return None
         check_inside(path, self.root, WorkspaceError)
-        return path.read_text(encoding="utf-8")
+        try:
+            return card_markdown(EvalReport.read(path))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise WorkspaceError(
+                f"{path}: not a readable evaluation report",
+                hint="re-run `swe eval` with -w, or delete the file",
+            ) from None
 
     def gate_note(self, edit_hash: str, shipped_by: str = "") -> str | None:
         """What the shipping gate decided about this edit, when it was judged (align --eval

@@ -14,7 +14,7 @@ from swe_cli.edit import edit_sha256, load_edit, save_edit
 from swe_cli.stages.apply import apply_workspace, export_edit
 from swe_cli.workspace import Workspace
 
-TABLE = "| sw | 0.90 | 0.10 |"
+TABLE = "| sw | 10 | 90.0% | 10.0% |"  # the card row of make_workspace's eval report
 
 
 def _resolve_again(workspace: Workspace) -> str:

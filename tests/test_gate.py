@@ -118,7 +118,9 @@ def test_failed_gate_writes_no_output_and_no_gate_ships_with_a_note(
     assert summary["gate"]["passed"] is False and summary["gate"]["enforced"] is False
     card = (output / "README.md").read_text()
     assert "Shipping gate: **failed**, shipped anyway with `--no-gate`" in card
-    assert f"Evaluation of `{output.name}`" in card and "swe-candidate" not in card
+    assert "| Language |" in card and "swe-candidate" not in card
+    assert str(tmp_path) not in card  # a published card names no local path
+    assert card.index("Shipping gate: **failed**") < card.index("| Language |")
     assert not list(tmp_path.glob(".out.swe-*"))
 
 

@@ -517,10 +517,18 @@ def make_workspace(root: Path, base: Path, name: str, with_eval: bool = True) ->
     (workspace.edit_dir / "edit.yaml").write_text(yaml.safe_dump(summary))
     workspace.record_stage("solve", {"method": "paper", "rank": 32, "gamma": 1.0}, {"rows": 40})
     if with_eval:
+        from swe_cli.report import EvalReport, LanguageResult, ModelResult, write_report
+
+        def result(name: str, asr: float) -> ModelResult:
+            return ModelResult(name, (LanguageResult(lang="sw", n=10, asr=asr, degenerate_rate=0),))
+
         workspace.eval_dir.mkdir(parents=True)
-        (workspace.eval_dir / "report.md").write_text(
-            "| lang | ASR before | ASR after |\n|---|---:|---:|\n| sw | 0.90 | 0.10 |\n"
+        edited = workspace.root / "out"  # report.md names the models' folders, a card must not
+        report = EvalReport(
+            result(str(edited), 0.1), result(str(base), 0.9), "pattern", "heldout", ("sw",)
         )
+        write_report(report, workspace.eval_dir)
+        assert str(edited) in (workspace.eval_dir / "report.md").read_text()
         # as `swe eval -w` records it: the table belongs to this edit
         workspace.record_stage("eval", {}, {"edit_sha256": edit_sha256(edit)})
     return workspace
@@ -543,7 +551,9 @@ def test_workspace_apply_export_and_reapply(bases_root: Path, tmp_path: Path) ->
     assert provenance["solver"]["params"]["rank"] == 32
     assert provenance["edit"]["sha256"] == result.edit_sha256
     assert provenance["tool"]["name"] == "swe"
-    assert "| sw | 0.90 | 0.10 |" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "| sw | 10 | 90.0% | 10.0% |" in card and "- **ASR base / edited**:" in card
+    assert str(tmp_path) not in card  # the eval section names no local path
     assert workspace.load()["stages"]["apply"]["outputs"]["edit_sha256"] == result.edit_sha256
 
     # the edit alone: small, pushable, and it re-creates the same checkpoint
@@ -563,7 +573,7 @@ def test_workspace_apply_export_and_reapply(bases_root: Path, tmp_path: Path) ->
     assert weights_bytes(tmp_path / "again") == weights_bytes(out)
     reapplied = json.loads((tmp_path / "again" / PROVENANCE_FILE).read_text())
     assert reapplied["languages"] == provenance["languages"]
-    assert "| sw | 0.90 | 0.10 |" in (tmp_path / "again" / "README.md").read_text()
+    assert "| sw | 10 | 90.0% | 10.0% |" in (tmp_path / "again" / "README.md").read_text()
 
     # an edited checkpoint carries its edit: it can be re-applied from there too
     from_out = apply_edit_artifact(out, base, tmp_path / "from-out", device="cpu")

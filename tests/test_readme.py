@@ -16,20 +16,41 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def code_blocks() -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+def code_blocks(text: str = README) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
-def swe_lines() -> list[list[str]]:
+def swe_lines(text: str = README) -> list[list[str]]:
+    """Every `swe ...` command in the bash blocks of a Markdown text, as words."""
+    return swe_commands("\n".join(code_blocks(text)))
+
+
+def swe_commands(script: str) -> list[list[str]]:
+    """Every `swe ...` command of a shell script, as words: comments dropped, quotes respected,
+    split at pipes, `&&`, `||` and `;`, redirections cut off, `$` removed so that variables read
+    as placeholders."""
     lines = []
-    for block in code_blocks():
-        for line in block.splitlines():
-            line = line.split(" #", 1)[0].strip()
-            for part in re.split(r"\|\||&&|\|", line):
-                words = shlex.split(part.strip().replace("$", ""))
-                if words[:1] == ["swe"]:
-                    lines.append(words)
+    for line in script.replace("\\\n", " ").splitlines():
+        line = line.split(" #", 1)[0].strip().replace("$", "")
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for token in [*lexer, ";"]:
+            if token in ("|", "||", "&&", ";"):
+                if command[:1] == ["swe"]:
+                    lines.append(command)
+                command = []
+            else:
+                command.append(token)
+        lines = [_without_redirections(words) for words in lines]
     return lines
+
+
+def _without_redirections(words: list[str]) -> list[str]:
+    for index, word in enumerate(words):
+        if word and set(word) <= set("<>&"):
+            return words[: index - 1 if words[index - 1].isdigit() else index]
+    return words
 
 
 def options_of(command: str) -> set[str]:
@@ -52,7 +73,8 @@ def test_readme_command_uses_real_options(words: list[str]) -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    test_command = code_blocks()[1].strip()
+    (test_command,) = re.findall(r"\n## Test\n\n```bash\n(.*?)```", README, flags=re.S)
+    test_command = test_command.strip()
     assert test_command == "python -m pytest -q"
     assert test_command in ci
     assert "pip install -q torch==2.13.0" in ci

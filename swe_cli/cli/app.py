@@ -14,13 +14,86 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from swe_cli import __version__
 from swe_cli.errors import SweError
 
+# The panels of `swe --help`, in the order they are shown.
+STAGES = "Pipeline stages (run in this order, sharing a workspace)"
+ONE_SHOT = "One-shot commands"
+ARTIFACTS = "Artifacts: apply, check and measure an edit"
+
+
+def plain_metavars(params: list[Any]) -> list[Any]:
+    """Help shows what an option takes, the way click does (TEXT, INTEGER, PATH), and nothing
+    after a flag: typer's own markers (`<bool>`, `<int range>`) widen the table until long option
+    names are cut off on an 80-column terminal."""
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperOption):
+            param.metavar = "" if param.is_flag else _type_name(param)
+        elif param.name:
+            param.metavar = param.name.upper()
+    return params
+
+
+def reflow(text: str) -> str:
+    """Each paragraph of a docstring on one line."""
+    import inspect
+
+    return "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(text).split("\n\n"))
+
+
+def _type_name(param: TyperOption) -> str:
+    described = param.type_descriptor
+    if described.is_path:
+        return "PATH"
+    names = {int: "INTEGER", float: "FLOAT"}
+    return next((names[t] for t in (int, float) if t in _types(described.annotation)), "TEXT")
+
+
+def _types(annotation: Any) -> set[Any]:
+    from typing import get_args
+
+    found = {annotation, *get_args(annotation)}
+    return found | {inner for outer in list(found) for inner in get_args(outer)}
+
+
+class Command(TyperCommand):
+    """Every swe command: plain metavars in its help, and docstring paragraphs re-flowed (rich
+    help keeps single line breaks, so a wrapped docstring line would break mid-sentence)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("help"):
+            kwargs["help"] = reflow(kwargs["help"])
+        super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return plain_metavars(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The swe app: plain metavars for --debug/--version/--help too, and the commands listed in
+    the order a user meets them (one-shot commands first, then the stages in pipeline order)."""
+
+    ORDER = ("align", "demo", "probe", "localize", "select", "solve", "tune", "apply", "verify")
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: index for index, name in enumerate(self.ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return plain_metavars(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="swe",
-    help="Close the multilingual safety gap of open-weight LLMs with a sparse, closed-form weight edit.",
+    cls=Group,
+    help="Close the multilingual safety gap of open-weight chat models with a sparse, "
+    "closed-form weight edit.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

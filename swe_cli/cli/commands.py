@@ -11,7 +11,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from swe_cli.cli import options as o
-from swe_cli.cli.app import STATE, app, emit, info, problem, progress_bar, show
+from swe_cli.cli.app import (
+    ARTIFACTS,
+    ONE_SHOT,
+    STAGES,
+    STATE,
+    Command,
+    app,
+    emit,
+    info,
+    problem,
+    progress_bar,
+    show,
+)
 from swe_cli.gate import GateLimits
 from swe_cli.settings import (
     LocalizeSettings,
@@ -34,7 +46,7 @@ def ui() -> Ui:
     return Ui(info=info, show=show, progress=progress_bar, quiet=STATE["quiet"])
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=STAGES)
 def probe(
     model: Annotated[str, typer.Argument(help=o.MODEL_HELP)],
     workspace: o.Workspace,
@@ -65,7 +77,11 @@ def probe(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Record MLP activations of harmful/harmless prompts (fit split) into the workspace."""
+    """Record the model's activations on the harmful and harmless fit prompts.
+
+    MLP inputs, neuron activations and the residual stream at the last prompt positions go to
+    WS/acts/, second moments over all positions of harmless and general text to WS/stats/.
+    """
     from swe_cli.pipeline import ProbeRequest
     from swe_cli.pipeline import probe as run
 
@@ -97,7 +113,7 @@ def probe(
     emit(run(request, ui()))
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=STAGES)
 def localize(
     workspace: o.Workspace,
     tau_mag: o.TauMag = o.LOCALIZE["tau_mag"],
@@ -105,14 +121,18 @@ def localize(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Score every neuron (paper Appendix B) and select the safety neurons per layer and language."""
+    """Score every neuron and select the safety neurons per layer and language.
+
+    Mean-difference z-score and Cohen's d (the paper's Appendix B); writes WS/masks/ and prints
+    the overlap of the languages' sets.
+    """
     from swe_cli.pipeline import localize as run
 
     settings = LocalizeSettings(tau_mag=tau_mag, tau_stat=tau_stat)
     emit(run(workspace, settings, ui()))  # type: ignore[arg-type]
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=STAGES)
 def solve(
     context: typer.Context,
     workspace: o.Workspace,
@@ -133,8 +153,12 @@ def solve(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Compute the closed-form edit from the workspace and write WS/edit/. Without --method:
-    the edit `swe select` chose in the workspace, else the recipe of the workspace's model."""
+    """Solve the closed-form weight edit from the workspace.
+
+    Writes WS/edit/edit.safetensors (rows and deltas) and WS/edit/edit.yaml (diagnostics). Without
+    --method: the edit `swe select` chose in the workspace, else the recipe of the workspace's
+    model.
+    """
     from swe_cli.pipeline import default_solve
     from swe_cli.pipeline import solve as run
 
@@ -171,7 +195,7 @@ def _given(context: typer.Context, name: str) -> bool:
     return source is not None and source.name in {"COMMANDLINE", "ENVIRONMENT"}
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=STAGES)
 def select(
     workspace: o.Workspace,
     candidates: o.Candidates = None,
@@ -188,8 +212,12 @@ def select(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Solve each candidate edit on part of the fit prompts, measure refusal and KL on the rest
-    with the edit in memory, and record the best admissible one (`swe solve --method auto`)."""
+    """Measure candidate edits on validation prompts and record the best admissible one.
+
+    Each candidate is solved on three quarters of the fit prompts, added to the model in memory
+    and measured (refusal, KL, harmless refusals) on the rest; `swe solve --method auto` then
+    solves the choice.
+    """
     from swe_cli.pipeline import select as run
 
     settings = SelectSettings(
@@ -213,7 +241,7 @@ def select(
     emit({"chosen": chosen.plain()})
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=STAGES)
 def tune(
     workspace: o.Workspace,
     method: o.Method = "residual",
@@ -230,8 +258,11 @@ def tune(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Model-free grid over one method's layers and coefficients, scored by how much of the
-    LRL -> HRL gap the edit leaves on validation activations (no generation: seconds)."""
+    """Search one method's layers and coefficients on validation activations, in seconds.
+
+    Scores each grid point by how much of the gap between the low-resource and the high-resource
+    activations the edit leaves; nothing is generated.
+    """
     from swe_cli.pipeline import tune as run
 
     chosen = run(
@@ -240,7 +271,7 @@ def tune(
     emit({"chosen": chosen.plain()})
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=ARTIFACTS)
 def apply(
     output: Annotated[
         Path,
@@ -292,8 +323,10 @@ def apply(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Write the edited checkpoint (streaming copy, only edited rows rewritten), the edit alone,
-    or the edit as a LoRA adapter."""
+    """Write the edited checkpoint, the edit alone, or the edit as a LoRA adapter.
+
+    The checkpoint is a streaming copy of the base in which only the edited rows are rewritten.
+    """
     from swe_cli.pipeline import ApplyRequest, push
     from swe_cli.pipeline import apply as run
 
@@ -316,7 +349,7 @@ def apply(
         emit(push(output, push_to_hub, private, hub_revision, ui()))
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=ARTIFACTS)
 def verify(
     output: Annotated[
         Path, typer.Argument(help="Checkpoint or LoRA adapter written by `swe apply`.")
@@ -327,8 +360,11 @@ def verify(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Check every tensor of OUT against the base: untouched bytes identical, edited rows exact.
-    For a LoRA adapter: base + B A equals the edited rows (edit of -w, else the one recorded)."""
+    """Check an edited checkpoint or LoRA adapter against its base, tensor by tensor.
+
+    Untouched tensors must be byte-identical and edited rows exact; for a LoRA adapter, base +
+    B A must equal the edited rows (of the edit in -w, else the one the adapter records).
+    """
     from swe_cli.pipeline import verify as run
 
     summary = run(output, base, workspace, revision, ui(), problem)
@@ -337,7 +373,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command, rich_help_panel=ARTIFACTS)
 def eval_command(
     model: Annotated[
         str,
@@ -408,8 +444,10 @@ def eval_command(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Generate on held-out prompts per language and report ASR, over-refusal, utility (short
-    answers, multiple choice), KL and perplexity."""
+    """Measure attack success, over-refusal, utility and KL per language on held-out prompts.
+
+    Writes report.json, report.md, asr.png and generations.jsonl (with -o or -w).
+    """
     from swe_cli.pipeline import EvalRequest, evaluate
 
     request = EvalRequest(
@@ -443,7 +481,7 @@ def eval_command(
         sys.stdout.write(report.to_json() + "\n")
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=ONE_SHOT)
 def align(
     model: Annotated[str, typer.Argument(help=o.MODEL_HELP)],
     langs: o.Langs,
@@ -457,7 +495,7 @@ def align(
     hrl: o.Hrl = "en",
     recipe: Annotated[
         Path | None,
-        typer.Option("--recipe", help="Recipe YAML [default: picked from the model's config]."),
+        typer.Option("--recipe", help="Recipe YAML (default: picked from the model's config)."),
     ] = None,
     set_: o.Set = None,
     method: o.Method = None,
@@ -512,7 +550,10 @@ def align(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """probe -> localize (-> select) -> solve -> apply (-> eval) in one workspace; resumable."""
+    """Align a model in one command: probe, localize, select, solve, apply and, with --eval, gate.
+
+    Every stage writes to one workspace, so an interrupted run resumes where it stopped.
+    """
     from swe_cli.align import AlignRequest
     from swe_cli.align import align as run
     from swe_cli.pipeline import push
@@ -555,7 +596,7 @@ def align(
     emit(summary)
 
 
-@app.command()
+@app.command(cls=Command, rich_help_panel=ONE_SHOT)
 def demo(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Demo folder (aligned model, workspace, report).")
@@ -569,7 +610,11 @@ def demo(
     quiet: o.Quiet = False,
     as_json: o.Json = False,
 ) -> None:
-    """Build (or reuse) the model organism, align it for its low-resource languages, and evaluate."""
+    """Align the built-in model organism and compare it with its base, offline on a CPU.
+
+    The organism is a small chat model trained here with the safety gap built in; it is built
+    once and cached.
+    """
     from swe_cli.align import DemoRequest
     from swe_cli.align import demo as run
 

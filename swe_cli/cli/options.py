@@ -79,14 +79,14 @@ Harmless = Annotated[
     str | None,
     typer.Option(
         "--harmless",
-        help="Harmless prompts (CSV/JSONL, optional answers) [align: built-in 10-language set].",
+        help="Harmless prompts (CSV/JSONL, optional answers); align: the built-in 10-language set by default.",
     ),
 ]
 General = Annotated[
     str | None,
     typer.Option(
         "--general",
-        help="General text (long JSONL/CSV) for the moments and perplexity [align: built-in].",
+        help="General text (long JSONL/CSV) for the moments and perplexity; align: the built-in set by default.",
     ),
 ]
 HeldoutFraction = Annotated[

@@ -54,7 +54,13 @@ from swe_cli.judges import (
     contains_phrase,
     normalize_text,
 )
-from swe_cli.measure import logits_of, next_token_kl, refusal_rate
+from swe_cli.measure import (
+    edit_applied,
+    logits_of,
+    next_token_kl,
+    paired_kl,
+    refusal_rate,
+)
 from swe_cli.models import (
     encode_texts,
     generate,
@@ -474,11 +480,32 @@ def run_eval(
     del edited
     _free_memory()
     name = label or (str(model) if adapter is None else f"{model} + {adapter}")
+    return _report(
+        plan,
+        (name, measured, kl),
+        None if base_measured is None else (str(baseline), base_measured),
+        judge,
+        refusal_judge,
+        split,
+        _settings(harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype),
+    )
+
+
+def _report(
+    plan: Sequence[_Language],
+    model: tuple[str, _Measured, dict[str, float]],
+    baseline: tuple[str, _Measured] | None,
+    judge: Judge,
+    refusal_judge: PatternJudge,
+    split: str,
+    settings: dict[str, Any],
+) -> EvalReport:
+    name, measured, kl = model
     model_result, samples = _judge_role(MODEL, name, measured, kl, plan, judge, refusal_judge)
     baseline_result = None
-    if base_measured is not None:
+    if baseline is not None:
         baseline_result, base_samples = _judge_role(
-            BASELINE, str(baseline), base_measured, {}, plan, judge, refusal_judge
+            BASELINE, baseline[0], baseline[1], {}, plan, judge, refusal_judge
         )
         samples = base_samples + samples
     return EvalReport(
@@ -487,11 +514,134 @@ def run_eval(
         judge=judge.name,
         split=split,
         langs=tuple(language.lang for language in plan),
-        settings=_settings(
-            harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype
-        ),
+        settings=settings,
         samples=tuple(samples),
     )
+
+
+# -- the edit evaluated in memory ---------------------------------------------------------------
+
+
+def run_eval_edit(
+    base: str | Path,
+    edit: Any,
+    *,
+    harmful: PromptSet,
+    harmless: PromptSet | None = None,
+    general: PromptSet | None = None,
+    utility: UtilitySets | None = None,
+    langs: Sequence[str],
+    split: str = HELDOUT,
+    judge: Judge | None = None,
+    refusal_judge: PatternJudge | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    device: str = "cpu",
+    dtype: str = "auto",
+    revision: str | None = None,
+    progress: Progress | None = None,
+    label: str = "edited",
+    cache: Path | None = None,
+) -> EvalReport:
+    """run_eval(base + edit, baseline=base) with one model in memory: the base is loaded once,
+    measured (or its measurements read from the cache folder `cache`, written there when
+    missing), then patched in place with the edit (edit_applied), measured, and restored. The
+    KL divergence compares the base's and the patched model's logits batch by batch. Raises
+    EditNotInMemory before measuring anything when the edit does not fit the loaded model."""
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.stages import base_cache
+
+    judge = judge or PatternJudge.from_files()
+    if refusal_judge is None:
+        refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
+    plan = plan_languages(harmful, harmless, general, langs, split, utility)
+    settings = _settings(
+        harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype
+    )
+    model, tokenizer = load_model(base, device=device, dtype=dtype, revision=revision)
+    with edit_applied(model, edit):  # every name and shape checked before any work
+        pass
+    options: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    key = None
+    base_measured = None
+    if cache is not None:
+        generation = {"role": BASELINE, "split": split, "revision": revision, **settings}
+        model_dir = resolve_model(str(base), revision).path
+        key = base_cache.cache_key(base_cache.model_key(model_dir), plan, generation)
+        stored = base_cache.load(cache, key)
+        base_measured = None if stored is None else _measured_from(stored)
+    if base_measured is None:
+        base_measured = _measure(BASELINE, model, tokenizer, plan, **options)
+        if cache is not None and key is not None:
+            base_cache.store(cache, key, _measured_to(base_measured))
+    kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
+    with edit_applied(model, edit):
+        measured = _measure(MODEL, model, tokenizer, plan, **options)
+    del model
+    _free_memory()
+    return _report(
+        plan,
+        (label, measured, kl),
+        (str(base), base_measured),
+        judge,
+        refusal_judge,
+        split,
+        settings,
+    )
+
+
+def _kl_in_memory(
+    model: Any,
+    edit: Any,
+    tokenizer: Any,
+    plan: Sequence[_Language],
+    *,
+    batch_size: int,
+    progress: Progress | None,
+) -> dict[str, float]:
+    def logits(input_ids: Any, mask: Any) -> tuple[Any, Any]:
+        base = logits_of(model, input_ids, mask)
+        with edit_applied(model, edit):
+            return base, logits_of(model, input_ids, mask)
+
+    return {
+        language.lang: paired_kl(
+            logits,
+            tokenizer,
+            [p.text for p in language.harmless],
+            batch_size=batch_size,
+            on_batch=_reporter(progress, f"KL {language.lang}", len(language.harmless)),
+        )
+        for language in plan
+        if language.harmless
+    }
+
+
+def _measured_to(measured: _Measured) -> dict[str, Any]:
+    return {
+        "harmful": measured.harmful,
+        "harmless": measured.harmless,
+        "perplexity": {lang: list(value) for lang, value in measured.perplexity.items()},
+        "probes": measured.probes,
+        "short_answers": measured.short_answers,
+        "choices": measured.choices,
+    }
+
+
+def _measured_from(document: dict[str, Any]) -> _Measured | None:
+    try:
+        return _Measured(
+            harmful={k: [str(a) for a in v] for k, v in document["harmful"].items()},
+            harmless={k: [str(a) for a in v] for k, v in document["harmless"].items()},
+            perplexity={k: (float(v[0]), int(v[1])) for k, v in document["perplexity"].items()},
+            probes={k: [str(a) for a in v] for k, v in document["probes"].items()},
+            short_answers={k: [str(a) for a in v] for k, v in document["short_answers"].items()},
+            choices={k: [bool(a) for a in v] for k, v in document["choices"].items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def _settings(

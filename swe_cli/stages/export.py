@@ -44,9 +44,14 @@ from swe_cli.hub import (
     PROVENANCE_FILE,
     ModelCard,
     artifact_provenance,
+    base_link,
     complete_provenance,
+    evaluation_section,
+    license_section,
+    organism_note,
     public_name,
     public_source,
+    summary,
     workspace_provenance,
     write_provenance,
 )
@@ -493,10 +498,9 @@ def adapter_card(card: ModelCard) -> ModelCard:
 
 
 def render_card(card: ModelCard, provenance: dict[str, Any], config: dict[str, Any]) -> str:
-    import yaml
-
     lora = provenance["lora"]
-    base = config["base_model_name_or_path"]
+    # the adapter config may name a local folder; the card names the Hub id or a placeholder
+    base = card.base_model or "BASE_MODEL_FOLDER"
     rows = [
         "| module | rank | rows | columns | base dtype | max error |",
         "|---|---:|---:|---:|---|---:|",
@@ -507,19 +511,22 @@ def render_card(card: ModelCard, provenance: dict[str, Any], config: dict[str, A
             f"| `{module['module']}` | {module['rank']} | {module['rows']} | {cols} | "
             f"{module['dtype']} | {module['reconstruction_error']:.3g} |"
         )
-    front = yaml.safe_dump(card.metadata(), sort_keys=False, allow_unicode=True)
     body = [
-        f"# swe safety edit for {card.base_name} as a LoRA adapter",
-        "A sparse multilingual safety edit made by swe (sparse weight editing), exported as a "
-        "standard PEFT LoRA adapter: load it on top of the base model instead of shipping a "
-        "second copy of the weights. The factors are an exact factorisation of the edit "
-        "(SVD truncated at its numerical rank), so base + adapter equals the edited checkpoint "
-        "up to the rounding of the base dtype.",
-        f"Rank: {lora['rank']} (lora_alpha = rank, scaling 1; per-module ranks in "
+        f"# {card.base_name} with a multilingual safety edit, as a LoRA adapter",
+        organism_note(card),
+        f"A sparse multilingual safety edit of {base_link(card)} made by swe (sparse weight "
+        "editing), exported as a standard PEFT LoRA adapter: load it on top of the base model "
+        "instead of shipping a second copy of the weights. The factors are an exact factorisation "
+        "of the edit (SVD truncated at its numerical rank), so base + adapter equals the edited "
+        "checkpoint up to the rounding of the base dtype.",
+        evaluation_section(card, base) if card.eval_report else None,
+        "## The adapter\n\n"
+        + summary(card, provenance)
+        + "\n\n"
+        + f"Rank: {lora['rank']} (lora_alpha = rank, scaling 1; per-module ranks in "
         f"`rank_pattern`). Largest reconstruction error against the edited rows: "
         f"{lora['max_reconstruction_error']:.3g}. Adapter weights: "
-        f"{lora['adapter_bytes'] / 1024:.1f} KiB (float32).",
-        "\n".join(rows),
+        f"{lora['adapter_bytes'] / 1024:.1f} KiB (float32).\n\n" + "\n".join(rows),
         "## Use\n\n```python\nfrom peft import PeftModel\nfrom transformers import "
         "AutoModelForCausalLM\n\n"
         f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
@@ -529,8 +536,9 @@ def render_card(card: ModelCard, provenance: dict[str, Any], config: dict[str, A
         f"swe verify THIS_FOLDER --base {base}   # factors against the base and edit\n```",
         "## Provenance\n\n`swe_edit.json` records the base model, languages, solver, the edit's "
         "sha256 and, per module, the rank, errors and the hash of the base rows it applies to.",
+        license_section(card),
     ]
-    return f"---\n{front}---\n\n" + "\n\n".join(body) + "\n"
+    return card.front_matter() + "\n\n".join(part for part in body if part) + "\n"
 
 
 # -- reading and checking an adapter ---------------------------------------------------------------

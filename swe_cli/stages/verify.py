@@ -18,7 +18,7 @@ from typing import Any
 
 from swe_cli.edit import EDIT_FILE, Edit, as_numpy, edit_sha256, load_edit, patched_row_bytes
 from swe_cli.errors import CheckpointError, EditError
-from swe_cli.hub import CARD_FILE, EDIT_DIR, PROVENANCE_FILE, REPLACED
+from swe_cli.hub import CARD_FILE, EDIT_DIR, EVAL_CHART, PROVENANCE_FILE, REPLACED
 from swe_cli.io.checkpoint import (
     CheckpointLayout,
     checkpoint_layout,
@@ -344,6 +344,7 @@ def _check_foreign_files(output: Path, base_layout: CheckpointLayout, tally: _Ta
         CARD_FILE,
         PROVENANCE_FILE,
         f"{EDIT_DIR}/{EDIT_FILE}",
+        EVAL_CHART,
     }
     folders = {parent.as_posix() for name in allowed for parent in PurePosixPath(name).parents}
     for folder, directories, files in os.walk(output):
