@@ -208,3 +208,25 @@ def test_truncated_weights_name_the_checkpoint(
     result = run_cli(args, monkeypatch, capsys)
     assert_user_error(result, str(damaged))
     assert "truncated" in result[2] and CRASH not in result[2]
+
+
+def test_a_closed_stdout_pipe_is_no_crash() -> None:
+    """`swe ... | head -1`: when the reader of stdout goes away mid-run the run ends quietly
+    (exit 1, nothing on stderr), never as an "unexpected BrokenPipeError ... report it"."""
+    import subprocess
+    import sys
+
+    child = (
+        "import sys\n"
+        "import importlib\n"
+        "app = importlib.import_module('swe_cli.cli.app')\n"
+        "@app.app.command('pipe-closed')\n"
+        "def pipe_closed() -> None:\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "sys.argv = ['swe', 'pipe-closed']\n"
+        "app.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "unexpected" not in done.stderr and CRASH not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -328,6 +329,11 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt as error:
         _interrupted(error)
+    except BrokenPipeError:
+        # the reader of stdout went away (`swe --help | head`): nothing is wrong with the run, and
+        # Python must not try to flush into the closed pipe again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
