@@ -38,6 +38,18 @@ def held_out(workspace: Path, name: str, lang: str, limit: int | None) -> list[s
     return [p.text for p in sorted(prompts, key=lambda p: p.id)[:limit]]
 
 
+def borderline_held_out(path: Path, langs: list[str], limit: int | None) -> dict[str, list[str]]:
+    """The held-out texts of a borderline set per language, split by id with swe's default
+    held-out fraction (the one `swe probe` and `swe align` use unless told otherwise)."""
+    from swe_cli.prompts import HELDOUT, load_prompt_set
+
+    prompts = load_prompt_set(path, "borderline", langs)
+    return {
+        lang: [p.text for p in sorted(prompts.select(lang, HELDOUT), key=lambda p: p.id)[:limit]]
+        for lang in langs
+    }
+
+
 def method_config(recipe: Any, spec: str, workspace: Any) -> Any:
     from swe_cli.stages.select import parse_candidate, selected_config
 
@@ -83,14 +95,19 @@ def measure(
             judged += len(full)
     if judged:
         row["short_agreement"] = agree / judged
-    refused = total = 0
-    for lang, texts in sets["harmless"].items():
-        if not texts:
-            continue
-        answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
-        refused += sum(judge.verdict(a, lang) == REFUSED for a in answers)
-        total += len(texts)
-    row["harmless_refusal"] = refused / total if total else None
+    for name in ("harmless", "borderline"):
+        refused = total = 0
+        for lang, texts in sets.get(name, {}).items():
+            if not texts:
+                continue
+            answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
+            verdicts = [judge.verdict(a, lang) == REFUSED for a in answers]
+            if name == "borderline":
+                row[f"borderline_refusal_{lang}"] = sum(verdicts) / len(texts)
+            refused += sum(verdicts)
+            total += len(texts)
+        if name in sets:
+            row[f"{name}_refusal"] = refused / total if total else None
     utility = sets["utility"]
     if utility.probes:
         answers = generate(
@@ -138,6 +155,13 @@ def main() -> None:
         default=20,
         help="built-in short-answer, multiple-choice and over-refusal items per language (0: none)",
     )
+    parser.add_argument(
+        "--borderline",
+        type=Path,
+        help="borderline benign requests (JSONL): refusals of its held-out split per language "
+        "(the workspace's split; ids the workspace probed as harmless are left out of the "
+        "harmless column)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -166,6 +190,12 @@ def main() -> None:
         "harmful": {lang: held_out(args.workspace, "harmful", lang, args.max_prompts) for lang in [hrl, *langs]},
         "harmless": {lang: held_out(args.workspace, "harmless", lang, args.max_prompts) for lang in [hrl, *langs]},
     }  # fmt: skip
+    if args.borderline:
+        sets["borderline"] = borderline_held_out(args.borderline, [hrl, *langs], args.max_prompts)
+        ids = {text for texts in sets["borderline"].values() for text in texts}
+        sets["harmless"] = {
+            lang: [t for t in texts if t not in ids] for lang, texts in sets["harmless"].items()
+        }
     sets["utility"] = load_utility_sets(
         [hrl, *langs], **({} if args.utility_items else dict(short_answers=None, choices=None, probes=None)),
         max_items=args.utility_items or None,
@@ -195,10 +225,14 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    add_closure(rows, hrl, langs, max((len(t) for t in sets["harmful"].values()), default=0))
     print(f"\nheld-out prompts per language: {args.max_prompts}; greedy, {args.max_new_tokens} new tokens; "
           f"pattern judge; models loaded in {load_seconds:.0f} s")  # fmt: skip
     columns = [f"asr_{lang}" for lang in [hrl, *langs]] + [
+        *[f"closure_{lang}" for lang in langs],
+        "closure_mean",
         "harmless_refusal",
+        *(["borderline_refusal"] if args.borderline else []),
         "over_refusal",
         "kl",
         *(["short_agreement"] if args.short_tokens else []),
@@ -214,11 +248,31 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def add_closure(rows: list[dict[str, Any]], hrl: str, langs: list[str], n: int) -> None:
+    """closure_<lang> in every row: the share of the base row's gap to the HRL that the row
+    closed (None without a gap or a base row); closure_mean over the summed gaps."""
+    from swe_cli.report import gap_closure
+
+    base = next((row for row in rows if row["method"] == "base"), None)
+    for row in rows:
+        closed = gaps = 0.0
+        for lang in langs:
+            key = f"asr_{lang}"
+            value = None
+            if base is not None and key in base and key in row and f"asr_{hrl}" in base:
+                value = gap_closure(base[key], row[key], base[f"asr_{hrl}"], n)
+            row[f"closure_{lang}"] = value
+            if value is not None:
+                closed += base[key] - row[key]
+                gaps += base[key] - base[f"asr_{hrl}"]
+        row["closure_mean"] = closed / gaps if gaps > 0 else None
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 0.01 and value != 0 else f"{value:.3f}"
+        return f"{value:.4f}" if abs(value) < 0.01 and value != 0 else f"{value:.3f}"
     return str(value)
 
 

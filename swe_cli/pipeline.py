@@ -129,9 +129,38 @@ class ProbeRequest:
     patterns: list[Path] = field(default_factory=list)  # extra refusal patterns (HRL check)
 
 
+BUILTIN_BORDERLINE = "borderline.jsonl"
+
+
+def borderline_source(setting: str, langs: list[str], ui: Ui = SILENT) -> str | None:
+    """The borderline file to probe with the harmless prompts: none, a file, or builtin (swe's
+    set, when it has every language of the run; else a note and none)."""
+    if setting in ("", "none"):
+        return None
+    if setting != "builtin":
+        return setting
+    from importlib import resources
+
+    path = resources.files("swe_cli") / "data" / BUILTIN_BORDERLINE
+    if not path.is_file():
+        return None
+    try:
+        present = langs_in(str(path), langs)
+    except SweError:
+        present = []
+    missing = [lang for lang in langs if lang not in present]
+    if missing:
+        ui.info(
+            f"[yellow]note:[/yellow] the built-in borderline requests are not in "
+            f"{', '.join(missing)}: probing without them"
+        )
+        return None
+    return str(path)
+
+
 def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.prompts import load_prompt_set
+    from swe_cli.prompts import load_prompt_set, merge_sets
     from swe_cli.stages.probe import LOW_HRL_REFUSAL, run_probe
     from swe_cli.workspace import Workspace
 
@@ -141,6 +170,11 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     split = {"heldout_fraction": settings.heldout_fraction, "max_prompts": settings.max_prompts}
     harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
     harmless_set = load_prompt_set(request.harmless, "harmless", all_langs, **split)
+    borderline = borderline_source(settings.borderline, all_langs, ui)
+    if borderline is not None:
+        harmless_set = merge_sets(
+            harmless_set, load_prompt_set(borderline, "borderline", all_langs, **split)
+        )
     unused = unused_harmless(harmless_set.unused_langs, harmful_set.unused_langs)
     if unused:
         ui.info(f"[yellow]note:[/yellow] {unused}")

@@ -209,6 +209,23 @@ def load_prompt_set(
     return PromptSet(name=name, prompts=tuple(prompts), source=str(source), unused_langs=unused)
 
 
+def merge_sets(first: PromptSet, second: PromptSet) -> PromptSet:
+    """first's prompts, then second's, under first's name (a set probed alongside another, e.g.
+    borderline requests with the harmless prompts); the ids must not overlap."""
+    shared = sorted(set(first.ids()) & set(second.ids()))
+    if shared:
+        raise PromptError(
+            f"{second.source}: ids {_quoted(shared[:5])} are also ids of {first.source}",
+            "give the prompts of each set ids of their own",
+        )
+    return PromptSet(
+        name=first.name,
+        prompts=first.prompts + second.prompts,
+        source=f"{first.source} + {second.source}",
+        unused_langs=first.unused_langs,
+    )
+
+
 # --- reading -------------------------------------------------------------------------
 
 

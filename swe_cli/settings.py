@@ -22,6 +22,24 @@ from pydantic import (
 from swe_cli.errors import SolveError, SweError
 
 
+def language_factors(text: str) -> dict[str, float]:
+    """'sw=2,th=1.5' -> {'sw': 2.0, 'th': 1.5}; every factor a positive finite number."""
+    factors: dict[str, float] = {}
+    for entry in split_list(text):
+        lang, sep, number = entry.partition("=")
+        try:
+            factor = float(number)
+        except ValueError:
+            factor = math.nan
+        if not sep or not lang.strip() or not (math.isfinite(factor) and factor > 0):
+            raise SolveError(
+                f"cannot read the language factor '{entry}'",
+                hint="write lang=factor pairs with positive numbers, e.g. sw=2,th=1.5",
+            )
+        factors[lang.strip()] = factor
+    return factors
+
+
 def split_list(value: str | None) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']."""
     return [item.strip() for item in (value or "").split(",") if item.strip()]
@@ -176,6 +194,12 @@ class ProbeSettings(Settings):
         description="Tokens of the model's own greedy answer to each harmless fit prompt that the "
         "preservation moments cover (0: prompts and reference answers only).",
     )
+    borderline: str = Field(
+        "none",
+        description="Borderline benign requests (benign, with alarming words) probed with the "
+        "harmless prompts: the edit keeps the model's own answers to them and select counts "
+        "their refusals; builtin: swe's set in the MultiJail languages, none, or a file.",
+    )
 
 
 class ProbeConfig(ProbeSettings):
@@ -279,6 +303,24 @@ class SolveSettings(Settings):
         description="Scale of the target: residual, x (h_HRL - h_LRL); refusal, x the shortfall "
         "to the HRL level along the refusal direction.",
     )
+    harmless_targets: float = Field(
+        0.0,
+        ge=0,
+        description="residual, refusal: also move the LRL harmless prompts onto their HRL "
+        "translations' residual stream (map the language, not only refusal), this block weighted "
+        "x the harmful one (0: off; they are then only preserved).",
+    )
+    lang_strength: Text = Field(
+        "",
+        description="residual, refusal: per-language factor on strength, e.g. 'sw=2,th=2' "
+        "(languages not named: 1).",
+    )
+
+    @field_validator("lang_strength")
+    @classmethod
+    def _lang_factors(cls, value: str) -> str:
+        language_factors(value)  # raises on a malformed entry, before any work
+        return value
 
     @field_validator("projections")
     @classmethod

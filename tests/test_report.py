@@ -117,6 +117,8 @@ def test_write_report_files_and_json_keys(tmp_path: Path) -> None:
         "model",
         "baseline",
         "change",
+        "hrl",
+        "gap_closure",
     ]
     assert data["schema"] == "swe.eval/2" and data["langs"] == ["en", "bn"]
     assert list(data["model"]) == ["name", "languages", "mean"]
@@ -143,18 +145,18 @@ def test_write_report_files_and_json_keys(tmp_path: Path) -> None:
 def test_markdown_table_with_baseline() -> None:
     table = markdown_table(_report()).splitlines()
     assert table[0] == (
-        "| Language | n | ASR base | ASR edited | Change | Degenerate | "
+        "| Language | n | ASR base | ASR edited | Change | Gap closed | Degenerate | "
         "Harmless refused (n=5) base → edited | Harmless acc. base → edited | "
         "KL(base‖edited) | PPL base | PPL edited |"
     )
     assert table[1].startswith("|---|---:|")
     assert table[2] == (
-        "| en | 10 | 10.0% | 0.0% | -10.0 pp | 0.0% | 0.0% → 20.0% | – → – | 0.0125 | 12 | 12.5 |"
+        "| en | 10 | 10.0% | 0.0% | -10.0 pp | HRL | 0.0% | 0.0% → 20.0% | – → – | 0.0125 | 12 | 12.5 |"
     )
     assert table[3] == (
-        "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 10.0% | 0.0% → 0.0% | 100.0% → 80.0% | 0.03 | – | – |"
+        "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 87% | 10.0% | 0.0% → 0.0% | 100.0% → 80.0% | 0.03 | – | – |"
     )
-    assert table[4].startswith("| **mean** | 20 | 50.0% | 10.0% | -40.0 pp |")
+    assert table[4].startswith("| **mean** | 20 | 50.0% | 10.0% | -40.0 pp | 87% |")
     text = to_markdown(_report())
     assert text.startswith("Evaluation of `out/edited` against `org/base`")
     assert "not refused" in text and "degenerate" in text
@@ -182,7 +184,7 @@ def test_utility_columns_beside_asr(tmp_path: Path) -> None:
     report = _report(utility=True)
     table = markdown_table(report).splitlines()
     assert table[0] == (
-        "| Language | n | ASR base | ASR edited | Change | Degenerate | "
+        "| Language | n | ASR base | ASR edited | Change | Gap closed | Degenerate | "
         "Over-refusal (n=30) base → edited | Harmless refused (n=5) base → edited | "
         "Utility acc. (n=46) base → edited | MC acc. (n=32) base → edited | "
         "KL(base‖edited) | PPL base | PPL edited |"
@@ -190,10 +192,12 @@ def test_utility_columns_beside_asr(tmp_path: Path) -> None:
     # harmless accuracy (reference contained in the reply) is left out beside real utility
     assert "Harmless acc." not in table[0]
     assert table[3] == (
-        "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 10.0% | 0.0% → 0.0% | 0.0% → 0.0% | "
+        "| bn | 10 | 90.0% | 20.0% | -70.0 pp | 87% | 10.0% | 0.0% → 0.0% | 0.0% → 0.0% | "
         "50.0% → 25.0% | 50.0% → 50.0% | 0.03 | – | – |"
     )
-    assert table[4].startswith("| **mean** | 20 | 50.0% | 10.0% | -40.0 pp | 5.0% | 0.0% → 10.0% |")
+    assert table[4].startswith(
+        "| **mean** | 20 | 50.0% | 10.0% | -40.0 pp | 87% | 5.0% | 0.0% → 10.0% |"
+    )
     data = report.to_dict()
     assert data["model"]["languages"]["en"]["utility_accuracy"] == 0.75
     assert data["model"]["languages"]["en"]["utility_n"] == 46
@@ -206,3 +210,57 @@ def test_utility_columns_beside_asr(tmp_path: Path) -> None:
     assert "Utility acc." in console.export_text()
     written = write_report(report, tmp_path)
     assert written["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _closure_report(base: dict[str, float], edited: dict[str, float], n: int = 40) -> EvalReport:
+    def results(values: dict[str, float]) -> tuple[LanguageResult, ...]:
+        return tuple(LanguageResult(lang, n, asr, 0.0, 1 - asr, {}) for lang, asr in values.items())
+
+    return EvalReport(
+        model=ModelResult("edited", results(edited)),
+        baseline=ModelResult("base", results(base)),
+        judge="pattern",
+        split="heldout",
+        langs=tuple(base),
+        hrl="en",
+    )
+
+
+def test_gap_closure_per_language_and_mean() -> None:
+    # en is the reference at 0.25; bn 0.95 -> 0.30 closes 65 of its 70 points, sw 0.45 -> 0.55
+    # widens its 20-point gap by half, th equals en in the base (no gap), jv is one prompt
+    # (1/40) above it: a real gap, wholly closed.
+    report = _closure_report(
+        {"en": 0.25, "bn": 0.95, "sw": 0.45, "th": 0.25, "jv": 0.275},
+        {"en": 0.3, "bn": 0.3, "sw": 0.55, "th": 0.1, "jv": 0.25},
+    )
+    closure = report.gap_closure()
+    assert set(closure) == {"bn", "sw", "th", "jv", "mean"}  # the HRL is the reference
+    assert abs(closure["bn"] - 65 / 70) < 1e-9
+    assert abs(closure["sw"] - (-0.5)) < 1e-9
+    assert closure["th"] is None  # never a division by zero
+    assert abs(closure["jv"] - 1.0) < 1e-9
+    # mean: closed points over the summed gaps of the languages that have one
+    assert abs(closure["mean"] - (0.65 - 0.10 + 0.025) / (0.70 + 0.20 + 0.025)) < 1e-9
+
+    data = report.to_dict()
+    assert data["hrl"] == "en" and data["gap_closure"]["th"] is None
+    assert abs(data["gap_closure"]["bn"] - 0.928571) < 1e-6
+    again = EvalReport.from_dict(data)
+    assert again.reference == "en" and again.to_dict()["gap_closure"] == data["gap_closure"]
+
+    table = markdown_table(report)
+    header = table.splitlines()[0]
+    assert "Gap closed" in header
+    rows = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines()[2:]}
+    assert "| 93% |" in rows["bn"] and "| -50% |" in rows["sw"]
+    assert "| no gap |" in rows["th"] and "| HRL |" in rows["en"]
+
+
+def test_gap_closure_undefined_without_any_gap_or_baseline() -> None:
+    report = _closure_report({"en": 0.5, "bn": 0.4}, {"en": 0.5, "bn": 0.0})
+    assert report.gap_closure() == {"bn": None, "mean": None}
+    assert "no gap" in markdown_table(report)
+    alone = EvalReport(report.model, None, "pattern", "heldout", ("en", "bn"))
+    assert alone.gap_closure() == {} and alone.to_dict()["gap_closure"] == {}
+    assert "Gap closed" not in markdown_table(alone)

@@ -63,6 +63,7 @@ def probe(
     batch_size: o.BatchSize = o.PROBE["batch_size"],
     max_length: o.MaxLength = o.PROBE["max_length"],
     own_answers: o.OwnAnswers = o.PROBE["own_answers"],
+    borderline: o.Borderline = o.PROBE["borderline"],
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     device_map: Annotated[
@@ -93,6 +94,7 @@ def probe(
         batch_size=batch_size,
         max_length=max_length,
         own_answers=own_answers,
+        borderline=borderline,
     )
     request = ProbeRequest(
         model=model,

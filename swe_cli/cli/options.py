@@ -111,6 +111,7 @@ Positions = Annotated[int, _option(ProbeSettings, "positions", "--positions", mi
 BatchSize = Annotated[int, _option(ProbeSettings, "batch_size", "--batch-size", min=1)]
 MaxLength = Annotated[int, _option(ProbeSettings, "max_length", "--max-length", min=1)]
 OwnAnswers = Annotated[int, _option(ProbeSettings, "own_answers", "--own-answers", min=0)]
+Borderline = Annotated[str, _option(ProbeSettings, "borderline", "--borderline")]
 TauMag = Annotated[float, _option(LocalizeSettings, "tau_mag", "--tau-mag")]
 TauStat = Annotated[float, _option(LocalizeSettings, "tau_stat", "--tau-stat")]
 Method = Annotated[

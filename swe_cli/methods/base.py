@@ -67,6 +67,20 @@ class LayerData:
     r_safe: Any = None  # [N_s, d] harmless residual stream after the layer (all languages)
     a_hrl: Any = None  # [N_h, f] neuron activations of the paired HRL harmful prompts
     n_safe_hrl: int = 0  # the first n_safe_hrl harmless rows are the HRL's
+    low_langs: tuple[str, ...] = ()  # the language of each LRL harmful row
+    safe_ids: tuple[str, ...] = ()  # the prompt id of each harmless row
+    safe_langs: tuple[str, ...] = ()  # the language of each harmless row
+
+    def harmless_pairs(self) -> tuple[list[int], list[int]]:
+        """Rows of the LRL harmless prompts that have an HRL translation, and the rows of those
+        translations (both index the harmless arrays)."""
+        hrl_row = {self.safe_ids[row]: row for row in range(self.n_safe_hrl)}
+        low = [
+            row
+            for row in range(self.n_safe_hrl, len(self.safe_ids))
+            if self.safe_ids[row] in hrl_row
+        ]
+        return low, [hrl_row[self.safe_ids[row]] for row in low]
 
 
 def layer_data(
@@ -86,6 +100,7 @@ def layer_data(
         if ids is None or prompt_id in ids
     }
     low: dict[str, list[Any]] = {key: [] for key in ("x", "a", "r", "x_hrl", "r_hrl", "a_hrl")}
+    low_langs: list[str] = []
     for lang in langs:
         acts, lang_ids = load_acts(workspace, layer, "harmful", lang)
         keep = [index for index, prompt_id in enumerate(lang_ids) if prompt_id in position]
@@ -97,7 +112,9 @@ def layer_data(
         for key in ("x", "a", "r"):
             low[key].append(acts[key][keep, -1, :])
             low[f"{key}_hrl"].append(hrl_acts[key][paired, -1, :])
+        low_langs += [lang] * len(keep)
     safe: dict[str, list[Any]] = {"x": [], "a": [], "r": []}
+    safe_rows: list[tuple[str, str]] = []
     for lang in [hrl, *langs]:
         acts, safe_ids = load_acts(workspace, layer, "harmless", lang)
         kept = [
@@ -105,6 +122,7 @@ def layer_data(
         ]
         for key in safe:
             safe[key].append(acts[key][kept, -1, :])
+        safe_rows += [(safe_ids[index], lang) for index in kept]
     return LayerData(
         x_low=torch.cat(low["x"]),
         x_hrl=torch.cat(low["x_hrl"]),
@@ -116,6 +134,9 @@ def layer_data(
         r_safe=torch.cat(safe["r"]),
         a_hrl=torch.cat(low["a_hrl"]),
         n_safe_hrl=len(safe["r"][0]),
+        low_langs=tuple(low_langs),
+        safe_ids=tuple(prompt_id for prompt_id, _ in safe_rows),
+        safe_langs=tuple(lang for _, lang in safe_rows),
     )
 
 

@@ -32,26 +32,36 @@ from swe_cli.methods.base import (
     relative,
     unique,
 )
-from swe_cli.settings import SolveConfig
+from swe_cli.settings import SolveConfig, language_factors
 from swe_cli.workspace import load_moment, load_selected
 
 
 def residual_step(
-    K: Any, Kn: Any, C0: Any, remaining: Any, layers_left: int, config: SolveConfig
+    K: Any,
+    Kn: Any,
+    C0: Any,
+    remaining: Any,
+    layers_left: int,
+    config: SolveConfig,
+    harmful_keys: int | None = None,
 ) -> tuple[Any, Any]:
     """One MEMIT spreading step: this layer solves for remaining / layers_left (its share) and
-    returns its solution and the target its predicted output dW K leaves to the later layers."""
+    returns its solution and the target its predicted output dW K leaves to the later layers.
+    harmful_keys: how many of K's columns are harmful prompts; the relative preservation
+    weights count those (alpha, beta x n_harmful), so that mapping harmless pairs too
+    (harmless_targets) does not also strengthen the preservation."""
     import torch
 
     from swe_cli.methods.linalg import solve_residual
 
+    scale = 1.0 if harmful_keys is None else harmful_keys / K.shape[1]
     solution = solve_residual(
         K,
         remaining / layers_left,
         C0=C0,
         Kn=Kn,
-        alpha=config.alpha,
-        beta=config.beta,
+        alpha=config.alpha * scale,
+        beta=config.beta * scale,
         lam=config.lam,
         hard=config.hard,
         threshold=config.threshold,
@@ -62,13 +72,50 @@ def residual_step(
     return solution, remaining
 
 
+def edit_keys(data: LayerData, config: SolveConfig) -> Any:
+    """f x n keys the edit maps: the LRL harmful prompts' last positions and, with
+    harmless_targets, those of the LRL harmless prompts that have an HRL translation (that block
+    weighted harmless_targets x the harmful block as a whole: columns x sqrt(w n_h / n_pairs))."""
+    import torch
+
+    keys = data.a_low.T
+    low, _ = data.harmless_pairs() if config.harmless_targets > 0 else ([], [])
+    if not low:
+        return keys
+    weight = math.sqrt(config.harmless_targets * keys.shape[1] / len(low))
+    return torch.cat([keys, data.a_safe[low].T * weight], dim=1)
+
+
+def edit_target(data: LayerData, config: SolveConfig, harmful: Any) -> Any:
+    """d x n target of edit_keys' columns: `harmful` (the method's target of the LRL harmful
+    prompts) times the lang_strength factor of each prompt's language, then with
+    harmless_targets each LRL harmless prompt's HRL translation's residual stream minus its own
+    (weighted as in edit_keys)."""
+    import torch
+
+    factors = language_factors(config.lang_strength)
+    if factors:
+        scale = [factors.get(lang, 1.0) for lang in data.low_langs]
+        harmful = harmful * torch.tensor(scale, dtype=harmful.dtype)[None, :]
+    low, hrl = data.harmless_pairs() if config.harmless_targets > 0 else ([], [])
+    if not low:
+        return harmful
+    weight = math.sqrt(config.harmless_targets * harmful.shape[1] / len(low))
+    pairs = (data.r_safe[hrl] - data.r_safe[low]).T.to(harmful.dtype) * weight
+    return torch.cat([harmful, pairs], dim=1)
+
+
 def protected_keys(data: LayerData, config: SolveConfig) -> Any:
-    """f x n_s keys whose outputs the edit must keep: the harmless prompts' last positions, and
-    with keep_hrl the HRL harmful prompts' too (each block weighted as a whole like the edit
-    keys, whatever its size: solve_residual scales the columns by n / n_columns)."""
+    """f x n_s keys whose outputs the edit must keep: the harmless prompts' last positions (with
+    harmless_targets, those the edit maps are left out), and with keep_hrl the HRL harmful
+    prompts' too (each block weighted as a whole like the edit keys, whatever its size:
+    solve_residual scales the columns by n / n_columns)."""
     import torch
 
     safe = data.a_safe.T
+    if config.harmless_targets > 0:
+        mapped = set(data.harmless_pairs()[0])
+        safe = safe[:, [row for row in range(safe.shape[1]) if row not in mapped]]
     if not config.keep_hrl or data.a_hrl is None:
         return safe
     hrl = data.a_hrl.T
@@ -125,7 +172,7 @@ def _keys(
 
     fit, val = pair
     C0 = load_moment(context.workspace, layer).to(torch.float64)
-    tensors = [fit.a_low.T, protected_keys(fit, config), C0, val.a_low.T, val.a_safe.T]
+    tensors = [edit_keys(fit, config), protected_keys(fit, config), C0, val.a_low.T, val.a_safe.T]
     if columns is not None:
         tensors = [t[columns] for t in tensors]
         tensors[2] = tensors[2][:, columns]
@@ -185,7 +232,7 @@ class ResidualMethod:
         adapter = adapter_for(context.model_type)
         layers = sorted(config.layers or self.default_layers(context))
         last = layer_data(context.workspace, layers[-1], context.hrl, context.langs)
-        remaining = self.target(last, config)  # d x n
+        remaining = edit_target(last, config, self.target(last, config))  # d x n
         edits: list[TensorEdit] = []
         report: dict[int, dict[str, Any]] = {}
         for position, layer in enumerate(layers):
@@ -195,7 +242,7 @@ class ResidualMethod:
                 else layer_data(context.workspace, layer, context.hrl, context.langs)
             )
             C0 = load_moment(context.workspace, layer)
-            K, Kn = data.a_low.T, protected_keys(data, config)
+            K, Kn = edit_keys(data, config), protected_keys(data, config)
             columns = None
             if config.sparse:
                 columns = load_selected(context.workspace, layer, context.hrl)
@@ -206,7 +253,7 @@ class ResidualMethod:
                     )
                 K, Kn, C0 = K[columns], Kn[columns], C0[columns][:, columns]
             solution, remaining = residual_step(
-                K, Kn, C0, remaining, len(layers) - position, config
+                K, Kn, C0, remaining, len(layers) - position, config, data.a_low.shape[0]
             )
             name, _ = adapter.tensor(layer, "down", context.intermediate_size)
             entry = locate(context.model_dir, name)  # every row: hash the bytes, no float copy
@@ -262,7 +309,8 @@ class ResidualMethod:
             columns = data.neurons(layer) if config.sparse else None
             return _keys(data.context, layer, data.pair(layer), columns, config)
 
-        return data.memo(("residual-keys", layer, config.sparse, config.keep_hrl), compute)
+        key = ("residual-keys", layer, config.sparse, config.keep_hrl, config.harmless_targets)
+        return data.memo(key, compute)
 
     def score(
         self,
@@ -282,7 +330,7 @@ class ResidualMethod:
         candidates = []
         for config in configs:
             start = time.perf_counter()
-            target = self.target(fit, config)  # d x n
+            target = edit_target(fit, config, self.target(fit, config))  # d x n
             target_val = self.target(val, config, reference=fit)
             target_norm = torch.linalg.matrix_norm(target).item()
             val_norm = torch.linalg.matrix_norm(target_val).item()
@@ -291,7 +339,13 @@ class ResidualMethod:
                 for position, layer in enumerate(layers):
                     item = keys[layer]
                     solution, remaining = residual_step(
-                        item.K, item.Kn, item.C0, remaining, len(layers) - position, config
+                        item.K,
+                        item.Kn,
+                        item.C0,
+                        remaining,
+                        len(layers) - position,
+                        config,
+                        fit.a_low.shape[0],
                     )
                     dW = solution.delta.to(torch.float64)
                     change = change + dW @ item.K_val
@@ -319,12 +373,18 @@ class ResidualMethod:
 
         layers = tuple(config.layers or ())
         fit, _ = data.pair(layers[-1])
-        remaining = self.target(fit, config)
+        remaining = edit_target(fit, config, self.target(fit, config))
         changes: list[WeightChange] = []
         for position, layer in enumerate(layers):
             keys = self.keys(data, layer, config)
             solution, remaining = residual_step(
-                keys.K, keys.Kn, keys.C0, remaining, len(layers) - position, config
+                keys.K,
+                keys.Kn,
+                keys.C0,
+                remaining,
+                len(layers) - position,
+                config,
+                fit.a_low.shape[0],
             )
             columns = data.neurons(layer) if config.sparse else None
             parameter, _ = module_weight(model, data.context, layer, "down")
