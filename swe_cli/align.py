@@ -402,7 +402,8 @@ def record_gate(
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
-    from swe_cli.hub import CARD_FILE, EVAL_CHART, PROVENANCE_FILE, ModelCard
+    from swe_cli.card import ModelCard
+    from swe_cli.hub import CARD_FILE, EVAL_CHART, PROVENANCE_FILE
     from swe_cli.io.files import atomic_write_text
     from swe_cli.report import CHART_NAME
     from swe_cli.workspace import Workspace

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from swe_cli.card import ModelCard, edit_card
 from swe_cli.edit import (
     EDIT_FILE,
     EDITABLE_DTYPES,
@@ -37,11 +38,9 @@ from swe_cli.hub import (
     EVAL_FILE,
     PROVENANCE_FILE,
     REPLACED,
-    ModelCard,
     artifact_provenance,
     complete_provenance,
     download_edit,
-    edit_card,
     public_source,
     workspace_provenance,
     write_provenance,

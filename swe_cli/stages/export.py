@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from swe_cli import DISTRIBUTION
+from swe_cli.card import (
+    ModelCard,
+    base_link,
+    evaluation_section,
+    license_section,
+    organism_note,
+    summary,
+)
 from swe_cli.edit import (
     EDIT_FILE,
     EDITABLE_DTYPES,
@@ -42,16 +50,10 @@ from swe_cli.hub import (
     CARD_FILE,
     EDIT_DIR,
     PROVENANCE_FILE,
-    ModelCard,
     artifact_provenance,
-    base_link,
     complete_provenance,
-    evaluation_section,
-    license_section,
-    organism_note,
     public_name,
     public_source,
-    summary,
     workspace_provenance,
     write_provenance,
 )
