@@ -105,7 +105,7 @@ def check_method(name: str) -> None:
 def check_output(output: Path, protected: list[tuple[str, Path]], force: bool) -> None:
     """An output folder apply may write: outside every protected folder, and an existing one
     only with force (and only a model or edit folder)."""
-    from swe_cli.stages.apply import check_output as check
+    from swe_cli.stages.output import check_output as check
 
     check(output, protected, force)
 

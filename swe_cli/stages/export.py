@@ -33,14 +33,7 @@ from swe_cli.card import (
     organism_note,
     summary,
 )
-from swe_cli.edit import (
-    EDIT_FILE,
-    Edit,
-    edit_sha256,
-    load_edit,
-    save_edit,
-    solved_edit,
-)
+from swe_cli.edit import EDIT_FILE, Edit, edit_sha256, load_edit, save_edit, solved_edit
 from swe_cli.errors import LoraError
 from swe_cli.hub import (
     CARD_FILE,
@@ -61,8 +54,9 @@ from swe_cli.io.files import (
     sync_tree,
     temporary_folder,
 )
-from swe_cli.stages.apply import check_output, locate_edit
+from swe_cli.stages.apply import locate_edit
 from swe_cli.stages.factor import DEFAULT_MAX_RANK, LoraFactor, factor_edit
+from swe_cli.stages.output import check_output
 from swe_cli.workspace import Workspace
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
