@@ -174,7 +174,7 @@ def test_a_nan_perplexity_is_an_error(tiny_llama: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from swe_cli.stages.evaluate import perplexity
+    from swe_cli.stages.answers import perplexity
 
     class Broken:
         device = torch.device("cpu")
