@@ -715,7 +715,8 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
         check_adapter_base(request.adapter, request.model, request.revision)
     from swe_cli.hub import edited_model_hash
     from swe_cli.judges import GuardJudge, PatternJudge
-    from swe_cli.report import public_names, rich_table, write_report, write_report_folder
+    from swe_cli.report import rich_table
+    from swe_cli.report_files import public_names, write_report, write_report_folder
     from swe_cli.stages.evaluate import run_eval
     from swe_cli.workspace import Workspace
 

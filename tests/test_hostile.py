@@ -323,7 +323,7 @@ def test_a_bad_candidate_value_or_layer_stops_align_before_any_work(
 
 # -- outputs ----------------------------------------------------------------------------------------
 def test_the_eval_folder_is_written_as_a_unit(tmp_path: Path) -> None:
-    from swe_cli.report import write_report_folder
+    from swe_cli.report_files import write_report_folder
 
     folder = tmp_path / "eval"
     folder.mkdir()
