@@ -21,15 +21,11 @@ from swe_cli.gate import GateDecision, GateLimits
 from swe_cli.gate import check as check_gate
 from swe_cli.pipeline import (
     SILENT,
-    ApplyRequest,
-    EvalRequest,
     ProbeRequest,
     Ui,
-    apply,
     check_method,
     check_output,
     check_run,
-    evaluate,
     localize,
     moment_layers,
     probe,
@@ -38,6 +34,8 @@ from swe_cli.pipeline import (
     solve,
     writing,
 )
+from swe_cli.pipeline_artifacts import ApplyRequest, apply
+from swe_cli.pipeline_eval import EvalRequest, evaluate
 from swe_cli.settings import Recipe, parse_layers
 
 
@@ -266,7 +264,7 @@ def _evaluate_then_ship(
     first, loaded beside the base, and moved into place once the gate has passed."""
     from swe_cli.io.files import move_into_place
     from swe_cli.measure import EditNotInMemory
-    from swe_cli.pipeline import base_eval_cache, edit_hash, solved_edit_file
+    from swe_cli.pipeline_eval import base_eval_cache, edit_hash, solved_edit_file
 
     written = fresh_candidate(request.output)
     eval_request = EvalRequest(

@@ -71,8 +71,8 @@ def apply(
 
     The checkpoint is a streaming copy of the base in which only the edited rows are rewritten.
     """
-    from swe_cli.pipeline import ApplyRequest, push
-    from swe_cli.pipeline import apply as run
+    from swe_cli.pipeline_artifacts import ApplyRequest, push
+    from swe_cli.pipeline_artifacts import apply as run
 
     request = ApplyRequest(
         output=output,
@@ -109,7 +109,7 @@ def verify(
     Untouched tensors must be byte-identical and edited rows exact; for a LoRA adapter, base +
     B A must equal the edited rows (of the edit in -w, else the one the adapter records).
     """
-    from swe_cli.pipeline import verify as run
+    from swe_cli.pipeline_artifacts import verify as run
 
     summary = run(output, base, workspace, revision, ui(), problem)
     emit(summary)
@@ -192,7 +192,7 @@ def eval_command(
 
     Writes report.json, report.md, asr.png and generations.jsonl (with -o or -w).
     """
-    from swe_cli.pipeline import EvalRequest, evaluate
+    from swe_cli.pipeline_eval import EvalRequest, evaluate
 
     request = EvalRequest(
         model=model,

@@ -91,7 +91,7 @@ def align(
     """
     from swe_cli.align import AlignRequest
     from swe_cli.align import align as run
-    from swe_cli.pipeline import push
+    from swe_cli.pipeline_artifacts import push
 
     request = AlignRequest(
         model=model,
