@@ -1,7 +1,7 @@
 """`swe align` and `swe demo`: the whole pipeline as one typed request, probe -> localize
 (-> select) -> solve -> apply (-> eval and the shipping gate), in one resumable workspace. This
 module owns the default workspace, the recipe choice and the model card's gate note; the stage
-calls it makes are those of swe_cli/pipeline.py."""
+calls it makes are those of swe_cli/pipeline.py, pipeline_artifacts.py and pipeline_eval.py."""
 
 from __future__ import annotations
 
