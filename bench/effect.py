@@ -76,8 +76,8 @@ def measure(
 ) -> dict[str, Any]:
     from swe_cli.accuracy import accuracy, score_choices, score_short_answers
     from swe_cli.judges import REFUSED, PatternJudge
+    from swe_cli.measure import next_token_kl
     from swe_cli.models import generate
-    from swe_cli.stages.evaluate import next_token_kl
 
     judge = PatternJudge.from_files()
     row: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """`swe align` and `swe demo`: the whole pipeline as one typed request, probe -> localize
 (-> select) -> solve -> apply (-> eval and the shipping gate), in one resumable workspace. This
 module owns the default workspace, the recipe choice and the model card's gate note; the stage
-calls it makes are those of swe_cli/pipeline.py."""
+calls it makes are those of swe_cli/pipeline.py, pipeline_artifacts.py and pipeline_eval.py."""
 
 from __future__ import annotations
 
@@ -21,15 +21,11 @@ from swe_cli.gate import GateDecision, GateLimits
 from swe_cli.gate import check as check_gate
 from swe_cli.pipeline import (
     SILENT,
-    ApplyRequest,
-    EvalRequest,
     ProbeRequest,
     Ui,
-    apply,
     check_method,
     check_output,
     check_run,
-    evaluate,
     localize,
     moment_layers,
     probe,
@@ -38,6 +34,8 @@ from swe_cli.pipeline import (
     solve,
     writing,
 )
+from swe_cli.pipeline_artifacts import ApplyRequest, apply
+from swe_cli.pipeline_eval import EvalRequest, evaluate
 from swe_cli.settings import Recipe, parse_layers
 
 
@@ -266,7 +264,7 @@ def _evaluate_then_ship(
     first, loaded beside the base, and moved into place once the gate has passed."""
     from swe_cli.io.files import move_into_place
     from swe_cli.measure import EditNotInMemory
-    from swe_cli.pipeline import base_eval_cache, edit_hash, solved_edit_file
+    from swe_cli.pipeline_eval import base_eval_cache, edit_hash, solved_edit_file
 
     written = fresh_candidate(request.output)
     eval_request = EvalRequest(
@@ -402,7 +400,8 @@ def record_gate(
 
 def refresh_card(output: Path, workspace: Path, gate: str | None = None) -> None:
     """Rewrite OUT/README.md with the eval table (and the gate's decision) once eval has run."""
-    from swe_cli.hub import CARD_FILE, EVAL_CHART, PROVENANCE_FILE, ModelCard
+    from swe_cli.card import ModelCard
+    from swe_cli.hub import CARD_FILE, EVAL_CHART, PROVENANCE_FILE
     from swe_cli.io.files import atomic_write_text
     from swe_cli.report import CHART_NAME
     from swe_cli.workspace import Workspace

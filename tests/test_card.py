@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard as HubCard
 from test_hub import provenance
 from test_report import _report
 
-from swe_cli.hub import ModelCard, edit_card
+from swe_cli.card import ModelCard, edit_card
 from swe_cli.report import card_markdown
 from swe_cli.stages.export import adapter_card, render_card
 

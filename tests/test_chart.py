@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 from test_report import _report  # noqa: E402
 
-from swe_cli.report import chart_figure, write_chart  # noqa: E402
+from swe_cli.chart import chart_figure, write_chart  # noqa: E402
 
 
 def texts(axis) -> list[str]:  # type: ignore[no-untyped-def]

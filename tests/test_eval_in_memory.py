@@ -15,7 +15,7 @@ from swe_cli.edit import Edit, load_edit, save_edit, tensor_edit_from_base
 from swe_cli.measure import EditNotInMemory, edit_applied
 from swe_cli.models import load_model
 from swe_cli.prompts import load_prompt_set
-from swe_cli.stages import evaluate
+from swe_cli.stages import answers as evaluate  # generate is called there
 from swe_cli.stages.apply import apply_edit_artifact
 from swe_cli.stages.evaluate import run_eval, run_eval_edit
 

@@ -11,15 +11,11 @@ import torch
 
 from swe_cli.errors import EvalError
 from swe_cli.judges import REFUSED, GuardJudge
+from swe_cli.measure import next_token_kl
 from swe_cli.models import encode_texts, format_chat, generate, load_model, pad_rows
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
-from swe_cli.stages.evaluate import (
-    answer_matches,
-    next_token_kl,
-    perplexity,
-    plan_languages,
-    run_eval,
-)
+from swe_cli.stages.answers import perplexity, plan_languages
+from swe_cli.stages.evaluate import answer_matches, run_eval
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import make_tiny_checkpoint  # noqa: E402

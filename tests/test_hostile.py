@@ -174,7 +174,7 @@ def test_a_nan_perplexity_is_an_error(tiny_llama: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from swe_cli.stages.evaluate import perplexity
+    from swe_cli.stages.answers import perplexity
 
     class Broken:
         device = torch.device("cpu")
@@ -323,7 +323,7 @@ def test_a_bad_candidate_value_or_layer_stops_align_before_any_work(
 
 # -- outputs ----------------------------------------------------------------------------------------
 def test_the_eval_folder_is_written_as_a_unit(tmp_path: Path) -> None:
-    from swe_cli.report import write_report_folder
+    from swe_cli.report_files import write_report_folder
 
     folder = tmp_path / "eval"
     folder.mkdir()

@@ -10,12 +10,11 @@ from unittest import mock
 import pytest
 import torch
 
+from swe_cli.card import ModelCard, edit_card
 from swe_cli.edit import Edit, TensorEdit
 from swe_cli.errors import HubError
 from swe_cli.hub import (
-    ModelCard,
     complete_provenance,
-    edit_card,
     hub_repo_id,
     neuron_counts,
     normalise_languages,

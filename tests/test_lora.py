@@ -283,7 +283,7 @@ def test_missing_peft_is_one_clear_error(
 
 
 def test_numerical_rank_ignores_float32_rounding() -> None:
-    from swe_cli.stages.export import numerical_rank
+    from swe_cli.stages.factor import numerical_rank
 
     delta = low_rank(40, 30, 3, 1.0, 6).to(torch.float32)  # rank 3, rounded to float32
     singular_values = torch.linalg.svdvals(delta.double()).numpy()

@@ -517,7 +517,8 @@ def make_workspace(root: Path, base: Path, name: str, with_eval: bool = True) ->
     (workspace.edit_dir / "edit.yaml").write_text(yaml.safe_dump(summary))
     workspace.record_stage("solve", {"method": "paper", "rank": 32, "gamma": 1.0}, {"rows": 40})
     if with_eval:
-        from swe_cli.report import EvalReport, LanguageResult, ModelResult, write_report
+        from swe_cli.report import EvalReport, LanguageResult, ModelResult
+        from swe_cli.report_files import write_report
 
         def result(name: str, asr: float) -> ModelResult:
             return ModelResult(name, (LanguageResult(lang="sw", n=10, asr=asr, degenerate_rate=0),))

@@ -15,8 +15,8 @@ from swe_cli.report import (
     markdown_table,
     rich_table,
     to_markdown,
-    write_report,
 )
+from swe_cli.report_files import write_report
 
 LANGUAGE_KEYS = {
     "n",

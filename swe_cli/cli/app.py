@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from swe_cli import __version__
 from swe_cli.errors import SweError
+
+if TYPE_CHECKING:
+    from swe_cli.pipeline import Ui
 
 # The panels of `swe --help`, in the order they are shown.
 STAGES = "Pipeline stages (run in this order, sharing a workspace)"
@@ -369,3 +372,16 @@ def main() -> None:
 
 def _is_damaged_safetensors(error: Exception) -> bool:
     return type(error).__name__ == "SafetensorError"
+
+
+def ui() -> Ui:
+    """The pipeline's terminal output, bound to this run's --quiet/--json."""
+    from swe_cli.pipeline import Ui
+
+    return Ui(info=info, show=show, progress=progress_bar, quiet=STATE["quiet"])
+
+
+def option_given(context: typer.Context, name: str) -> bool:
+    """Whether an option was given on the command line (not its default)."""
+    source = context.get_parameter_source(name)
+    return source is not None and source.name in {"COMMANDLINE", "ENVIRONMENT"}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from swe_cli.card import ModelCard, edit_card
 from swe_cli.edit import (
     EDIT_FILE,
     EDITABLE_DTYPES,
@@ -29,7 +30,7 @@ from swe_cli.edit import (
     save_edit,
     solved_edit,
 )
-from swe_cli.errors import CheckpointError, EditError, SweError
+from swe_cli.errors import CheckpointError, EditError
 from swe_cli.hub import (
     CALLER_KEYS,
     CARD_FILE,
@@ -37,11 +38,9 @@ from swe_cli.hub import (
     EVAL_FILE,
     PROVENANCE_FILE,
     REPLACED,
-    ModelCard,
     artifact_provenance,
     complete_provenance,
     download_edit,
-    edit_card,
     public_source,
     workspace_provenance,
     write_provenance,
@@ -58,8 +57,6 @@ from swe_cli.io.files import (
     Transfer,
     atomic_write_text,
     check_inside,
-    check_overlap,
-    check_previous,
     human_size,
     move_into_place,
     sync_tree,
@@ -73,6 +70,8 @@ from swe_cli.io.safetensors import (
     rows_sha256,
     write_row_bytes,
 )
+from swe_cli.stages.device import resolve_device
+from swe_cli.stages.output import check_output
 from swe_cli.workspace import Workspace
 
 BLOCK_BYTES = 16 * 1024 * 1024  # fp32 bytes of edited rows computed at once
@@ -324,39 +323,6 @@ def export_edit(workspace: Workspace, output: Path, *, force: bool = False) -> P
     return output
 
 
-def resolve_device(device: str) -> str:
-    """The device rows are computed on. cpu: numpy, torch is not even imported; auto: cuda when
-    a GPU and a CUDA build of torch are present, else cpu; cuda, cuda:N: must be usable."""
-    if device == "cpu":
-        return device
-    if device in ("", "auto"):
-        if not _gpu_present():
-            return "cpu"
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SweError(
-            f"--device {device} asked for, but torch sees no CUDA device",
-            hint="use --device cpu (row edits are small) or install a CUDA build of torch",
-        )
-    try:
-        torch.empty(1, device=device)
-    except (RuntimeError, ValueError) as error:
-        raise SweError(
-            f"device '{device}' is not usable ({error})", hint="use cpu, cuda or cuda:N"
-        ) from None
-    return device
-
-
-def _gpu_present() -> bool:
-    """Cheap check before importing torch: an NVIDIA driver or device node, or ROCm's."""
-    markers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
-    return any(Path(marker).exists() for marker in markers)
-
-
 # -- the apply pipeline -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:
@@ -604,30 +570,7 @@ def _write_metadata(
     atomic_write_text(folder / CARD_FILE, card.render(provenance))
 
 
-# -- the output folder --------------------------------------------------------------------------
-def check_output(output: Path, protected: Sequence[tuple[str, Path]], force: bool) -> None:
-    """check_overlap; then an existing output needs --force, and only a model or edit folder
-    is ever replaced."""
-    check_overlap(output, protected)
-    check_previous(output)
-    if not (output.exists() or output.is_symlink()):
-        return
-    if not force:
-        raise CheckpointError(
-            f"{output} already exists", hint="pass --force to replace it, or choose another -o"
-        )
-    if output.is_symlink() or not output.is_dir() or not _replaceable(output):
-        raise CheckpointError(
-            f"{output} exists and is not a model or edit folder; refusing to replace it",
-            hint="remove it yourself or choose another -o/--output",
-        )
-
-
-def _replaceable(folder: Path) -> bool:
-    markers = ("config.json", PROVENANCE_FILE, EDIT_FILE)
-    return not any(folder.iterdir()) or any((folder / marker).exists() for marker in markers)
-
-
+# -- disk space ---------------------------------------------------------------------------------
 def _check_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free

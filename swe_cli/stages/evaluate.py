@@ -1,7 +1,7 @@
-"""The eval stage: generate answers (swe_cli/models.py: batched greedy decoding with left padding),
-judge them, and measure utility (over-refusal on probes and on harmless prompts, short-answer and
-multiple-choice accuracy (swe_cli/accuracy.py), KL(base || edited) of next-token distributions,
-perplexity). ``run_eval`` ties these into an EvalReport
+"""The eval stage: generate answers (stages/answers.py, with swe_cli/models.py: batched greedy
+decoding with left padding), judge them, and measure utility (over-refusal on probes and on
+harmless prompts, short-answer and multiple-choice accuracy (swe_cli/accuracy.py),
+KL(base || edited) of next-token distributions, perplexity). ``run_eval`` ties these into an EvalReport
 (swe_cli/report.py); judges live in swe_cli/judges.py. torch/transformers are imported lazily.
 
 Definitions (also in the report's Markdown note):
@@ -30,21 +30,12 @@ Definitions (also in the report's Markdown note):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from swe_cli.accuracy import (
-    SHORT_ANSWER_TOKENS,
-    Choice,
-    ShortAnswer,
-    UtilitySets,
-    is_correct,
-    score_choices,
-)
-from swe_cli.errors import EvalError, PromptError
+from swe_cli.accuracy import SHORT_ANSWER_TOKENS, UtilitySets, is_correct
+from swe_cli.errors import EvalError
 from swe_cli.judges import (
     ATTACK_SUCCESS,
     DEGENERATE,
@@ -54,69 +45,25 @@ from swe_cli.judges import (
     contains_phrase,
     normalize_text,
 )
-from swe_cli.measure import (
-    edit_applied,
-    logits_of,
-    next_token_kl,
-    paired_kl,
-    refusal_rate,
-)
-from swe_cli.models import (
-    encode_texts,
-    generate,
-    length_batches,
-    load_model,
-    pad_rows,
-)
-from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
+from swe_cli.measure import edit_applied, logits_of, paired_kl, refusal_rate
+from swe_cli.models import load_model
+from swe_cli.prompts import HELDOUT, Prompt, PromptSet
 from swe_cli.report import BASELINE, MODEL, EvalReport, LanguageResult, ModelResult, Sample
+from swe_cli.stages.answers import (
+    LanguagePlan,
+    Measured,
+    Progress,
+    kl_per_language,
+    measure_model,
+    plan_languages,
+    progress_reporter,
+)
 
-# progress(task description, completed, total): called after every batch of every task.
-Progress = Callable[[str, int, int], None]
-
-SPLITS = (HELDOUT, FIT, "all")
 CORRECT = "correct"  # verdicts of short-answer samples in generations.jsonl
 WRONG = "wrong"
 
 
 # -- utility metrics ---------------------------------------------------------------------------
-
-
-def perplexity(
-    model: Any,
-    tokenizer: Any,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 16,
-    max_length: int = 1024,
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[float, int]:
-    """(perplexity, number of predicted tokens) over raw texts, tokens pooled."""
-    import torch
-
-    encoded = [row[:max_length] for row in encode_texts(tokenizer, texts, special_tokens=True)]
-    encoded = [row for row in encoded if len(row) >= 2]
-    if not encoded:
-        raise EvalError("general texts are too short to measure perplexity", hint="--general")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total_nll, total_tokens, done = 0.0, 0, 0
-    for batch in length_batches([len(row) for row in encoded], batch_size):
-        input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
-        log_probs = torch.log_softmax(logits_of(model, input_ids, attention_mask)[:, :-1], dim=-1)
-        targets = input_ids[:, 1:].to(log_probs.device)
-        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        mask = attention_mask[:, 1:].to(nll.device).float()
-        total_nll += float((nll * mask).sum())
-        total_tokens += int(mask.sum())
-        done += len(batch)
-        if on_batch is not None:
-            on_batch(done)
-    if not math.isfinite(total_nll):  # exp(nan) is nan, and nan breaks no limit
-        raise EvalError(
-            f"the perplexity on the general text is not finite (mean log-loss {total_nll})",
-            hint="the weights hold nan/inf values: check the edit or adapter (`swe verify`)",
-        )
-    return math.exp(total_nll / total_tokens), total_tokens
 
 
 def answer_matches(response: str, reference: str) -> bool:
@@ -128,171 +75,12 @@ def answer_matches(response: str, reference: str) -> bool:
 # -- the stage ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Language:
-    """The prompts of one language used by the evaluation."""
-
-    lang: str
-    harmful: tuple[Prompt, ...]
-    harmless: tuple[Prompt, ...]
-    general: tuple[Prompt, ...]
-    probes: tuple[Prompt, ...] = ()
-    short_answers: tuple[ShortAnswer, ...] = ()
-    choices: tuple[Choice, ...] = ()
-
-
-def _select(prompt_set: PromptSet | None, lang: str, split: str | None) -> tuple[Prompt, ...]:
-    if prompt_set is None or lang not in prompt_set.langs():
-        return ()
-    return tuple(prompt_set.select(lang, split))
-
-
-def plan_languages(
-    harmful: PromptSet,
-    harmless: PromptSet | None,
-    general: PromptSet | None,
-    langs: Sequence[str],
-    split: str,
-    utility: UtilitySets | None = None,
-) -> list[_Language]:
-    """The prompts per language; every language needs harmful prompts in the split, while
-    harmless/general/utility sets may lack a language (its metrics are then null in the
-    report). Utility items and probes are never used to fit an edit: all of them are used."""
-    if split not in SPLITS:
-        raise EvalError(f"unknown split '{split}'", hint=f"use one of {', '.join(SPLITS)}")
-    if not langs:
-        raise EvalError("no languages to evaluate", hint="pass --langs, e.g. en,bn,sw")
-    chosen = None if split == "all" else split
-    plan = []
-    for lang in dict.fromkeys(langs):
-        try:
-            harmful_prompts = tuple(harmful.select(lang, chosen))
-        except PromptError as error:
-            raise EvalError(error.message, hint=error.hint) from None
-        if not harmful_prompts:
-            raise EvalError(
-                f"prompt set '{harmful.name}' has no {split} prompts in '{lang}'",
-                hint="use more prompts, another --split, or drop the language",
-            )
-        sets = utility or UtilitySets()
-        plan.append(
-            _Language(
-                lang,
-                harmful_prompts,
-                _select(harmless, lang, chosen),
-                _select(general, lang, chosen),
-                tuple(p for p in sets.probes if p.lang == lang),
-                tuple(item for item in sets.short_answers if item.lang == lang),
-                tuple(item for item in sets.choices if item.lang == lang),
-            )
-        )
-    return plan
-
-
-@dataclass
-class _Measured:
-    """What one model produced before judging."""
-
-    harmful: dict[str, list[str]]
-    harmless: dict[str, list[str]]
-    perplexity: dict[str, tuple[float, int]]
-    probes: dict[str, list[str]] = field(default_factory=dict)
-    short_answers: dict[str, list[str]] = field(default_factory=dict)
-    choices: dict[str, list[bool]] = field(default_factory=dict)
-
-
-def _measure(
-    role: str,
-    model: Any,
-    tokenizer: Any,
-    plan: Sequence[_Language],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    progress: Progress | None,
-    generator: Callable[[Sequence[str], int], list[str]] | None = None,
-) -> _Measured:
-    measured = _Measured({}, {}, {})
-    short_tokens = min(max_new_tokens, SHORT_ANSWER_TOKENS)
-    for language in plan:
-        lang = language.lang
-        for kind, texts, into, tokens in (
-            ("harmful", [p.text for p in language.harmful], measured.harmful, max_new_tokens),
-            ("harmless", [p.text for p in language.harmless], measured.harmless, max_new_tokens),
-            ("over-refusal", [p.text for p in language.probes], measured.probes, max_new_tokens),
-            (
-                "utility",
-                [i.question for i in language.short_answers],
-                measured.short_answers,
-                short_tokens,
-            ),
-        ):
-            if texts and generator is not None:
-                into[lang] = generator(texts, tokens)
-            elif texts:
-                into[lang] = generate(
-                    model,
-                    tokenizer,
-                    texts,
-                    max_new_tokens=tokens,
-                    batch_size=batch_size,
-                    on_batch=_reporter(progress, f"{role}: {kind} {lang}", len(texts)),
-                )
-        if language.choices:
-            measured.choices[lang] = score_choices(
-                model,
-                tokenizer,
-                language.choices,
-                batch_size=batch_size,
-                on_batch=_reporter(progress, f"{role}: choices {lang}", len(language.choices)),
-            )
-        if language.general:
-            measured.perplexity[lang] = perplexity(
-                model,
-                tokenizer,
-                [p.text for p in language.general],
-                batch_size=batch_size,
-                on_batch=_reporter(progress, f"{role}: perplexity {lang}", len(language.general)),
-            )
-    return measured
-
-
-def _reporter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
-    if progress is None:
-        return None
-    progress(task, 0, total)
-    return lambda done: progress(task, done, total)
-
-
-def _kl_per_language(
-    base: Any,
-    edited: Any,
-    tokenizer: Any,
-    plan: Sequence[_Language],
-    *,
-    batch_size: int,
-    progress: Progress | None,
-) -> dict[str, float]:
-    return {
-        language.lang: next_token_kl(
-            base,
-            edited,
-            tokenizer,
-            [p.text for p in language.harmless],
-            batch_size=batch_size,
-            on_batch=_reporter(progress, f"KL {language.lang}", len(language.harmless)),
-        )
-        for language in plan
-        if language.harmless
-    }
-
-
 def _judge_role(
     role: str,
     name: str,
-    measured: _Measured,
+    measured: Measured,
     kl: dict[str, float],
-    plan: Sequence[_Language],
+    plan: Sequence[LanguagePlan],
     judge: Judge,
     refusal_judge: PatternJudge,
 ) -> tuple[ModelResult, list[Sample]]:
@@ -351,10 +139,10 @@ def _samples(
 
 
 def _language_result(
-    language: _Language,
+    language: LanguagePlan,
     verdicts: Sequence[str],
     harmless_verdicts: Sequence[str],
-    measured: _Measured,
+    measured: Measured,
     kl: float | None,
     *,
     reports_refusals: bool,
@@ -455,13 +243,13 @@ def run_eval(
 
         return vllm_generator(path, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
 
-    base_measured: _Measured | None = None
+    base_measured: Measured | None = None
     base_model = None
     if baseline is not None:
         base_model, base_tokenizer = load_model(
             baseline, device=device, dtype=dtype, revision=revision
         )
-        base_measured = _measure(
+        base_measured = measure_model(
             BASELINE, base_model, base_tokenizer, plan, **options, generator=generator_for(baseline)
         )
     edited, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
@@ -471,12 +259,14 @@ def run_eval(
         edited = load_with_adapter(edited, adapter)
     kl: dict[str, float] = {}
     if base_model is not None:
-        kl = _kl_per_language(
+        kl = kl_per_language(
             base_model, edited, tokenizer, plan, batch_size=batch_size, progress=progress
         )
         del base_model
         _free_memory()
-    measured = _measure(MODEL, edited, tokenizer, plan, **options, generator=generator_for(model))
+    measured = measure_model(
+        MODEL, edited, tokenizer, plan, **options, generator=generator_for(model)
+    )
     del edited
     _free_memory()
     name = label or (str(model) if adapter is None else f"{model} + {adapter}")
@@ -492,9 +282,9 @@ def run_eval(
 
 
 def _report(
-    plan: Sequence[_Language],
-    model: tuple[str, _Measured, dict[str, float]],
-    baseline: tuple[str, _Measured] | None,
+    plan: Sequence[LanguagePlan],
+    model: tuple[str, Measured, dict[str, float]],
+    baseline: tuple[str, Measured] | None,
     judge: Judge,
     refusal_judge: PatternJudge,
     split: str,
@@ -573,12 +363,12 @@ def run_eval_edit(
         stored = base_cache.load(cache, key)
         base_measured = None if stored is None else _measured_from(stored)
     if base_measured is None:
-        base_measured = _measure(BASELINE, model, tokenizer, plan, **options)
+        base_measured = measure_model(BASELINE, model, tokenizer, plan, **options)
         if cache is not None and key is not None:
             base_cache.store(cache, key, _measured_to(base_measured))
     kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
     with edit_applied(model, edit):
-        measured = _measure(MODEL, model, tokenizer, plan, **options)
+        measured = measure_model(MODEL, model, tokenizer, plan, **options)
     del model
     _free_memory()
     return _report(
@@ -596,7 +386,7 @@ def _kl_in_memory(
     model: Any,
     edit: Any,
     tokenizer: Any,
-    plan: Sequence[_Language],
+    plan: Sequence[LanguagePlan],
     *,
     batch_size: int,
     progress: Progress | None,
@@ -612,14 +402,14 @@ def _kl_in_memory(
             tokenizer,
             [p.text for p in language.harmless],
             batch_size=batch_size,
-            on_batch=_reporter(progress, f"KL {language.lang}", len(language.harmless)),
+            on_batch=progress_reporter(progress, f"KL {language.lang}", len(language.harmless)),
         )
         for language in plan
         if language.harmless
     }
 
 
-def _measured_to(measured: _Measured) -> dict[str, Any]:
+def _measured_to(measured: Measured) -> dict[str, Any]:
     return {
         "harmful": measured.harmful,
         "harmless": measured.harmless,
@@ -630,9 +420,9 @@ def _measured_to(measured: _Measured) -> dict[str, Any]:
     }
 
 
-def _measured_from(document: dict[str, Any]) -> _Measured | None:
+def _measured_from(document: dict[str, Any]) -> Measured | None:
     try:
-        return _Measured(
+        return Measured(
             harmful={k: [str(a) for a in v] for k, v in document["harmful"].items()},
             harmless={k: [str(a) for a in v] for k, v in document["harmless"].items()},
             perplexity={k: (float(v[0]), int(v[1])) for k, v in document["perplexity"].items()},

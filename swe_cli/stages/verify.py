@@ -39,14 +39,11 @@ from swe_cli.stages.export import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     Adapter,
-    base_rows,
-    compact_product,
     config_for_ranks,
     file_sha256,
-    module_of,
     read_adapter,
-    reconstruction_error,
 )
+from swe_cli.stages.factor import base_rows, compact_product, module_of, reconstruction_error
 
 MAX_PROBLEMS_PER_FILE = 20
 
