@@ -35,32 +35,23 @@ def read_card_metadata(readme: Path) -> dict[str, Any]:
 
 
 # The parameters each method reads (swe_cli/methods/): the card lists these and no others.
+# residual and refusal share one solver (refusal only changes the target), so one parameter list
+_RESIDUAL_PARAMETERS = (
+    "layers",
+    "rank",
+    "alpha",
+    "beta",
+    "lam",
+    "sparse",
+    "keep_hrl",
+    "strength",
+    "hard",
+    "threshold",
+)
 METHOD_PARAMETERS = {
     "paper": ("layers", "rank", "gamma", "lam", "projections", "hard", "threshold"),
-    "residual": (
-        "layers",
-        "rank",
-        "alpha",
-        "beta",
-        "lam",
-        "sparse",
-        "keep_hrl",
-        "strength",
-        "hard",
-        "threshold",
-    ),
-    "refusal": (
-        "layers",
-        "rank",
-        "alpha",
-        "beta",
-        "lam",
-        "sparse",
-        "keep_hrl",
-        "strength",
-        "hard",
-        "threshold",
-    ),
+    "residual": _RESIDUAL_PARAMETERS,
+    "refusal": _RESIDUAL_PARAMETERS,
 }
 PARAMETER_NAMES = {"lam": "lambda"}
 
