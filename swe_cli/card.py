@@ -47,6 +47,8 @@ _RESIDUAL_PARAMETERS = (
     "strength",
     "hard",
     "threshold",
+    "harmless_targets",
+    "lang_strength",
 )
 METHOD_PARAMETERS = {
     "paper": ("layers", "rank", "gamma", "lam", "projections", "hard", "threshold"),
@@ -199,6 +201,11 @@ def method_parameters(method: str | None, params: dict[str, Any]) -> dict[str, A
     }
     if not chosen.get("hard"):
         chosen.pop("threshold", None)
+    # the language-mapping options name themselves only when they changed the target
+    if not chosen.get("harmless_targets"):
+        chosen.pop("harmless_targets", None)
+    if not chosen.get("lang_strength"):
+        chosen.pop("lang_strength", None)
     return {
         PARAMETER_NAMES.get(key, key): chosen[key]
         for key in (names or sorted(chosen))

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard as HubCard
 from test_hub import provenance
 from test_report import _report
 
-from swe_cli.card import ModelCard, edit_card
+from swe_cli.card import ModelCard, edit_card, method_parameters
 from swe_cli.report import card_markdown
 from swe_cli.stages.export import adapter_card, render_card
 
@@ -172,3 +172,13 @@ def test_the_cards_chart_is_uploaded(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     uploaded = upload_files(tmp_path)
     assert EVAL_CHART in uploaded and "swe_edit/notes.txt" not in uploaded
+
+
+def test_language_mapping_options_are_named_only_when_used() -> None:
+    base = {"layers": [12], "rank": 32, "harmless_targets": 0.0, "lang_strength": ""}
+    assert "harmless_targets" not in method_parameters("residual", base)
+    assert "lang_strength" not in method_parameters("refusal", base)
+    used = {**base, "harmless_targets": 0.25, "lang_strength": "sw=2,th=2"}
+    shown = method_parameters("residual", used)
+    assert shown["harmless_targets"] == 0.25 and shown["lang_strength"] == "sw=2,th=2"
+    assert "harmless_targets" not in method_parameters("paper", used)  # not a paper parameter
