@@ -50,6 +50,32 @@ def borderline_held_out(path: Path, langs: list[str], limit: int | None) -> dict
     }
 
 
+def development(
+    workspace: Path, harmful: Path, borderline: Path | None, langs: list[str], limit: int | None
+) -> dict[str, dict[str, list[str]]]:
+    """Development prompts to compare variants on without reading the held-out split: the
+    fit-split ids of the harmful file that the workspace did not probe (probe --max-prompts
+    keeps the first N ids), and the fit split of the borderline set (when the workspace did not
+    probe it), the first `limit` ids per language, the same ids in every language."""
+    from swe_cli.prompts import FIT, PromptSet, load_prompt_set
+
+    probed: set[str] = set()
+    for name in ("harmful", "borderline"):
+        path = workspace / "prompts" / f"{name}.jsonl"
+        if path.exists():
+            probed |= {p.id for p in PromptSet.from_jsonl(path, name).prompts}
+    sets: dict[str, dict[str, list[str]]] = {"harmful": {}, "borderline": {}}
+    for name, path in (("harmful", harmful), ("borderline", borderline)):
+        if path is None:
+            sets.pop(name)
+            continue
+        prompts = load_prompt_set(path, name, langs)
+        for lang in langs:
+            kept = [p for p in prompts.select(lang, FIT) if p.id not in probed]
+            sets[name][lang] = [p.text for p in sorted(kept, key=lambda p: p.id)[:limit]]
+    return sets
+
+
 def method_config(recipe: Any, spec: str, workspace: Any) -> Any:
     from swe_cli.stages.select import parse_candidate, selected_config
 
@@ -162,6 +188,14 @@ def main() -> None:
         "(the workspace's split; ids the workspace probed as harmless are left out of the "
         "harmless column)",
     )
+    parser.add_argument(
+        "--development",
+        type=Path,
+        metavar="HARMFUL",
+        help="compare on development prompts instead of the held-out split: the fit-split ids "
+        "of this harmful file that the workspace did not probe, and the borderline set's fit "
+        "split (KL on those borderline prompts); for choosing among variants",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -190,7 +224,11 @@ def main() -> None:
         "harmful": {lang: held_out(args.workspace, "harmful", lang, args.max_prompts) for lang in [hrl, *langs]},
         "harmless": {lang: held_out(args.workspace, "harmless", lang, args.max_prompts) for lang in [hrl, *langs]},
     }  # fmt: skip
-    if args.borderline:
+    if args.development:
+        sets = development(args.workspace, args.development, args.borderline, [hrl, *langs], args.max_prompts)  # fmt: skip
+        sets["harmless"] = sets.get("borderline", {})
+        sets.pop("borderline", None)
+    elif args.borderline:
         sets["borderline"] = borderline_held_out(args.borderline, [hrl, *langs], args.max_prompts)
         ids = {text for texts in sets["borderline"].values() for text in texts}
         sets["harmless"] = {
@@ -226,7 +264,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     add_closure(rows, hrl, langs, max((len(t) for t in sets["harmful"].values()), default=0))
-    print(f"\nheld-out prompts per language: {args.max_prompts}; greedy, {args.max_new_tokens} new tokens; "
+    split = "development (fit split, not probed)" if args.development else "held-out"
+    print(f"\n{split} prompts per language: {args.max_prompts}; greedy, {args.max_new_tokens} new tokens; "
           f"pattern judge; models loaded in {load_seconds:.0f} s")  # fmt: skip
     columns = [f"asr_{lang}" for lang in [hrl, *langs]] + [
         *[f"closure_{lang}" for lang in langs],

@@ -49,6 +49,7 @@ _RESIDUAL_PARAMETERS = (
     "threshold",
     "harmless_targets",
     "lang_strength",
+    "positions",
 )
 METHOD_PARAMETERS = {
     "paper": ("layers", "rank", "gamma", "lam", "projections", "hard", "threshold"),
@@ -206,6 +207,8 @@ def method_parameters(method: str | None, params: dict[str, Any]) -> dict[str, A
         chosen.pop("harmless_targets", None)
     if not chosen.get("lang_strength"):
         chosen.pop("lang_strength", None)
+    if chosen.get("positions") == 1:
+        chosen.pop("positions", None)
     return {
         PARAMETER_NAMES.get(key, key): chosen[key]
         for key in (names or sorted(chosen))

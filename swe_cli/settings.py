@@ -310,6 +310,14 @@ class SolveSettings(Settings):
         "translations' residual stream (map the language, not only refusal), this block weighted "
         "x the harmful one (0: off; they are then only preserved).",
     )
+    positions: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="residual, refusal: map the last N prompt positions (the chat template's "
+        "closing tokens, the same in every language), not only the last; needs `swe probe "
+        "--positions N` or more.",
+    )
     lang_strength: Text = Field(
         "",
         description="residual, refusal: per-language factor on strength, e.g. 'sw=2,th=2' "

@@ -89,11 +89,30 @@ def layer_data(
     hrl: str,
     langs: Sequence[str],
     ids: Collection[str] | None = None,
+    positions: int = 1,
 ) -> LayerData:
-    """ids: keep only these prompt ids, harmful and harmless (None keeps every probed prompt)."""
+    """ids: keep only these prompt ids, harmful and harmless (None keeps every probed prompt).
+    positions: rows for each of the last N recorded prompt positions (the chat template's closing
+    tokens, the same tokens in every language, so position k of a prompt pairs with position k
+    of its translation); harmless ids then read 'ID@k' so that pairs still match."""
     import torch
 
     hrl_acts, hrl_ids = load_acts(workspace, layer, "harmful", hrl)
+    recorded = hrl_acts["x"].shape[1]
+    if positions > recorded:
+        raise SolveError(
+            f"the edit uses the last {positions} prompt positions, the probe recorded {recorded}",
+            hint=f"re-run `swe probe --positions {positions}` or lower the solve's positions",
+        )
+
+    def last(tensor: Any) -> Any:  # [n, recorded, dim] -> [n * positions, dim], prompt-major
+        return tensor[:, -positions:, :].reshape(-1, tensor.shape[-1])
+
+    def expand(names: Sequence[str]) -> list[str]:
+        if positions == 1:
+            return list(names)
+        return [f"{name}@{k}" for name in names for k in range(positions)]
+
     position = {
         prompt_id: index
         for index, prompt_id in enumerate(hrl_ids)
@@ -110,9 +129,9 @@ def layer_data(
                 f"no harmful prompt of '{lang}' has an HRL translation", hint="check the prompt ids"
             )
         for key in ("x", "a", "r"):
-            low[key].append(acts[key][keep, -1, :])
-            low[f"{key}_hrl"].append(hrl_acts[key][paired, -1, :])
-        low_langs += [lang] * len(keep)
+            low[key].append(last(acts[key][keep]))
+            low[f"{key}_hrl"].append(last(hrl_acts[key][paired]))
+        low_langs += [lang] * (len(keep) * positions)
     safe: dict[str, list[Any]] = {"x": [], "a": [], "r": []}
     safe_rows: list[tuple[str, str]] = []
     for lang in [hrl, *langs]:
@@ -121,8 +140,8 @@ def layer_data(
             index for index, prompt_id in enumerate(safe_ids) if ids is None or prompt_id in ids
         ]
         for key in safe:
-            safe[key].append(acts[key][kept, -1, :])
-        safe_rows += [(safe_ids[index], lang) for index in kept]
+            safe[key].append(last(acts[key][kept]))
+        safe_rows += [(name, lang) for name in expand([safe_ids[index] for index in kept])]
     return LayerData(
         x_low=torch.cat(low["x"]),
         x_hrl=torch.cat(low["x_hrl"]),
@@ -162,18 +181,19 @@ class TuneData:
     context: Context
     fit: frozenset[str]
     validation: frozenset[str]
-    _pairs: dict[int, tuple[LayerData, LayerData]] = field(default_factory=dict)
+    _pairs: dict[tuple[int, int], tuple[LayerData, LayerData]] = field(default_factory=dict)
     _neurons: dict[int, Any] = field(default_factory=dict)
     _memo: dict[Any, Any] = field(default_factory=dict)
 
-    def pair(self, layer: int) -> tuple[LayerData, LayerData]:
-        if layer not in self._pairs:
+    def pair(self, layer: int, positions: int = 1) -> tuple[LayerData, LayerData]:
+        key = (layer, positions)
+        if key not in self._pairs:
             workspace, hrl, langs = self.context.workspace, self.context.hrl, self.context.langs
-            self._pairs[layer] = (
-                layer_data(workspace, layer, hrl, langs, ids=self.fit),
-                layer_data(workspace, layer, hrl, langs, ids=self.validation),
+            self._pairs[key] = (
+                layer_data(workspace, layer, hrl, langs, ids=self.fit, positions=positions),
+                layer_data(workspace, layer, hrl, langs, ids=self.validation, positions=positions),
             )
-        return self._pairs[layer]
+        return self._pairs[key]
 
     def neurons(self, layer: int) -> Any:
         if layer not in self._neurons:

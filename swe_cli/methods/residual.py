@@ -231,7 +231,9 @@ class ResidualMethod:
 
         adapter = adapter_for(context.model_type)
         layers = sorted(config.layers or self.default_layers(context))
-        last = layer_data(context.workspace, layers[-1], context.hrl, context.langs)
+        last = layer_data(
+            context.workspace, layers[-1], context.hrl, context.langs, positions=config.positions
+        )
         remaining = edit_target(last, config, self.target(last, config))  # d x n
         edits: list[TensorEdit] = []
         report: dict[int, dict[str, Any]] = {}
@@ -239,7 +241,9 @@ class ResidualMethod:
             data = (
                 last
                 if layer == layers[-1]
-                else layer_data(context.workspace, layer, context.hrl, context.langs)
+                else layer_data(
+                    context.workspace, layer, context.hrl, context.langs, positions=config.positions
+                )
             )
             C0 = load_moment(context.workspace, layer)
             K, Kn = edit_keys(data, config), protected_keys(data, config)
@@ -307,9 +311,17 @@ class ResidualMethod:
     def keys(self, data: TuneData, layer: int, config: SolveConfig) -> Keys:
         def compute() -> Keys:
             columns = data.neurons(layer) if config.sparse else None
-            return _keys(data.context, layer, data.pair(layer), columns, config)
+            pair = data.pair(layer, config.positions)
+            return _keys(data.context, layer, pair, columns, config)
 
-        key = ("residual-keys", layer, config.sparse, config.keep_hrl, config.harmless_targets)
+        key = (
+            "residual-keys",
+            layer,
+            config.sparse,
+            config.keep_hrl,
+            config.harmless_targets,
+            config.positions,
+        )
         return data.memo(key, compute)
 
     def score(
@@ -325,7 +337,7 @@ class ResidualMethod:
         import torch
 
         keys = {layer: self.keys(data, layer, configs[0]) for layer in layers}
-        fit, val = data.pair(layers[-1])
+        fit, val = data.pair(layers[-1], configs[0].positions)
         per_key = math.sqrt(val.r_low.shape[0] / keys[layers[-1]].Kn_val.shape[1])
         candidates = []
         for config in configs:
@@ -372,7 +384,7 @@ class ResidualMethod:
     def weight_changes(self, model: Any, data: TuneData, config: SolveConfig) -> list[WeightChange]:
 
         layers = tuple(config.layers or ())
-        fit, _ = data.pair(layers[-1])
+        fit, _ = data.pair(layers[-1], config.positions)
         remaining = edit_target(fit, config, self.target(fit, config))
         changes: list[WeightChange] = []
         for position, layer in enumerate(layers):
