@@ -6,7 +6,6 @@ positions than asked is an error naming `swe probe --positions`."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
