@@ -64,6 +64,11 @@ def _apply(request: ApplyRequest, ui: Ui) -> dict[str, Any]:
         ui.info(f"[green]edit written[/green] to {path}")
         return {"output": str(path), "edit_only": True}
     else:
+        from swe_cli.stages.select import solved_warning
+
+        warning = solved_warning(Workspace(request.workspace))
+        if warning:
+            ui.info(f"[yellow]warning:[/yellow] select: {warning}")
         with ui.progress() as update:
             result = apply_workspace(
                 Workspace(request.workspace),
