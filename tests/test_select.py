@@ -422,3 +422,37 @@ def test_moments_the_candidates_need_but_the_recipe_does_not_stream_stop_align_e
         "layers [2]",
     )
     assert not workspace.exists()
+
+
+def test_align_eval_stops_before_eval_when_the_choice_already_broke_the_gate(
+    tmp_path: Path, tiny_llama: Path, prompt_files: dict[str, Path], monkeypatch, capsys
+) -> None:
+    """Every candidate breaks --max-kl 0 on the validation prompts: a gated `align --eval` says
+    so and exits as the gate's refusal does, before eval, writing no OUT; --no-gate evaluates
+    and ships it, saying the warning again before OUT is written."""
+    from test_align import align_args
+    from test_cli import assert_user_error, run_cli
+
+    _use(monkeypatch, FakeRefusal())
+    workspace, output = tmp_path / "ws", tmp_path / "out"
+    args = [*align_args(tiny_llama, prompt_files, output, workspace), "--method", "auto"]
+    args += ["--set", "select.candidates=residual@2", "--set", "select.prompts=2"]
+    args += ["--eval", "--set", "eval.max_new_tokens=2", "--max-kl", "0"]
+    result = run_cli([*args, "--quiet"], monkeypatch, capsys)
+    assert_user_error(
+        result,
+        "shipping gate: select: every candidate breaks the shipping gate's limits on the "
+        "validation prompts; the chosen residual@2",
+        f"eval not run, {output} not written",
+    )
+    assert "--no-gate" in result[2]
+    assert not output.exists()
+    stages = Workspace(workspace).load()["stages"]
+    assert "eval" not in stages and "solve" not in stages  # stopped right after select
+
+    code, _, err = run_cli([*args, "--no-gate"], monkeypatch, capsys)
+    assert code == 0, err
+    assert output.is_dir()
+    text = " ".join(err.split())
+    assert text.count("warning: select: every candidate breaks") == 2  # select, then apply
+    assert text.index("warning: select:") < text.index("shipping gate overridden")
