@@ -375,11 +375,21 @@ def moment_layers(
     return candidate_moment_layers(configs) or None
 
 
-def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, str]:
-    """The chosen candidate as a spec, and where select's table of every candidate is."""
+def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, Any]:
+    """The chosen candidate as a spec, where select's table of every candidate is, its warning
+    (None: the choice is within the gate's limits), n per validation cell and the smallest
+    change each gated rate can show."""
+    import yaml
+
     from swe_cli.stages.select import SELECT_FILE, describe
 
-    return {"chosen": describe(chosen), "table": str(workspace / "edit" / SELECT_FILE)}
+    table = workspace / "edit" / SELECT_FILE
+    document = yaml.safe_load(table.read_text(encoding="utf-8")) if table.is_file() else {}
+    return {
+        "chosen": describe(chosen),
+        "table": str(table),
+        **{key: document.get(key) for key in ("warning", "prompts", "smallest_change", "notes")},
+    }
 
 
 def default_solve(

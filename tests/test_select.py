@@ -7,6 +7,7 @@ checked on the organism (slow)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -456,3 +457,22 @@ def test_align_eval_stops_before_eval_when_the_choice_already_broke_the_gate(
     text = " ".join(err.split())
     assert text.count("warning: select: every candidate breaks") == 2  # select, then apply
     assert text.index("warning: select:") < text.index("shipping gate overridden")
+
+
+def test_select_json_names_n_per_cell_the_smallest_change_and_the_warning(
+    workspace: Workspace, monkeypatch, capsys
+) -> None:
+    from test_cli import run_cli
+
+    _use(monkeypatch, FakeRefusal())
+    args = ["select", "-w", str(workspace.root), "--candidates", "residual@2", "--prompts", "2"]
+    code, out, err = run_cli([*args, "--max-kl", "0", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["chosen"]["method"] == "residual"
+    assert summary["prompts"] == {
+        f"{cell}-{lang}": 2 for cell in ("harmful", "harmless", "borderline") for lang in LANGS
+    } | {f"borderline-{lang}": 0 for lang in LANGS}
+    assert summary["smallest_change"]["harmful-sw"] == 0.5
+    assert summary["smallest_change"]["harmless"] == pytest.approx(1 / 6, abs=1e-4)
+    assert summary["warning"].startswith("every candidate breaks the shipping gate's limits")
