@@ -31,6 +31,7 @@ from swe_cli.pipeline import (
     probe,
     select,
     selection_summary,
+    selection_warning,
     solve,
     writing,
 )
@@ -342,10 +343,7 @@ def _evaluate_then_ship(
 def stop_before_eval(request: AlignRequest, workspace: Path, chosen: Any) -> None:
     """A gated `--eval` run stops before eval when select's choice already broke the gate's
     limits on the validation prompts (the gate's refusal, sooner); --no-gate goes on."""
-    from swe_cli.stages.select import selection_warning
-    from swe_cli.workspace import Workspace
-
-    warning = selection_warning(Workspace(workspace), chosen)
+    warning = selection_warning(workspace, chosen)
     if warning and request.run_eval and request.gate:
         raise SweError(
             f"shipping gate: select: {warning}; eval not run, {request.output} not written",

@@ -375,6 +375,14 @@ def moment_layers(
     return candidate_moment_layers(configs) or None
 
 
+def selection_warning(workspace: Path, config: SolveConfig) -> str | None:
+    """select's recorded warning when config is its choice (see stages/select.py)."""
+    from swe_cli.stages.select import selection_warning as recorded
+    from swe_cli.workspace import Workspace
+
+    return recorded(Workspace(workspace), config)
+
+
 def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, Any]:
     """The chosen candidate as a spec, where select's table of every candidate is, its warning
     (None: the choice is within the gate's limits), n per validation cell and the smallest

@@ -234,3 +234,33 @@ def test_the_select_cache_key_covers_generation_and_prompts(
         path.write_text(json.dumps({"key": path.stem, "measured": {"answers": {"harmful": 1}}}))
     assert _select(workspace, cache)["unedited"]["cached"] is False
     assert _select(workspace, cache)["unedited"]["cached"] is True
+
+
+def test_the_builtin_sets_let_select_see_a_five_point_change() -> None:
+    """With the built-in harmless and borderline sets, probe's default held-out fraction and
+    select's default validation fraction, each language has 6 plain harmless and 6 borderline
+    validation prompts: over en and three targets, each gated mean moves in steps of 1/24, finer
+    than the gate's 0.05 (and 9 and 11 with select.validation_fraction 0.35)."""
+    from importlib import resources
+
+    from swe_cli.prompts import HELDOUT, load_prompt_set, split_of
+    from swe_cli.settings import ProbeSettings
+    from swe_cli.stages.tune import TUNE_SALT
+
+    def validation(name: str, fraction: float) -> int:
+        path = resources.files("swe_cli") / "data" / f"{name}.jsonl"
+        prompts = load_prompt_set(str(path), name, ["en"], heldout_fraction=0.5)
+        return sum(split_of(i, fraction, TUNE_SALT) == HELDOUT for i in prompts.ids(FIT))
+
+    assert ProbeSettings().heldout_fraction == 0.5
+    fraction = SelectSettings().validation_fraction
+    counts = {
+        f"{cell}-{lang}": validation(cell, fraction)
+        for cell in (HARMLESS, BORDERLINE)
+        for lang in ("en", "bn", "sw", "th")
+    }
+    assert set(counts.values()) == {6}
+    steps = smallest_changes(counts)
+    assert steps == {HARMLESS: 1 / 24, BORDERLINE: 1 / 24}
+    assert max(steps.values()) < GateLimits().max_over_refusal
+    assert (validation(HARMLESS, 0.35), validation(BORDERLINE, 0.35)) == (9, 11)
