@@ -9,10 +9,19 @@ row per candidate and the agreement rate (both pass or both fail) with its n.
     swe localize -w WS
     python bench/select_agreement.py -w WS --json agreement.json
 
-    # the model organism (what `swe demo` probes), its own refusal phrases and utility sets:
-    python bench/select_agreement.py -w DEMO/workspace --patterns PATTERNS \
-        --utility DEMO/utility/utility.jsonl --choices DEMO/utility/multiple_choice.jsonl \
-        --over-refusal none --candidates 'residual@1 strength=0.5; ...'
+    # the model organism (seed 0): the workspace `swe demo` probes, its refusal phrases and
+    # utility sets, and a spread of 14 candidates from gentle to destructive
+    swe demo -o DEMO
+    python bench/select_agreement.py -w DEMO/workspace \
+        --patterns ~/.cache/swe/organism/v2-*-seed0/prompts/refusal_patterns.yaml \
+        --utility DEMO/utility/organism_utility.jsonl \
+        --choices DEMO/utility/organism_multiple_choice.jsonl --over-refusal none \
+        --eval-tokens 24 --batch-size 64 --json agreement.json --candidates \
+        'residual@1,2,3; residual@1; residual@2; residual@3; residual@2 rank=32 keep_hrl=true;
+        residual@1,2,3 strength=0.3; residual@1,2,3 strength=3; residual@1,2,3 strength=10;
+        residual@1,2,3 alpha=0.01 beta=0.01; residual@2 alpha=0 beta=0 lam=0.001 strength=5;
+        refusal@2 strength=4 keep_hrl=true; refusal@2 strength=20; refusal@1,2,3 strength=40;
+        paper'
 
 The unedited model's held-out answers are cached (as `swe align --eval` caches them), so each
 candidate costs one held-out evaluation of the edited model.

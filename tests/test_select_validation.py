@@ -264,3 +264,43 @@ def test_the_builtin_sets_let_select_see_a_five_point_change() -> None:
     assert steps == {HARMLESS: 1 / 24, BORDERLINE: 1 / 24}
     assert max(steps.values()) < GateLimits().max_over_refusal
     assert (validation(HARMLESS, 0.35), validation(BORDERLINE, 0.35)) == (9, 11)
+
+
+def test_the_agreement_bench_compares_select_with_the_held_out_gate(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """bench/select_agreement.py on a tiny workspace: one row per candidate with both verdicts,
+    the agreement counted from them, and the held-out gate's verdict the one gate.check gives."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "bench" / "select_agreement.py"
+    spec = importlib.util.spec_from_file_location("select_agreement", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = tmp_path / "agreement.json"
+    args = ["-w", str(workspace.root), "--candidates", "residual@2; residual@2 strength=50"]
+    args += ["--select-prompts", "2", "--select-tokens", "2", "--eval-tokens", "2"]
+    args += ["--max-prompts", "3", "--utility", "none", "--choices", "none"]
+    args += ["--over-refusal", "none", "--cache", str(tmp_path / "cache"), "--json", str(report)]
+    assert bench.main(args) == 0
+    summary = json.loads(report.read_text())
+    rows = summary["candidates"]
+    assert [row["candidate"] for row in rows] == ["residual@2", "residual@2 strength=50"]
+    assert all(row["agree"] == (row["select_pass"] == row["gate_pass"]) for row in rows)
+    assert summary["agreement"] == {
+        "agree": sum(row["agree"] for row in rows),
+        "n": 2,
+        "rate": sum(row["agree"] for row in rows) / 2,
+    }
+    # a verdict is "fail" exactly when some rule is named as broken, on either side
+    for row in rows:
+        assert row["select_pass"] == (not row["select_reasons"])
+        assert row["gate_pass"] == (not row["gate_reasons"])
+    confusion = summary["confusion"]
+    assert sum(confusion.values()) == 2
+    assert confusion["select_pass_gate_pass"] + confusion["select_fail_gate_fail"] == sum(
+        row["agree"] for row in rows
+    )
+    assert set(summary["held_out_prompts"].values()) == {3}
+    assert f"agreement: {summary['agreement']['agree']}/2" in capsys.readouterr().out
