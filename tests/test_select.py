@@ -329,6 +329,9 @@ def test_a_choice_that_breaks_the_gate_is_recorded_and_said_again_by_solve_and_a
     said.clear()
     apply(ApplyRequest(output=tmp_path / "out", workspace=workspace.root), ui)
     assert result.warning in said[0] and "wrote" in said[-1]  # before writing
+    said.clear()
+    apply(ApplyRequest(output=tmp_path / "edit", workspace=workspace.root, edit_only=True), ui)
+    assert result.warning in said[0] and "edit written" in said[-1]
     # another edit: no warning
     solve(workspace.root, parse_candidate("residual@1", BASE), ui)
     assert solved_warning(workspace) is None
