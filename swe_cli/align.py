@@ -31,6 +31,7 @@ from swe_cli.pipeline import (
     probe,
     select,
     selection_summary,
+    selection_warning,
     solve,
     writing,
 )
@@ -218,8 +219,9 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                     patterns=request.patterns,
                     ui=ui,
                 ).updated(device=solve_config.device)
+            stop_before_eval(request, workspace, solve_config)
         with timed("solve"):
-            solved = solve(workspace, solve_config, ui)
+            solved = solve(workspace, solve_config, ui, warn=False)  # select has just said it
         if request.run_eval:
             summary = _evaluate_then_ship(
                 request, workspace, recipe, probe_settings, plan, ui, timed
@@ -336,6 +338,18 @@ def _evaluate_then_ship(
     move_into_place(written, request.output, replace=request.force)
     summary["apply"] = {**applied, "output": str(request.output)}
     return summary
+
+
+def stop_before_eval(request: AlignRequest, workspace: Path, chosen: Any) -> None:
+    """A gated `--eval` run stops before eval when select's choice already broke the gate's
+    limits on the validation prompts (the gate's refusal, sooner); --no-gate goes on."""
+    warning = selection_warning(workspace, chosen)
+    if warning and request.run_eval and request.gate:
+        raise SweError(
+            f"shipping gate: select: {warning}; eval not run, {request.output} not written",
+            hint=f"see {workspace / 'edit' / 'select.yaml'}; try other select.candidates, or "
+            "--no-gate to evaluate and ship it anyway",
+        )
 
 
 def check_chat_template(model_dir: Path) -> None:

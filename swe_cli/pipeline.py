@@ -170,10 +170,10 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
     harmless_set = load_prompt_set(request.harmless, "harmless", all_langs, **split)
     borderline = borderline_source(settings.borderline, all_langs, ui)
+    borderline_set = None
     if borderline is not None:
-        harmless_set = merge_sets(
-            harmless_set, load_prompt_set(borderline, "borderline", all_langs, **split)
-        )
+        borderline_set = load_prompt_set(borderline, "borderline", all_langs, **split)
+        harmless_set = merge_sets(harmless_set, borderline_set)
     unused = unused_harmless(harmless_set.unused_langs, harmful_set.unused_langs)
     if unused:
         ui.info(f"[yellow]note:[/yellow] {unused}")
@@ -208,6 +208,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             config,
             update,
         )
+        _keep_borderline(Workspace(request.workspace), borderline_set)
     ui.info(
         f"[green]probed[/green] {len(result.layers)} layers, {result.shards_written} shards written, "
         f"{result.shards_skipped} reused; moments for layers {result.stats_layers}"
@@ -229,6 +230,16 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
         "hrl_refusal": result.hrl_refusal,
         "unused_harmless_langs": list(harmless_set.unused_langs),
     }
+
+
+def _keep_borderline(workspace: Any, borderline: Any) -> None:
+    """WS/prompts/borderline.jsonl: which of the probed harmless ids are borderline requests
+    (select measures them apart); removed when this probe has none."""
+    path = workspace.prompts_dir / "borderline.jsonl"
+    if borderline is None:
+        path.unlink(missing_ok=True)
+    else:
+        borderline.to_jsonl(path)
 
 
 def unused_harmless(harmless_only: tuple[str, ...], harmful_other: tuple[str, ...]) -> str:
@@ -318,18 +329,31 @@ def select(
     patterns: list[Path] | None = None,
     ui: Ui = SILENT,
 ) -> SolveConfig:
-    """The candidate `swe select` measures best on validation prompts (see stages/select.py)."""
+    """The candidate `swe select` measures best on validation prompts (see stages/select.py);
+    the unedited model's answers are cached with the base's eval."""
+    from swe_cli.stages.base_cache import default_cache_dir
     from swe_cli.stages.select import run_select, selection_table
     from swe_cli.workspace import Workspace
 
     space = Workspace(workspace)
     with writing(workspace):
         result = run_select(
-            space, base, settings, limits, dtype=dtype, patterns=patterns or [], progress=ui.info
+            space,
+            base,
+            settings,
+            limits,
+            dtype=dtype,
+            patterns=patterns or [],
+            progress=ui.info,
+            cache=default_cache_dir(),
         )
     if not ui.quiet:
         manifest = space.manifest()
         ui.show(selection_table(result, manifest.hrl, list(manifest.langs)))
+    for line in result.notes:
+        ui.info(f"[yellow]note:[/yellow] {line}")
+    if result.warning:
+        ui.info(f"[yellow]warning:[/yellow] select: {result.warning}")
     return result.chosen
 
 
@@ -351,11 +375,29 @@ def moment_layers(
     return candidate_moment_layers(configs) or None
 
 
-def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, str]:
-    """The chosen candidate as a spec, and where select's table of every candidate is."""
+def selection_warning(workspace: Path, config: SolveConfig) -> str | None:
+    """select's recorded warning when config is its choice (see stages/select.py)."""
+    from swe_cli.stages.select import selection_warning as recorded
+    from swe_cli.workspace import Workspace
+
+    return recorded(Workspace(workspace), config)
+
+
+def selection_summary(workspace: Path, chosen: SolveConfig) -> dict[str, Any]:
+    """The chosen candidate as a spec, where select's table of every candidate is, its warning
+    (None: the choice is within the gate's limits), n per validation cell and the smallest
+    change each gated rate can show."""
+    import yaml
+
     from swe_cli.stages.select import SELECT_FILE, describe
 
-    return {"chosen": describe(chosen), "table": str(workspace / "edit" / SELECT_FILE)}
+    table = workspace / "edit" / SELECT_FILE
+    document = yaml.safe_load(table.read_text(encoding="utf-8")) if table.is_file() else {}
+    return {
+        "chosen": describe(chosen),
+        "table": str(table),
+        **{key: document.get(key) for key in ("warning", "prompts", "smallest_change", "notes")},
+    }
 
 
 def default_solve(
@@ -384,14 +426,23 @@ def default_solve(
 
 
 def solve(
-    workspace: Path, config: SolveConfig, ui: Ui = SILENT, reason: str | None = None
+    workspace: Path,
+    config: SolveConfig,
+    ui: Ui = SILENT,
+    reason: str | None = None,
+    warn: bool = True,
 ) -> dict[str, Any]:
-    """Solve the edit with config; with a reason, say which method runs and why."""
+    """Solve the edit with config; with a reason, say which method runs and why; with warn,
+    repeat select's warning first when config is its choice and broke the gate's limits."""
     from swe_cli.report import solve_table
+    from swe_cli.stages.select import selection_warning
     from swe_cli.stages.solve import run_solve
     from swe_cli.workspace import Workspace
 
     check_method(config.method)
+    warning = selection_warning(Workspace(workspace), config) if warn else None
+    if warning:
+        ui.info(f"[yellow]warning:[/yellow] select: {warning}")
     with writing(workspace):
         summary = run_solve(Workspace(workspace), config)
     if reason:

@@ -40,6 +40,12 @@ def _apply(request: ApplyRequest, ui: Ui) -> dict[str, Any]:
     from swe_cli.stages.apply import apply_edit_artifact, apply_workspace, export_edit
     from swe_cli.workspace import Workspace
 
+    if request.edit is None and request.workspace is not None:
+        from swe_cli.stages.select import solved_warning
+
+        warning = solved_warning(Workspace(request.workspace))
+        if warning:  # said before anything is written
+            ui.info(f"[yellow]warning:[/yellow] select: {warning}")
     if request.as_lora:
         return apply_lora(request, ui)
     options = {"device": request.device, "link": request.link, "force": request.force}

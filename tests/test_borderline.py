@@ -49,6 +49,11 @@ def test_borderline_prompts_join_the_harmless_fit_data_with_their_own_answers(
     assert fit and fit <= answered  # the model's own answers are kept like the harmless ones
     held_out = {(p["lang"], p["id"]) for p in stored if p["split"] == "heldout"}
     assert not held_out & answered
+    # select tells them from the plain harmless prompts by the ids probe records
+    from swe_cli.stages.select import borderline_ids
+    from swe_cli.workspace import Workspace
+
+    assert borderline_ids(Workspace(workspace)) == set(ids)
 
 
 def test_borderline_ids_that_clash_with_harmless_ids_are_refused(

@@ -7,7 +7,9 @@ checked on the organism (slow)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -147,13 +149,25 @@ def test_the_largest_admissible_gain_wins_then_the_lower_kl() -> None:
         _row("refusal@2", 0.3, kl=0.01),
         _row("paper", 0.0),
     ]
-    assert describe(_choose(rows)) == "refusal@2"
+    chosen, warning = _choose(rows)
+    assert describe(chosen) == "refusal@2" and warning is None
 
 
-def test_no_admissible_gain_is_a_clear_error() -> None:
-    rows = [_row("residual@1", 0.6, ("KL 0.200 > 0.1",)), _row("paper", 0.0)]
-    with pytest.raises(SolveError, match=r"no candidate raised refusal .*residual@1: KL 0.200"):
-        _choose(rows)
+def test_when_every_gain_breaks_a_limit_the_largest_is_chosen_with_a_warning() -> None:
+    rows = [
+        _row("residual@1", 0.6, ("KL 0.200 > 0.1",)),
+        _row("residual@2", 0.3, ("harmless refusals rose 0.05 -> 0.20",)),
+        _row("paper", 0.0),
+    ]
+    chosen, warning = _choose(rows)
+    assert describe(chosen) == "residual@1"
+    assert warning == (
+        "every candidate breaks the shipping gate's limits on the validation prompts; the chosen "
+        "residual@1 (largest refusal gain): KL 0.200 > 0.1"
+    )
+
+
+def test_no_gain_at_all_is_a_clear_error() -> None:
     with pytest.raises(SolveError, match="paper: it raised no target language's refusal"):
         _choose([_row("paper", 0.0)])
 
@@ -164,7 +178,9 @@ def test_a_language_without_harmless_validation_prompts_does_not_void_the_rate()
     meter = select_stage._Meter(
         None, None, None, {"en": ["h"]}, {"en": ["a", "b"], "sw": []}, SelectSettings()
     )
-    meter._refused = lambda lang, texts, degenerate=None: math.nan if not texts else 0.5  # type: ignore[method-assign]
+    meter._refused = lambda lang, texts, degenerate=None, cell="harmful": (  # type: ignore[method-assign]
+        math.nan if not texts else 0.5
+    )
     measure = meter.measure()
     assert measure.harmless_refusal == 0.5 and measure.refusal == {"en": 0.5}
 
@@ -208,7 +224,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, fake: FakeRefusal) -> None:
     monkeypatch.setattr(
         select_stage._Meter,
         "_refused",
-        lambda meter, lang, texts, degenerate=None: fake(meter, lang, texts),
+        lambda meter, lang, texts, degenerate=None, cell="harmful": fake(meter, lang, texts),
     )
 
 
@@ -283,15 +299,42 @@ def test_solve_method_auto_solves_the_choice(
     assert summary["params"]["layers"] == [2] and summary["params"]["rank"] == 4
 
 
-def test_nothing_admissible_stops_with_the_table_kept(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+def test_a_choice_that_breaks_the_gate_is_recorded_and_said_again_by_solve_and_apply(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Every candidate that raises refusal breaks max_kl: select still chooses (the largest
+    gain), says so in one line, records it, and `swe solve` and `swe apply` repeat it before
+    they write; an edit solved with other settings carries no warning."""
+    from swe_cli.pipeline import Ui, solve
+    from swe_cli.pipeline_artifacts import ApplyRequest, apply
+    from swe_cli.stages.select import selection_warning, solved_warning
+
     _use(monkeypatch, FakeRefusal())
     settings = SelectSettings(prompts=2, candidates="residual@2; paper@1")
-    with pytest.raises(SolveError, match=r"residual@2: KL .* > 0"):
-        run_select(workspace, BASE, settings, GateLimits(max_kl=0.0))
+    result = run_select(workspace, BASE, settings, GateLimits(max_kl=0.0))
+    assert describe(result.chosen) == "residual@2"
+    assert result.warning is not None and "\n" not in result.warning
+    assert re.search(r"the chosen residual@2 \(largest refusal gain\): KL .* > 0", result.warning)
     document = yaml.safe_load((workspace.edit_dir / "select.yaml").read_text())
     assert [row["admissible"] for row in document["candidates"]] == [False, False]
+    assert document["warning"] == result.warning
+    assert workspace.load()["stages"]["select"]["outputs"]["warning"] == result.warning
+    assert selection_warning(workspace, result.chosen) == result.warning
+
+    said: list[str] = []
+    ui = Ui(info=said.append)
+    solve(workspace.root, BASE, ui)
+    assert said and result.warning in said[0] and said[0].count("\n") == 0
+    assert solved_warning(workspace) == result.warning
+    said.clear()
+    apply(ApplyRequest(output=tmp_path / "out", workspace=workspace.root), ui)
+    assert result.warning in said[0] and "wrote" in said[-1]  # before writing
+    said.clear()
+    apply(ApplyRequest(output=tmp_path / "edit", workspace=workspace.root, edit_only=True), ui)
+    assert result.warning in said[0] and "edit written" in said[-1]
+    # another edit: no warning
+    solve(workspace.root, parse_candidate("residual@1", BASE), ui)
+    assert solved_warning(workspace) is None
 
 
 def test_a_candidate_layer_without_moments_fails_before_the_model_loads(
@@ -383,3 +426,56 @@ def test_moments_the_candidates_need_but_the_recipe_does_not_stream_stop_align_e
         "layers [2]",
     )
     assert not workspace.exists()
+
+
+def test_align_eval_stops_before_eval_when_the_choice_already_broke_the_gate(
+    tmp_path: Path, tiny_llama: Path, prompt_files: dict[str, Path], monkeypatch, capsys
+) -> None:
+    """Every candidate breaks --max-kl 0 on the validation prompts: a gated `align --eval` says
+    so and exits as the gate's refusal does, before eval, writing no OUT; --no-gate evaluates
+    and ships it, saying the warning again before OUT is written."""
+    from test_align import align_args
+    from test_cli import assert_user_error, run_cli
+
+    _use(monkeypatch, FakeRefusal())
+    workspace, output = tmp_path / "ws", tmp_path / "out"
+    args = [*align_args(tiny_llama, prompt_files, output, workspace), "--method", "auto"]
+    args += ["--set", "select.candidates=residual@2", "--set", "select.prompts=2"]
+    args += ["--eval", "--set", "eval.max_new_tokens=2", "--max-kl", "0"]
+    result = run_cli([*args, "--quiet"], monkeypatch, capsys)
+    assert_user_error(
+        result,
+        "shipping gate: select: every candidate breaks the shipping gate's limits on the "
+        "validation prompts; the chosen residual@2",
+        f"eval not run, {output} not written",
+    )
+    assert "--no-gate" in result[2]
+    assert not output.exists()
+    stages = Workspace(workspace).load()["stages"]
+    assert "eval" not in stages and "solve" not in stages  # stopped right after select
+
+    code, _, err = run_cli([*args, "--no-gate"], monkeypatch, capsys)
+    assert code == 0, err
+    assert output.is_dir()
+    text = " ".join(err.split())
+    assert text.count("warning: select: every candidate breaks") == 2  # select, then apply
+    assert text.index("warning: select:") < text.index("shipping gate overridden")
+
+
+def test_select_json_names_n_per_cell_the_smallest_change_and_the_warning(
+    workspace: Workspace, monkeypatch, capsys
+) -> None:
+    from test_cli import run_cli
+
+    _use(monkeypatch, FakeRefusal())
+    args = ["select", "-w", str(workspace.root), "--candidates", "residual@2", "--prompts", "2"]
+    code, out, err = run_cli([*args, "--max-kl", "0", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["chosen"]["method"] == "residual"
+    assert summary["prompts"] == {
+        f"{cell}-{lang}": 2 for cell in ("harmful", "harmless", "borderline") for lang in LANGS
+    } | {f"borderline-{lang}": 0 for lang in LANGS}
+    assert summary["smallest_change"]["harmful-sw"] == 0.5
+    assert summary["smallest_change"]["harmless"] == pytest.approx(1 / 6, abs=1e-4)
+    assert summary["warning"].startswith("every candidate breaks the shipping gate's limits")

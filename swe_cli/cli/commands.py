@@ -186,10 +186,12 @@ def select(
     """Measure candidate edits on validation prompts and record the best admissible one.
 
     Each candidate is solved on three quarters of the fit prompts, added to the model in memory
-    and measured (refusal, KL, harmless refusals) on the rest; `swe solve --method auto` then
-    solves the choice.
+    and measured on the rest (refusal, KL, harmless and borderline refusals) against the shipping
+    gate's limits; `swe solve --method auto` then solves the choice. When every candidate breaks
+    a limit, the best is recorded with a warning that solve, apply and align repeat.
     """
     from swe_cli.pipeline import select as run
+    from swe_cli.pipeline import selection_summary
 
     settings = SelectSettings(
         candidates=candidates, prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
@@ -209,7 +211,7 @@ def select(
         patterns=patterns or [],
         ui=ui(),
     )
-    emit({"chosen": chosen.plain()})
+    emit({**selection_summary(workspace, chosen), "chosen": chosen.plain()})  # type: ignore[arg-type]
 
 
 @app.command(cls=Command, rich_help_panel=STAGES)

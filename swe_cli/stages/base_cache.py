@@ -1,6 +1,7 @@
 """The base model's eval, kept between runs: its answers (harmful, harmless, over-refusal probes,
-short answers), multiple-choice picks and perplexities, before judging. The base does not change
-between two gated runs, so the second evaluates only the edited model.
+short answers), multiple-choice picks and perplexities, before judging; and likewise its short
+answers to `swe select`'s validation prompts. The base does not change between two gated runs
+(or two selections), so the second measures only the edited model (or the candidates).
 
 One JSON file per key under <cache>/base-eval/: the key covers the model (its fingerprint and
 the files that shape its answers: tokenizer, chat template, generation config), every prompt and
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,17 @@ def cache_key(model: str, plan: Sequence[Any], settings: dict[str, Any]) -> str:
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for language in plan:
         digest.update(json.dumps(_plan_items(language), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def prompts_key(model: str, prompts: Mapping[str, Any], settings: dict[str, Any]) -> str:
+    """cache_key for measurements that are not an eval plan (`swe select`'s validation cells):
+    sha256 of the model key, the prompts as given (nested by name and language, in order), the
+    generation settings and swe's version."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"model": model, "swe": __version__, "format": FORMAT}).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(prompts, ensure_ascii=False, sort_keys=True).encode())
     return digest.hexdigest()
 
 

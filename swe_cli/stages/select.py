@@ -10,15 +10,22 @@ memory, and measured on a few validation prompts per language:
   to the harmful prompts of every target language and of the HRL. Refusals start with their
   refusal phrase ("I'm sorry", "ขออภัย"), so 8 tokens decide almost every answer; bench/effect.py
   reports how often the short verdict agrees with the full-length one.
-- cost: KL(base || edited) of the next-token distributions over the harmless validation prompts
-  (as `swe eval` computes it), and how many of them the edited model refuses.
+- cost, as the shipping gate reads eval: KL(base || edited) of the next-token distributions over
+  the plain harmless validation prompts, and the share of them refused, each a mean over
+  languages; and, when probe recorded borderline benign requests (`--borderline`), the share of
+  their validation part refused (the gate's over-refusal rule, in place of eval's probes).
 
-A candidate is admissible when no target language refuses less than the unedited model, the HRL
-refuses at most `max_hrl_asr_rise` less, harmless refusals rise at most `max_over_refusal` and
-the KL stays within `max_kl` (the shipping gate's limits). The admissible candidate with the
-largest mean refusal gain over the target languages wins (the lower KL on ties). Every row and the
-choice are written to WS/edit/select.yaml and recorded as the stage "select"; `swe solve --method
-auto` then solves the choice on every fit id."""
+Each candidate's validation measures go through the gate's own rules and limits (gate.broken):
+no target language refuses less than the unedited model, the HRL at most `max_hrl_asr_rise`
+less, harmless and borderline refusals up at most `max_over_refusal`, KL within `max_kl`,
+degenerate answers up at most `max_degenerate_rise`. The candidate within every limit with the
+largest mean refusal gain over the target languages wins (the lower KL on ties). When every
+candidate that raises refusal breaks a limit, the one with the largest gain is chosen with a
+warning, recorded so that `swe solve`, `swe apply` and `swe align` say it again and `swe align
+--eval` stops before eval. The unedited model's answers are the same for every candidate and
+every run on the same base: they are cached (stages/base_cache.py's keying). Every row, n per
+cell and the choice are written to WS/edit/select.yaml and recorded as the stage "select"; `swe
+solve --method auto` then solves the choice on every fit id."""
 
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from swe_cli.gate import (
     HARMLESS_REFUSAL,
     HRL,
     KL,
+    OVER_REFUSAL,
     TARGET,
     TOLERANCE,
     Breach,
@@ -46,15 +54,18 @@ from swe_cli.gate import (
     number,
 )
 from swe_cli.io.files import atomic_write_text
-from swe_cli.measure import judged_answers, logits_of, paired_kl, patched, refusal_rate
+from swe_cli.measure import logits_of, paired_kl, patched, refusal_rate
 from swe_cli.methods import get_method, method_names
 from swe_cli.methods.base import Context, TuneData, context_from
 from swe_cli.prompts import sort_ids
 from swe_cli.settings import SelectSettings, SolveConfig, parse_layers
+from swe_cli.stages import base_cache
 from swe_cli.stages.tune import TUNE_SALT, split_ids, validation_prompts
 from swe_cli.workspace import Workspace
 
 SELECT_FILE = "select.yaml"
+HARMFUL, HARMLESS, BORDERLINE = "harmful", "harmless", "borderline"  # the validation cells
+CELLS = (HARMFUL, HARMLESS, BORDERLINE)
 AUTO = "auto"  # the solve method that means "what `swe select` chose"
 Progress = Callable[[str], None]
 
@@ -177,11 +188,16 @@ def describe(config: SolveConfig | None) -> str:
 @dataclass(frozen=True)
 class Measure:
     refusal: dict[str, float]  # harmful validation prompts refused, per language (HRL included)
-    harmless_refusal: float  # harmless validation prompts refused (all languages)
-    kl: float  # mean KL(base || this) on the harmless validation prompts; 0 for the base
+    # plain harmless validation prompts refused: mean over the languages that have some (as the
+    # gate reads eval's harmless refusals)
+    harmless_refusal: float
+    kl: float  # KL(base || this) on the plain harmless prompts, mean over languages; 0 for the base
     seconds: float
     # share of degenerate answers (empty, looping) to the harmful prompts, per language measured
     degenerate: dict[str, float] = field(default_factory=dict)
+    # borderline benign requests refused, mean over languages (the gate's over-refusal rule);
+    # None: the workspace has no borderline validation prompts
+    over_refusal: float | None = None
 
 
 @dataclass(frozen=True)
@@ -201,12 +217,19 @@ class Row:
 
 @dataclass(frozen=True)
 class Selection:
-    chosen: SolveConfig | None  # None: no candidate was admissible (run_select then raises)
+    chosen: SolveConfig | None  # None: no candidate raised refusal (run_select then raises)
     base: Measure
     rows: tuple[Row, ...]
     fit_ids: tuple[str, ...]
     validation_ids: tuple[str, ...]
     prompts: dict[str, int] = field(default_factory=dict)  # validation prompts per set-language
+    # the chosen candidate breaks the shipping gate's limits on the validation prompts (every
+    # candidate does): one line, recorded so solve, apply and align repeat it
+    warning: str | None = None
+    # the smallest change of each gated rate the validation prompts can show (1/n)
+    smallest_change: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # validation too small to see a change of the gate's size
+    base_cached: bool = False  # the unedited model's answers came from the cache
 
 
 def run_select(
@@ -218,8 +241,10 @@ def run_select(
     dtype: str = "auto",
     patterns: Sequence[Path] = (),
     progress: Progress | None = None,
+    cache: Path | None = None,
 ) -> Selection:
-    """Measure the unedited model and every candidate on the validation prompts and choose."""
+    """Measure the unedited model and every candidate on the validation prompts and choose.
+    cache: the folder keeping the unedited model's answers between runs (None: not kept)."""
     from swe_cli.judges import PatternJudge
     from swe_cli.models import load_model
 
@@ -236,15 +261,8 @@ def run_select(
     _check_layers(workspace, configs, context.probed_layers)
     split = split_ids(context, context.probed_layers[:1], settings.validation_fraction)
     data = TuneData(context, split.fit, split.validation)
-    harmful = _capped(
-        validation_prompts(workspace, "harmful", [context.hrl, *context.langs], split.validation),
-        settings.prompts,
-    )
-    harmless = _capped(
-        validation_prompts(workspace, "harmless", [context.hrl, *context.langs], split.validation),
-        settings.prompts,
-    )
-    if not any(harmless.values()):
+    cells = validation_cells(workspace, [context.hrl, *context.langs], split.validation, settings)
+    if not any(cells[HARMLESS].values()):
         raise SolveError(
             "no harmless prompt fell into the validation part of the fit split",
             hint="probe more harmless prompts or raise select.validation_fraction",
@@ -253,48 +271,74 @@ def run_select(
     note = progress or (lambda _message: None)
     model, tokenizer = load_model(context.model_dir, device=base.device, dtype=dtype)
     judge = PatternJudge.from_files(patterns)
-    meter = _Meter(model, tokenizer, judge, harmful, harmless, settings)
-    note("measuring the unedited model on the validation prompts")
+    key = _cache_key(context.model_dir, cells, settings, base.device, dtype)
+    stored = _load_answers(cache, key, cells) if cache is not None else None
+    meter = _Meter(
+        model, tokenizer, judge, cells[HARMFUL], cells[HARMLESS], settings, cells[BORDERLINE]
+    )
+    meter.base_answers = stored
+    note(
+        "reading the unedited model's answers from the cache"
+        if stored is not None
+        else "measuring the unedited model on the validation prompts"
+    )
     reference = meter.measure()
-    rows = []
-    for config in configs:
-        note(f"candidate {describe(config)}")
-        start = time.perf_counter()
-        try:
-            changes = get_method(config.method).weight_changes(model, data, config)
-        except SolveError as error:
-            rows.append(Row(config, None, -math.inf, (), time.perf_counter() - start, str(error)))
-            continue
-        solve_seconds = time.perf_counter() - start
-        try:
-            measure = meter.measure(changes, reference, context.langs)
-        except EvalError as error:  # e.g. non-finite logits: the candidate breaks the model
-            rows.append(Row(config, None, -math.inf, (), solve_seconds, error.message))
-            continue
-        gain = _gain(reference.refusal, measure.refusal, context.langs)
-        reasons = _broken(reference, measure, context.hrl, context.langs, limits)
-        rows.append(Row(config, measure, gain, reasons, solve_seconds))
+    if cache is not None and stored is None:
+        base_cache.store(cache, key, {"stage": "select", "answers": meter.answered})
+    rows = [measure_candidate(meter, data, config, reference, limits, note) for config in configs]
     try:
-        chosen: SolveConfig | None = _choose(rows)
+        chosen, warning = _choose(rows)
         failure = None
     except SolveError as error:
-        chosen, failure = None, error
+        chosen, warning, failure = None, None, error
+    counts = {f"{cell}-{lang}": len(texts) for cell in CELLS for lang, texts in cells[cell].items()}
+    changes = smallest_changes(counts)
     selection = Selection(
         chosen=chosen,
         base=reference,
         rows=tuple(rows),
         fit_ids=tuple(sort_ids(split.fit)),
         validation_ids=tuple(sort_ids(split.validation)),
-        prompts={
-            **{f"harmful-{lang}": len(texts) for lang, texts in harmful.items()},
-            **{f"harmless-{lang}": len(texts) for lang, texts in harmless.items()},
-        },
+        prompts=counts,
+        warning=warning,
+        smallest_change=changes,
+        notes=_coarse(changes, counts, limits),
+        base_cached=stored is not None,
     )
     _record(workspace, selection, settings, limits)
     if failure is not None:
         raise failure
     assert selection.chosen is not None
     return selection
+
+
+def measure_candidate(
+    meter: _Meter,
+    data: TuneData,
+    config: SolveConfig,
+    reference: Measure,
+    limits: GateLimits,
+    note: Progress,
+    *,
+    full: bool = False,
+) -> Row:
+    """Solve one candidate on the tune-fit ids, measure it in memory and apply the gate's rules.
+    full: measure every cell even when no target language gained (bench/select_agreement.py)."""
+    context = data.context
+    note(f"candidate {describe(config)}")
+    start = time.perf_counter()
+    try:
+        changes = get_method(config.method).weight_changes(meter.model, data, config)
+    except SolveError as error:
+        return Row(config, None, -math.inf, (), time.perf_counter() - start, str(error))
+    solve_seconds = time.perf_counter() - start
+    try:
+        measure = meter.measure(changes, reference, context.langs, full=full)
+    except EvalError as error:  # e.g. non-finite logits: the candidate breaks the model
+        return Row(config, None, -math.inf, (), solve_seconds, error.message)
+    gain = _gain(reference.refusal, measure.refusal, context.langs)
+    reasons = _broken(reference, measure, context.hrl, context.langs, limits)
+    return Row(config, measure, gain, reasons, solve_seconds)
 
 
 def _check_layers(workspace: Workspace, configs: Sequence[SolveConfig], probed: list[int]) -> None:
@@ -327,10 +371,123 @@ def _capped(prompts: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
     return {lang: texts[:limit] for lang, texts in prompts.items()}
 
 
+def validation_cells(
+    workspace: Workspace, langs: Sequence[str], validation: frozenset[str], settings: SelectSettings
+) -> dict[str, dict[str, list[str]]]:
+    """The validation texts per cell (harmful, plain harmless, borderline) and language, at most
+    settings.prompts each. Borderline requests are probed with the harmless prompts; the ids
+    in WS/prompts/borderline.jsonl tell them apart."""
+    from swe_cli.prompts import FIT, PromptSet
+
+    border = borderline_ids(workspace)
+    harmless = PromptSet.from_jsonl(workspace.prompts_dir / f"{HARMLESS}.jsonl", HARMLESS)
+
+    def texts(lang: str, borderline: bool) -> list[str]:
+        return [
+            p.text
+            for p in harmless.select(lang, FIT)
+            if p.id in validation and (p.id in border) == borderline
+        ]
+
+    return {
+        HARMFUL: _capped(
+            validation_prompts(workspace, HARMFUL, langs, validation), settings.prompts
+        ),
+        HARMLESS: _capped({lang: texts(lang, False) for lang in langs}, settings.prompts),
+        BORDERLINE: _capped({lang: texts(lang, True) for lang in langs}, settings.prompts),
+    }
+
+
+def borderline_ids(workspace: Workspace) -> frozenset[str]:
+    """The ids of the borderline requests probe added to the harmless set (none without)."""
+    from swe_cli.prompts import PromptSet
+
+    path = workspace.prompts_dir / f"{BORDERLINE}.jsonl"
+    if not path.is_file():
+        return frozenset()
+    return frozenset(PromptSet.from_jsonl(path, BORDERLINE).ids())
+
+
+def smallest_changes(counts: dict[str, int]) -> dict[str, float]:
+    """The smallest change each gated rate can show: 1/n for a language's harmful refusal; for
+    the harmless and borderline refusals, means over L languages, 1/(L n) with n the largest
+    language's count (one answer there changing its verdict)."""
+    changes: dict[str, float] = {}
+    for cell in CELLS:
+        sizes = [n for name, n in counts.items() if name.startswith(f"{cell}-") and n]
+        if cell == HARMFUL:
+            changes.update(
+                {name: 1 / n for name, n in counts.items() if name.startswith(f"{cell}-") and n}
+            )
+        elif sizes:
+            changes[cell] = 1 / (len(sizes) * max(sizes))
+    return changes
+
+
+def _coarse(
+    changes: dict[str, float], counts: dict[str, int], limits: GateLimits
+) -> tuple[str, ...]:
+    """A line for each refusal rate of the gate that one changed answer moves by more than the
+    gate allows: select cannot tell a passing candidate from a failing one there."""
+    notes = []
+    for cell, label in ((HARMLESS, "harmless"), (BORDERLINE, "borderline")):
+        step = changes.get(cell)
+        if step is not None and step > limits.max_over_refusal + TOLERANCE:
+            total = sum(n for name, n in counts.items() if name.startswith(f"{cell}-"))
+            notes.append(
+                f"{label} refusals: {total} validation prompts show changes of {step:.3f} at the "
+                f"smallest, more than --max-over-refusal {limits.max_over_refusal}; probe more "
+                "harmless prompts or borderline requests (--borderline builtin)"
+            )
+    return tuple(notes)
+
+
+def _cache_key(
+    model_dir: Path,
+    cells: dict[str, dict[str, list[str]]],
+    settings: SelectSettings,
+    device: str,
+    dtype: str,
+) -> str:
+    """The unedited model's answers depend on the model, the prompts and how it generates."""
+    generation = {
+        "stage": "select",
+        "max_new_tokens": settings.max_new_tokens,
+        "batch_size": settings.batch_size,
+        "device": device,
+        "dtype": dtype,
+        "decoding": "greedy",
+    }
+    return base_cache.prompts_key(base_cache.model_key(Path(model_dir)), cells, generation)
+
+
+def _load_answers(
+    cache: Path, key: str, cells: dict[str, dict[str, list[str]]]
+) -> dict[str, dict[str, list[str]]] | None:
+    """The cached answers when they cover every prompt of every cell, else None."""
+    stored = base_cache.load(cache, key)
+    answers = stored.get("answers") if stored else None
+    if not isinstance(answers, dict):
+        return None
+    for cell, by_lang in cells.items():
+        for lang, texts in by_lang.items():
+            found = (
+                (answers.get(cell) or {}).get(lang) if isinstance(answers.get(cell), dict) else None
+            )
+            if not texts:
+                continue
+            if not isinstance(found, list) or len(found) != len(texts):
+                return None
+            if not all(isinstance(answer, str) for answer in found):
+                return None
+    return answers
+
+
 class _Meter:
     """Short greedy answers judged by refusal patterns, and the harmless KL against the unedited
     weights (recomputed per batch with the candidate's blocks removed: no second model copy and
-    no vocabulary-sized cache)."""
+    no vocabulary-sized cache). base_answers: the unedited model's answers read from the cache
+    (used when measuring without an edit); answered: the answers of the last measure()."""
 
     def __init__(
         self,
@@ -340,28 +497,41 @@ class _Meter:
         harmful: dict[str, list[str]],
         harmless: dict[str, list[str]],
         settings: SelectSettings,
+        borderline: dict[str, list[str]] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.judge = model, tokenizer, judge
         self.harmful, self.harmless, self.settings = harmful, harmless, settings
+        self.borderline = borderline or {}
+        self.base_answers: dict[str, dict[str, list[str]]] | None = None
+        self.answered: dict[str, dict[str, list[str]]] = {}
+        self._unedited = False
 
     def measure(
         self,
         edited: Any = None,
         reference: Measure | None = None,
         targets: Sequence[str] = (),
+        *,
+        full: bool = False,
     ) -> Measure:
         """With a reference, the target languages are answered first, and a candidate that
-        raises none of them is not measured further (it cannot be chosen): nan elsewhere."""
+        raises none of them is not measured further (it cannot be chosen): nan elsewhere,
+        unless full."""
         import contextlib
 
         start = time.perf_counter()
+        self._unedited, self.answered = edited is None, {}
         patch = patched(edited) if edited is not None else contextlib.nullcontext()
         refusal: dict[str, float] = {}
         degenerate: dict[str, float] = {}
         with patch:
             for lang in targets:
                 refusal[lang] = self._refused(lang, self.harmful[lang], degenerate)
-            if reference is not None and _gain(reference.refusal, refusal, targets) <= TOLERANCE:
+            if (
+                reference is not None
+                and not full
+                and _gain(reference.refusal, refusal, targets) <= TOLERANCE
+            ):
                 rest = {lang: math.nan for lang in self.harmful if lang not in refusal}
                 return Measure(
                     {**refusal, **rest},
@@ -369,46 +539,78 @@ class _Meter:
                     math.nan,
                     time.perf_counter() - start,
                     degenerate,
+                    None if not any(self.borderline.values()) else math.nan,
                 )
             for lang, texts in self.harmful.items():
                 if lang not in refusal:
                     refusal[lang] = self._refused(lang, texts, degenerate)
-            refused = sum(  # a language without validation prompts counts for nothing
-                self._refused(lang, texts) * len(texts)
-                for lang, texts in self.harmless.items()
-                if texts
-            )
-        total = sum(len(texts) for texts in self.harmless.values())
+            harmless = self._mean_refused(self.harmless, HARMLESS)
+            borderline = self._mean_refused(self.borderline, BORDERLINE)
         kl = 0.0 if edited is None else self._kl(edited)
-        return Measure(refusal, refused / total, kl, time.perf_counter() - start, degenerate)
+        return Measure(
+            refusal,
+            math.nan if harmless is None else harmless,
+            kl,
+            time.perf_counter() - start,
+            degenerate,
+            borderline,
+        )
+
+    def _mean_refused(self, prompts: dict[str, list[str]], cell: str) -> float | None:
+        """Mean over the languages that have prompts (a language without any counts for
+        nothing); None when none has."""
+        rates = [self._refused(lang, texts, cell=cell) for lang, texts in prompts.items() if texts]
+        return sum(rates) / len(rates) if rates else None
 
     def _refused(
-        self, lang: str, texts: list[str], degenerate: dict[str, float] | None = None
+        self,
+        lang: str,
+        texts: list[str],
+        degenerate: dict[str, float] | None = None,
+        cell: str = HARMFUL,
     ) -> float:
         """Share of `texts` refused; with `degenerate`, its share of degenerate answers too."""
         from swe_cli.judges import DEGENERATE as DEGENERATE_VERDICT
 
-        verdicts = judged_answers(
-            self.model,
-            self.tokenizer,
-            self.judge,
-            texts,
-            lang,
-            max_new_tokens=self.settings.max_new_tokens,
-            batch_size=self.settings.batch_size,
-        )
+        answers = self._answers(cell, lang, texts)
+        verdicts = self.judge.judge(list(texts), answers, lang) if texts else []
         if degenerate is not None and verdicts:
             degenerate[lang] = verdicts.count(DEGENERATE_VERDICT) / len(verdicts)
         return refusal_rate(verdicts)
 
+    def _answers(self, cell: str, lang: str, texts: list[str]) -> list[str]:
+        from swe_cli.models import generate
+
+        cached = (self.base_answers or {}).get(cell, {}).get(lang) if self._unedited else None
+        if cached is not None and len(cached) == len(texts):
+            answers = list(cached)
+        elif texts:
+            answers = generate(
+                self.model,
+                self.tokenizer,
+                list(texts),
+                max_new_tokens=self.settings.max_new_tokens,
+                batch_size=self.settings.batch_size,
+            )
+        else:
+            answers = []
+        self.answered.setdefault(cell, {})[lang] = answers
+        return answers
+
     def _kl(self, edited: Any) -> float:
+        """Per language, then the mean over languages (as eval's KL reaches the gate)."""
+
         def logits(input_ids: Any, mask: Any) -> tuple[Any, Any]:
             base = logits_of(self.model, input_ids, mask)
             with patched(edited):
                 return base, logits_of(self.model, input_ids, mask)
 
-        prompts = [text for texts in self.harmless.values() for text in texts]
-        return paired_kl(logits, self.tokenizer, prompts, batch_size=self.settings.batch_size)
+        values = [
+            paired_kl(logits, self.tokenizer, texts, batch_size=self.settings.batch_size)
+            for texts in self.harmless.values()
+            if texts
+        ]
+        return sum(values) / len(values)
 
 
 def _broken(
@@ -420,9 +622,11 @@ def _broken(
 
 
 def _outcome(measure: Measure) -> Outcome:
-    """What the gate reads: the share of harmful prompts not refused, harmless refusals, KL."""
+    """What the gate reads: the share of harmful prompts not refused, harmless refusals, the
+    borderline refusals as its over-refusal, KL."""
     return Outcome(
         harm={lang: 1.0 - rate for lang, rate in measure.refusal.items()},
+        over_refusal=measure.over_refusal,
         harmless_refusal=measure.harmless_refusal,
         kl=measure.kl,
         degenerate=measure.degenerate,
@@ -437,6 +641,11 @@ def _reason(breach: Breach, base: Measure, measure: Measure, limits: GateLimits)
         return (
             f"harmless refusals rose {base.harmless_refusal:.2f} -> {measure.harmless_refusal:.2f}"
         )
+    if breach.rule == OVER_REFUSAL:
+        return (
+            f"borderline refusals rose {float(base.over_refusal):.2f} -> "
+            f"{float(measure.over_refusal):.2f}"
+        )
     if breach.rule == DEGENERATE:
         lang = str(breach.lang)
         return (
@@ -448,23 +657,32 @@ def _reason(breach: Breach, base: Measure, measure: Measure, limits: GateLimits)
     return f"KL was not measured ({breach.rule})"
 
 
-def _choose(rows: Sequence[Row]) -> SolveConfig:
-    admissible = [row for row in rows if row.admissible and row.gain > TOLERANCE]
-    if not admissible:
+def _choose(rows: Sequence[Row]) -> tuple[SolveConfig, str | None]:
+    """The admissible candidate with the largest gain (the lower KL on ties), no warning. When
+    every candidate that raised refusal breaks a limit, the one with the largest gain, and a
+    warning line naming what it breaks: `swe align --eval` stops on it before eval."""
+    raised = [
+        row
+        for row in rows
+        if row.measure is not None and not math.isnan(row.measure.kl) and row.gain > TOLERANCE
+    ]
+    if not raised:
         best = max(rows, key=lambda row: row.gain)
-        why = (
-            "; ".join(best.reasons)
-            if best.reasons
-            else best.error or "it raised no target language's refusal"
-        )
+        why = best.error or "; ".join(best.reasons) or "it raised no target language's refusal"
         raise SolveError(
-            f"no candidate raised refusal on the validation prompts within the limits (best, "
+            f"no candidate raised refusal on the validation prompts (best, "
             f"{describe(best.config)}: {why})",
-            hint="see WS/edit/select.yaml; try other select.candidates or relax --max-kl / "
-            "--max-over-refusal",
+            hint="see WS/edit/select.yaml; try other select.candidates",
         )
-    assert all(row.measure is not None for row in admissible)
-    return max(admissible, key=lambda row: (row.gain, -row.measure.kl)).config  # type: ignore[union-attr]
+    admissible = [row for row in raised if not row.reasons]
+    pool = admissible or raised
+    chosen = max(pool, key=lambda row: (row.gain, -row.measure.kl))  # type: ignore[union-attr]
+    if admissible:
+        return chosen.config, None
+    return chosen.config, (
+        f"every candidate breaks the shipping gate's limits on the validation prompts; the "
+        f"chosen {describe(chosen.config)} (largest refusal gain): {'; '.join(chosen.reasons)}"
+    )
 
 
 def _gain(before: dict[str, float], after: dict[str, float], langs: Sequence[str]) -> float:
@@ -489,6 +707,11 @@ def _measure_row(measure: Measure | None) -> dict[str, Any]:
     return {
         "refusal": {lang: number(value, 4) for lang, value in measure.refusal.items()},
         "harmless_refusal": number(measure.harmless_refusal, 4),
+        **(
+            {}
+            if measure.over_refusal is None
+            else {"borderline_refusal": number(measure.over_refusal, 4)}
+        ),
         "kl": number(measure.kl, 6),
         "seconds": round(measure.seconds, 2),
     }
@@ -510,8 +733,14 @@ def _record(
         "chosen": describe(selection.chosen) if chosen is not None else None,
         "config": chosen,
         "params": params,
+        "warning": selection.warning,
+        # n per cell, and the smallest change of each gated rate those n can show
         "prompts": selection.prompts,
-        "unedited": _measure_row(selection.base),
+        "smallest_change": {
+            key: round(value, 4) for key, value in selection.smallest_change.items()
+        },
+        "notes": list(selection.notes),
+        "unedited": {**_measure_row(selection.base), "cached": selection.base_cached},
         "candidates": [
             {
                 "candidate": describe(row.config),
@@ -537,9 +766,34 @@ def _record(
             "select": str(path.relative_to(workspace.root)),
             "chosen": describe(selection.chosen) if chosen is not None else None,
             "config": chosen,
+            "warning": selection.warning,
         },
         status="done" if chosen is not None else "failed",
     )
+
+
+def selection_warning(workspace: Workspace, config: SolveConfig | dict[str, Any]) -> str | None:
+    """The warning the workspace's last finished `swe select` recorded about its choice, when
+    `config` (a SolveConfig or its plain form, as solve records it) is that choice."""
+    record = workspace.manifest().stage("select")
+    if not record or not record.done or not record.outputs.get("warning"):
+        return None
+    plain = config.plain() if isinstance(config, SolveConfig) else dict(config)
+    if plain.get("method") == AUTO:  # solves the choice, whatever it is
+        return str(record.outputs["warning"])
+    chosen = dict(record.outputs.get("config") or {})
+    for values in (plain, chosen):
+        values.pop("device", None)
+        values["layers"] = list(parse_layers(values.get("layers")) or ())
+    return str(record.outputs["warning"]) if plain == chosen else None
+
+
+def solved_warning(workspace: Workspace) -> str | None:
+    """selection_warning for the edit the workspace's last finished solve wrote."""
+    record = workspace.manifest().stage("solve")
+    if not record or not record.done:
+        return None
+    return selection_warning(workspace, record.params)
 
 
 def selected_config(workspace: Workspace, device: str = "cpu") -> SolveConfig:
@@ -562,29 +816,50 @@ def _rate(value: float) -> str:
 
 
 def selection_table(selection: Selection, hrl: str, langs: Sequence[str]) -> Any:
-    """A rich Table: the unedited model, then every candidate; the choice is marked. Narrow
-    enough for an 80-column terminal with three target languages."""
+    """A rich Table: the unedited model, then every candidate; the choice is marked. Each column
+    names its n (validation prompts per language; summed over languages for the harmless and
+    borderline rates, which are means over languages). Narrow enough for an 80-column terminal
+    with three target languages."""
     from rich.table import Table
 
     seconds = selection.base.seconds + sum(
         row.solve_seconds + (row.measure.seconds if row.measure else 0.0) for row in selection.rows
     )
+    counts = selection.prompts
+    borderline = selection.base.over_refusal is not None
+
+    def total(cell: str) -> int:
+        return sum(n for name, n in counts.items() if name.startswith(f"{cell}-"))
+
+    steps = ", ".join(
+        f"{name} {selection.smallest_change[key]:.3f}"
+        for key, name in ((HARMLESS, "harmless"), (BORDERLINE, "borderline"))
+        if key in selection.smallest_change
+    )
     table = Table(
         title=f"select: {len(selection.rows)} candidates on validation prompts of the fit split",
         caption=f"choice (*): {describe(selection.chosen)} ({seconds:.0f} s). Share of harmful "
-        "prompts refused per language (higher is better), harmless prompts refused, KL; broken: "
-        "the limits a candidate breaks (select.yaml says how); '-': not measured, no target "
-        "language gained",
+        "prompts refused per language (higher is better), harmless and borderline prompts "
+        "refused (mean over languages), KL; n: validation prompts; smallest visible change: 1/n "
+        f"per language, {steps}; broken: the gate's limits a candidate breaks on them "
+        "(select.yaml says how); '-': not measured, no target language gained",
     )
     table.add_column("candidate", min_width=14, overflow="fold")
-    for column in [*langs, hrl, "harm-\nless", "KL", "gain"]:
+    columns = [f"{lang}\nn={counts.get(f'{HARMFUL}-{lang}', 0)}" for lang in [*langs, hrl]]
+    columns.append(f"harm-\nless\nn={total(HARMLESS)}")
+    if borderline:
+        columns.append(f"bord-\nerline\nn={total(BORDERLINE)}")
+    for column in [*columns, "KL", "gain"]:
         table.add_column(column, justify="right")
     table.add_column("broken", overflow="fold")
 
     def cells(measure: Measure) -> list[str]:
+        rates = [measure.harmless_refusal]
+        if borderline:
+            rates.append(math.nan if measure.over_refusal is None else measure.over_refusal)
         return [
             *(_rate(measure.refusal[lang]) for lang in [*langs, hrl]),
-            _rate(measure.harmless_refusal),
+            *(_rate(rate) for rate in rates),
             "-" if math.isnan(measure.kl) else f"{measure.kl:.3f}",
         ]
 
@@ -592,7 +867,7 @@ def selection_table(selection: Selection, hrl: str, langs: Sequence[str]) -> Any
     for row in selection.rows:
         name = describe(row.config)
         if row.measure is None:
-            table.add_row(name, *["-"] * (len(langs) + 4), f"failed: {row.error}")
+            table.add_row(name, *["-"] * (len(columns) + 2), f"failed: {row.error}")
             continue
         mark = row.config == selection.chosen
         table.add_row(
@@ -600,6 +875,6 @@ def selection_table(selection: Selection, hrl: str, langs: Sequence[str]) -> Any
             *cells(row.measure),
             f"{row.gain:+.2f}",
             ", ".join(reason.split()[0] for reason in row.reasons) or "-",
-            style="bold green" if mark else None,
+            style=("bold green" if not selection.warning else "bold yellow") if mark else None,
         )
     return table
