@@ -46,6 +46,7 @@ class EvalRequest:
     # the report's name), and the folder caching the baseline's measurements between runs
     edit: Path | None = None
     base_cache: Path | None = None
+    shared: Any = None  # with edit: a models.SharedModel holding the baseline (swe align)
 
 
 def solved_edit_file(workspace: Path) -> Path:
@@ -71,7 +72,12 @@ def base_eval_cache() -> Path:
 
 
 def _eval_edit_in_memory(
-    request: EvalRequest, sets: dict[str, Any], judge: Any, refusal_judge: Any, progress: Any
+    request: EvalRequest,
+    sets: dict[str, Any],
+    judge: Any,
+    refusal_judge: Any,
+    progress: Any,
+    steps: Any,
 ) -> Any:
     from swe_cli.edit import load_edit
     from swe_cli.stages.evaluate import run_eval_edit
@@ -97,6 +103,8 @@ def _eval_edit_in_memory(
         progress=progress,
         label=request.label or request.model,
         cache=request.base_cache,
+        shared=request.shared,
+        steps=steps,
     )
 
 
@@ -145,6 +153,7 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
     from swe_cli.report import rich_table
     from swe_cli.report_files import public_names, write_report, write_report_folder
     from swe_cli.stages.evaluate import run_eval
+    from swe_cli.timing import Steps
     from swe_cli.workspace import Workspace
 
     check_dtype(request.dtype)
@@ -156,9 +165,10 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
         if request.judge == "pattern"
         else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
     )
+    steps = Steps()
     with ui.progress() as update:
         if request.edit is not None:
-            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update)
+            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update, steps)
         else:
             report = run_eval(
                 request.model,
@@ -203,6 +213,9 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
                 {
                     "report": str(space.eval_dir / "report.json"),
                     "mean": report.to_dict()["model"]["mean"],
+                    # where an in-memory eval spent its time (empty for a plain eval)
+                    "seconds": steps.rounded(),
+                    "cached": list(steps.cached),
                     # the edit this eval measured: a card shows the table only beside it
                     "edit_sha256": edit_hash(request.edit)
                     if request.edit is not None

@@ -126,6 +126,7 @@ def probe_workspace(
     model_dir: Path,
     prompt_files: dict[str, Path],
     progress: Callable[[str, int, int], None] | None = None,
+    shared: object = None,
     **config: object,
 ) -> object:
     """run_probe on the fixture prompt sets (all layers, en + es, sw unless overridden)."""
@@ -145,6 +146,7 @@ def probe_workspace(
         None,
         ProbeConfig(**options),  # type: ignore[arg-type]
         progress,
+        shared=shared,  # type: ignore[arg-type]
     )
 
 
