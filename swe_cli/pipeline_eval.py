@@ -158,14 +158,15 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
 
     check_dtype(request.dtype)
     check_device(request.device)
-    sets = load_eval_sets(request)
-    refusal_judge = PatternJudge.from_files(request.patterns)
-    judge = (
-        refusal_judge
-        if request.judge == "pattern"
-        else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
-    )
     steps = Steps()
+    with steps.timed("prepare"):
+        sets = load_eval_sets(request)
+        refusal_judge = PatternJudge.from_files(request.patterns)
+        judge = (
+            refusal_judge
+            if request.judge == "pattern"
+            else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
+        )
     with ui.progress() as update:
         if request.edit is not None:
             report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update, steps)
@@ -192,38 +193,48 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
                 adapter=request.adapter,
                 label=request.label,
             )
+    space = None if request.workspace is None else Workspace(request.workspace)
+    # align writes its report into the workspace's eval folder: written once, not twice
+    into_workspace = (
+        space is not None
+        and request.output is not None
+        and (Path(request.output).resolve() == space.eval_dir.resolve())
+    )
+    with steps.timed("report"):
+        written: dict[str, Path] = {}
+        if request.output is not None and not into_workspace:
+            written = write_report(report, request.output)
+        if space is not None:
+            # the workspace's copy feeds the model card: models named without local paths
+            kept = write_report_folder(public_names(report), space.eval_dir)
+            written = kept if into_workspace else written
     if request.output is not None:
-        written = write_report(report, request.output)
         names = ", ".join(sorted(p.name for p in written.values()))
         ui.info(f"report written to {request.output} ({names})")
-    if request.workspace is not None:
-        space = Workspace(request.workspace)
-        # the workspace's copy feeds the model card: models named without local paths
-        write_report_folder(public_names(report), space.eval_dir)
-        if space.exists():
-            space.record_stage(
-                "eval",
-                {
-                    "model": request.model,
-                    "adapter": None if request.adapter is None else str(request.adapter),
-                    "baseline": request.baseline,
-                    "split": request.split,
-                    "judge": request.judge,
-                },
-                {
-                    "report": str(space.eval_dir / "report.json"),
-                    "mean": report.to_dict()["model"]["mean"],
-                    # where an in-memory eval spent its time (empty for a plain eval)
-                    "seconds": steps.rounded(),
-                    "cached": list(steps.cached),
-                    # the edit this eval measured: a card shows the table only beside it
-                    "edit_sha256": edit_hash(request.edit)
-                    if request.edit is not None
-                    else edited_model_hash(
-                        request.adapter if request.adapter is not None else Path(request.model)
-                    ),
-                },
-            )
+    if space is not None and space.exists():
+        space.record_stage(
+            "eval",
+            {
+                "model": request.model,
+                "adapter": None if request.adapter is None else str(request.adapter),
+                "baseline": request.baseline,
+                "split": request.split,
+                "judge": request.judge,
+            },
+            {
+                "report": str(space.eval_dir / "report.json"),
+                "mean": report.to_dict()["model"]["mean"],
+                # where the time went: prepare, report and, in memory, load, base, kl, edited
+                "seconds": steps.rounded(),
+                "cached": list(steps.cached),
+                # the edit this eval measured: a card shows the table only beside it
+                "edit_sha256": edit_hash(request.edit)
+                if request.edit is not None
+                else edited_model_hash(
+                    request.adapter if request.adapter is not None else Path(request.model)
+                ),
+            },
+        )
     if not ui.quiet:
         ui.show(rich_table(report))
     return report

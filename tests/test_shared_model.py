@@ -150,7 +150,7 @@ def test_align_eval_reads_the_base_weights_once(
     probe_steps = summary["steps"]["probe"]["seconds"]
     assert set(probe_steps) == {"load", "activations", "hrl_check", "own_answers", "moments"}
     eval_steps = summary["steps"]["eval"]
-    assert set(eval_steps["seconds"]) == {"load", "base", "kl", "edited"}
+    assert set(eval_steps["seconds"]) == {"prepare", "load", "base", "kl", "edited", "report"}
     assert eval_steps["cached"] == []  # a fresh cache: the base was measured
     assert all(value >= 0 for value in [*probe_steps.values(), *eval_steps["seconds"].values()])
     recorded = Workspace(workspace).manifest()
