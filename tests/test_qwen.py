@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from common import MULTIJAIL, run_swe
+from common import MULTIJAIL, run_swe, small_general
 from gguf_models import chat_batch, reference_logits
 from qwen import qwen_available, qwen_checkpoint
 
@@ -49,8 +49,10 @@ def aligned(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         pytest.skip(f"MultiJail not found at {MULTIJAIL}")
     root = tmp_path_factory.mktemp("qwen")
     output, workspace = root / "aligned", root / "ws"
+    general = small_general(root / "data")  # 4 texts per language, not 30: forward passes cost
     code, out = run_swe(
         "align", str(checkpoint), "--langs", "bn,th", "--harmful", str(MULTIJAIL), "-o", str(output), "-w", str(workspace),
+        "--general", str(general),
         "--set", "probe.max_prompts=8", "--set", "probe.own_answers=8", "--set", "eval.max_new_tokens=6",
         "--eval", "--no-gate", "--json",
     )  # fmt: skip
