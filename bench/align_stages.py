@@ -81,7 +81,7 @@ def table(first: dict[str, Any], second: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--organism", action="store_true", help="align the model organism")
     parser.add_argument("--keep", type=Path, help="keep workspaces and outputs in this folder")
     known, rest = parser.parse_known_args()

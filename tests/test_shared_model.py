@@ -138,12 +138,23 @@ def test_align_eval_reads_the_base_weights_once(
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
     monkeypatch.setenv("SWE_CACHE", str(tmp_path / "cache"))
+    from swe_cli import report_files
+
+    reports: list[Path] = []
+    write_report = report_files.write_report
+
+    def counting_reports(report: object, directory: Path) -> object:
+        reports.append(directory)
+        return write_report(report, directory)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_files, "write_report", counting_reports)
     output, workspace = tmp_path / "out", tmp_path / "ws"
     args = [*align_args(tiny_llama, prompt_files, output, workspace), "--method", "residual"]
     args += ["--eval", "--no-gate", "--set", "eval.max_new_tokens=2", "--json"]
     code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     assert loads == [str(tiny_llama)]  # probe and eval: one load
+    assert len(reports) == 1  # the eval report (and its chart) written once, into the workspace
     summary = json.loads(out)
     assert summary["model_loads"] == 1
     # where the time went, per step, in --json and in the workspace manifest
@@ -163,3 +174,23 @@ def test_align_eval_reads_the_base_weights_once(
     assert code == 0, err
     assert loads == [str(tiny_llama)]
     assert json.loads(out)["steps"]["eval"]["cached"] == ["base"]
+
+
+def test_the_timings_table_lists_each_stage_with_its_steps() -> None:
+    from rich.console import Console
+
+    from swe_cli.report import timings_table
+
+    steps = {
+        "probe": {"seconds": {"load": 1.0, "moments": 2.5}},
+        "eval": {"seconds": {"base": 0.01, "edited": 3.0}, "cached": ["base"]},
+    }
+    table = timings_table({"probe": 4.0, "solve": 1.0, "eval": 3.5}, Path("out"), steps)
+    console = Console(width=60, record=True)
+    console.print(table)
+    lines = [line.strip("│ ") for line in console.export_text().splitlines()]
+    cells = [" ".join(line.replace("│", " ").split()) for line in lines]
+    assert cells.index("probe 4.0") < cells.index("load 1.0") < cells.index("moments 2.5")
+    assert cells.index("moments 2.5") < cells.index("solve 1.0") < cells.index("eval 3.5")
+    assert cells.index("base (cached) 0.0") > cells.index("eval 3.5")
+    assert "total 8.5" in cells  # the stages' sum: steps are not counted twice
