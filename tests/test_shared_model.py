@@ -137,8 +137,11 @@ def test_align_eval_reads_the_base_weights_once(
         return original(cls, path, *args, **kwargs)
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
-    monkeypatch.setenv("SWE_CACHE", str(tmp_path / "cache"))
     from swe_cli import report_files
+    from swe_cli.stages import base_cache
+
+    # a cache of this test's own: the first run measures the base, the second reads it
+    monkeypatch.setattr(base_cache, "default_cache_dir", lambda: tmp_path / "base-eval")
 
     reports: list[Path] = []
     write_report = report_files.write_report
