@@ -338,6 +338,8 @@ def _evaluate_then_ship(
             report = evaluate(eval_request, ui)
         except EditNotInMemory as error:
             ui.info(f"edit not applicable in memory ({error.message}): evaluating it on disk")
+            if shared is not None:
+                shared.release()  # the on-disk eval loads the base and the edited model itself
             applied = write_candidate()
             report = evaluate(replace(eval_request, model=str(written), edit=None, shared=None), ui)
     summary: dict[str, Any] = {**plan, "eval": report.to_dict()}
