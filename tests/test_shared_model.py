@@ -197,3 +197,38 @@ def test_the_timings_table_lists_each_stage_with_its_steps() -> None:
     assert cells.index("moments 2.5") < cells.index("solve 1.0") < cells.index("eval 3.5")
     assert cells.index("base (cached) 0.0") > cells.index("eval 3.5")
     assert "total 8.5" in cells  # the stages' sum: steps are not counted twice
+
+
+def test_an_edit_not_applicable_in_memory_is_evaluated_on_disk_without_the_shared_copy(
+    tmp_path: Path,
+    tiny_llama: Path,
+    prompt_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The fallback loads the base and the edited checkpoint itself: the shared copy is dropped
+    first (three models in memory otherwise) and the eval still runs and ships."""
+    from swe_cli.measure import EditNotInMemory
+    from swe_cli.stages import evaluate
+
+    released: list[bool] = []
+    release = SharedModel.release
+
+    def refusing(*args: object, shared: SharedModel | None = None, **kwargs: object) -> None:
+        assert shared is not None and shared.loads == 1  # probe's load, handed to eval
+        raise EditNotInMemory("the test's model keeps its weights elsewhere")
+
+    def recording(self: SharedModel) -> None:
+        released.append(self._loaded is not None)
+        release(self)
+
+    monkeypatch.setattr(evaluate, "run_eval_edit", refusing)
+    monkeypatch.setattr(SharedModel, "release", recording)
+    output, workspace = tmp_path / "out", tmp_path / "ws"
+    args = [*align_args(tiny_llama, prompt_files, output, workspace), "--method", "residual"]
+    args += ["--eval", "--no-gate", "--set", "eval.max_new_tokens=2", "--json"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "evaluating it on disk" in err
+    assert released[0] is True  # dropped while still loaded, before the on-disk eval
+    assert (output / "config.json").is_file() and json.loads(out)["eval"]["model"]["languages"]
