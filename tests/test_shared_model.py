@@ -229,6 +229,7 @@ def test_an_edit_not_applicable_in_memory_is_evaluated_on_disk_without_the_share
     args += ["--eval", "--no-gate", "--set", "eval.max_new_tokens=2", "--json"]
     code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
-    assert "evaluating it on disk" in err
-    assert released[0] is True  # dropped while still loaded, before the on-disk eval
+    # dropped while still loaded, before the on-disk eval; align's own release at its end then
+    # finds nothing left to drop
+    assert released == [True, False]
     assert (output / "config.json").is_file() and json.loads(out)["eval"]["model"]["languages"]
