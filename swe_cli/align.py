@@ -19,6 +19,7 @@ from typing import Any
 from swe_cli.errors import Interrupted, SweError
 from swe_cli.gate import GateDecision, GateLimits
 from swe_cli.gate import check as check_gate
+from swe_cli.models import SharedModel
 from swe_cli.pipeline import (
     SILENT,
     ProbeRequest,
@@ -186,8 +187,13 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
         if moments and parse_layers(probe_settings.stats_layers) is None:
             # stream moments only where the method needs them
             probe_settings = probe_settings.updated(stats_layers=",".join(map(str, moments)))
+        # the base is read from disk once: probe, select and the in-memory eval share it
+        shared = SharedModel(
+            resolved.path, request.device, request.dtype, device_map=request.device_map
+        )
+        steps: dict[str, dict[str, Any]] = {}
         with timed("probe"):
-            probe(
+            probed = probe(
                 ProbeRequest(
                     model=request.model,
                     workspace=workspace,
@@ -203,13 +209,15 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
                     revision=request.revision,
                     resolved=resolved,
                     patterns=request.patterns,
+                    shared=shared,
                 ),
                 ui,
             )
+        steps["probe"] = {"seconds": probed["seconds"]}
         with timed("localize"):
             localize(workspace, recipe.localize, ui)
         if selecting:
-            with timed("select"):
+            with timed("select"), shared.serving():
                 solve_config = select(
                     workspace,
                     solve_config,
@@ -224,9 +232,10 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             solved = solve(workspace, solve_config, ui, warn=False)  # select has just said it
         if request.run_eval:
             summary = _evaluate_then_ship(
-                request, workspace, recipe, probe_settings, plan, ui, timed
+                request, workspace, recipe, probe_settings, plan, ui, timed, shared
             )
             summary["solve"] = solved
+            steps["eval"] = eval_steps(workspace)
         else:
             with timed("apply"):
                 applied = apply(
@@ -242,12 +251,24 @@ def align(request: AlignRequest, ui: Ui = SILENT) -> dict[str, Any]:
             summary = {**plan, "solve": solved, "apply": applied}
         if selecting:
             summary["select"] = selection_summary(workspace, solve_config)
+        shared.release()
         summary["seconds"] = {stage: round(value, 2) for stage, value in timings.items()}
+        summary["steps"] = steps
+        summary["model_loads"] = shared.loads
         if not ui.quiet:
             from swe_cli.report import timings_table
 
-            ui.show(timings_table(timings, request.output))
+            ui.show(timings_table(timings, request.output, steps))
         return summary
+
+
+def eval_steps(workspace: Path) -> dict[str, Any]:
+    """The in-memory eval's step seconds and cached steps, as its workspace record has them."""
+    from swe_cli.workspace import Workspace
+
+    record = Workspace(workspace).manifest().stage("eval")
+    outputs = record.outputs if record is not None else {}
+    return {"seconds": outputs.get("seconds") or {}, "cached": outputs.get("cached") or []}
 
 
 def _evaluate_then_ship(
@@ -258,6 +279,7 @@ def _evaluate_then_ship(
     plan: dict[str, Any],
     ui: Ui,
     timed: Any,
+    shared: Any = None,
 ) -> dict[str, Any]:
     """Eval, the shipping gate, then OUT. The edit is evaluated on the base loaded once and
     patched in memory, with the base's measurements cached between runs; OUT is written only
@@ -293,6 +315,8 @@ def _evaluate_then_ship(
         over_refusal=request.over_refusal,
         edit=solved_edit_file(workspace),
         base_cache=base_eval_cache(),
+        # eval loads without a device map: a model spread by one is not handed over
+        shared=shared if request.device_map is None else None,
     )
     applied: dict[str, Any] | None = None
 
@@ -314,8 +338,10 @@ def _evaluate_then_ship(
             report = evaluate(eval_request, ui)
         except EditNotInMemory as error:
             ui.info(f"edit not applicable in memory ({error.message}): evaluating it on disk")
+            if shared is not None:
+                shared.release()  # the on-disk eval loads the base and the edited model itself
             applied = write_candidate()
-            report = evaluate(replace(eval_request, model=str(written), edit=None), ui)
+            report = evaluate(replace(eval_request, model=str(written), edit=None, shared=None), ui)
     summary: dict[str, Any] = {**plan, "eval": report.to_dict()}
     decision = check_gate(report, request.hrl, request.langs, request.limits)
     summary["gate"] = {**decision.to_dict(), "enforced": request.gate}

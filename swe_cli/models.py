@@ -1,11 +1,14 @@
 """The one place that loads a causal LM and talks to it: `load_model` (local folder or Hub id,
-dtype and device rules, a left-padding tokenizer), chat formatting, and batched greedy
-generation. Probe, tune, eval and the guard judge all go through here. torch/transformers are
-imported lazily."""
+dtype and device rules, a left-padding tokenizer), `SharedModel` (one load of a base model that
+the stages of one run share), chat formatting, and batched greedy generation. Probe, tune, eval
+and the guard judge all go through here. torch/transformers are imported lazily."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,28 @@ def load_model(
     float32_on_cpu is False (probe records activations in the checkpoint's own dtype).
     device "auto" or a device_map spreads the model with accelerate. The tokenizer pads and
     truncates on the left, so the last prompt positions are the last columns of a batch."""
+    shared = _SERVING.get()
+    if shared is not None and shared.serves(model, device, dtype, revision, device_map):
+        return shared.get(float32_on_cpu=float32_on_cpu)
+    return _load(
+        model,
+        device,
+        dtype,
+        revision=revision,
+        device_map=device_map,
+        float32_on_cpu=float32_on_cpu,
+    )
+
+
+def _load(
+    model: str | Path,
+    device: str,
+    dtype: str,
+    *,
+    revision: str | None,
+    device_map: str | None,
+    float32_on_cpu: bool,
+) -> tuple[Any, Any]:
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,6 +103,102 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return loaded, tokenizer
+
+
+@dataclass
+class SharedModel:
+    """A base model loaded once for all the stages of one run (`swe align`: probe, select, the
+    in-memory eval) instead of once per stage; `get` loads it on first use. Each stage gets the
+    weights its own load_model call would have given. On the CPU with dtype auto, probe asks for
+    the checkpoint's own dtype and eval for float32 (float32_on_cpu): a float16/bfloat16 model is
+    then cast to float32 in place, which is exact for the weights (every half-precision value is
+    a float32 value); a model holding a half-precision buffer (computed at load, maybe rounded)
+    is loaded again instead. Stages that patch the model restore it bit for bit
+    (measure.edit_applied), so the next stage gets the base unchanged."""
+
+    path: Path
+    device: str = "cpu"
+    dtype: str = "auto"
+    revision: str | None = None
+    device_map: str | None = None
+    loads: int = 0  # how many times the weights were read from disk
+    _loaded: tuple[Any, Any] | None = field(default=None, repr=False)
+    _as: str = field(default="", repr=False)  # what the loaded copy is: "auto", "float32", ...
+
+    def get(self, *, float32_on_cpu: bool = True) -> tuple[Any, Any]:
+        """(model, tokenizer) as load_model(path, device, dtype, float32_on_cpu=...) gives them."""
+        wanted = self._resolved(float32_on_cpu)
+        if self._loaded is not None and self._as != wanted and not self._cast(wanted):
+            self.release()
+        if self._loaded is None:
+            self._loaded = _load(
+                self.path,
+                self.device,
+                self.dtype,
+                revision=self.revision,
+                device_map=self.device_map,
+                float32_on_cpu=float32_on_cpu,
+            )
+            self._as = wanted
+            self.loads += 1
+        return self._loaded
+
+    def _resolved(self, float32_on_cpu: bool) -> str:
+        """The dtype load_model resolves the request to ("auto": the checkpoint's own)."""
+        if self.dtype == "auto" and self.device == "cpu" and float32_on_cpu:
+            return "float32"
+        return self.dtype
+
+    def _cast(self, wanted: str) -> bool:
+        """Turn the loaded copy into what a load as `wanted` gives, when that is exact."""
+        import torch
+
+        assert self._loaded is not None
+        model = self._loaded[0]
+        if self._as != "auto" or wanted != "float32" or self.device_map:
+            return False
+        if model.dtype != torch.float32:
+            if any(b.is_floating_point() and b.dtype != torch.float32 for b in model.buffers()):
+                return False
+            model.to(torch.float32)
+            model.config.dtype = torch.float32
+        self._as = "float32"
+        return True
+
+    def serves(
+        self,
+        model: str | Path,
+        device: str,
+        dtype: str,
+        revision: str | None,
+        device_map: str | None,
+    ) -> bool:
+        """Whether load_model(model, device, dtype, ...) asks for this model, loaded this way."""
+        return Path(model).resolve() == Path(self.path).resolve() and (
+            device,
+            dtype,
+            revision,
+            device_map,
+        ) == (self.device, self.dtype, self.revision, self.device_map)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Within the block, load_model answers a request for this model with the shared copy
+        (for a stage that loads its model itself, such as select)."""
+        token = _SERVING.set(self)
+        try:
+            yield
+        finally:
+            _SERVING.reset(token)
+
+    def release(self) -> None:
+        """Drop the loaded copy (its memory is freed once no stage holds it)."""
+        self._loaded, self._as = None, ""
+
+
+_SERVING: contextvars.ContextVar[SharedModel | None] = contextvars.ContextVar(
+    "swe_shared_model", default=None
+)
 
 
 def chat_text(tokenizer: Any, prompt: str, answer: str | None = None) -> str:

@@ -126,6 +126,7 @@ class ProbeRequest:
     revision: str | None = None
     resolved: Any = None  # a ResolvedModel when the caller has resolved the model already
     patterns: list[Path] = field(default_factory=list)  # extra refusal patterns (HRL check)
+    shared: Any = None  # a models.SharedModel: the run's one load of the model (swe align)
 
 
 BUILTIN_BORDERLINE = "borderline.jsonl"
@@ -207,6 +208,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             general_set,
             config,
             update,
+            shared=request.shared,
         )
         _keep_borderline(Workspace(request.workspace), borderline_set)
     ui.info(
@@ -229,6 +231,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
         "counts": result.counts,
         "hrl_refusal": result.hrl_refusal,
         "unused_harmless_langs": list(harmless_set.unused_langs),
+        "seconds": result.steps.rounded(),
     }
 
 

@@ -46,6 +46,7 @@ class EvalRequest:
     # the report's name), and the folder caching the baseline's measurements between runs
     edit: Path | None = None
     base_cache: Path | None = None
+    shared: Any = None  # with edit: a models.SharedModel holding the baseline (swe align)
 
 
 def solved_edit_file(workspace: Path) -> Path:
@@ -71,7 +72,12 @@ def base_eval_cache() -> Path:
 
 
 def _eval_edit_in_memory(
-    request: EvalRequest, sets: dict[str, Any], judge: Any, refusal_judge: Any, progress: Any
+    request: EvalRequest,
+    sets: dict[str, Any],
+    judge: Any,
+    refusal_judge: Any,
+    progress: Any,
+    steps: Any,
 ) -> Any:
     from swe_cli.edit import load_edit
     from swe_cli.stages.evaluate import run_eval_edit
@@ -97,6 +103,8 @@ def _eval_edit_in_memory(
         progress=progress,
         label=request.label or request.model,
         cache=request.base_cache,
+        shared=request.shared,
+        steps=steps,
     )
 
 
@@ -145,20 +153,23 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
     from swe_cli.report import rich_table
     from swe_cli.report_files import public_names, write_report, write_report_folder
     from swe_cli.stages.evaluate import run_eval
+    from swe_cli.timing import Steps
     from swe_cli.workspace import Workspace
 
     check_dtype(request.dtype)
     check_device(request.device)
-    sets = load_eval_sets(request)
-    refusal_judge = PatternJudge.from_files(request.patterns)
-    judge = (
-        refusal_judge
-        if request.judge == "pattern"
-        else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
-    )
+    steps = Steps()
+    with steps.timed("prepare"):
+        sets = load_eval_sets(request)
+        refusal_judge = PatternJudge.from_files(request.patterns)
+        judge = (
+            refusal_judge
+            if request.judge == "pattern"
+            else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
+        )
     with ui.progress() as update:
         if request.edit is not None:
-            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update)
+            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update, steps)
         else:
             report = run_eval(
                 request.model,
@@ -182,35 +193,48 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
                 adapter=request.adapter,
                 label=request.label,
             )
+    space = None if request.workspace is None else Workspace(request.workspace)
+    # align writes its report into the workspace's eval folder: written once, not twice
+    into_workspace = (
+        space is not None
+        and request.output is not None
+        and (Path(request.output).resolve() == space.eval_dir.resolve())
+    )
+    with steps.timed("report"):
+        written: dict[str, Path] = {}
+        if request.output is not None and not into_workspace:
+            written = write_report(report, request.output)
+        if space is not None:
+            # the workspace's copy feeds the model card: models named without local paths
+            kept = write_report_folder(public_names(report), space.eval_dir)
+            written = kept if into_workspace else written
     if request.output is not None:
-        written = write_report(report, request.output)
         names = ", ".join(sorted(p.name for p in written.values()))
         ui.info(f"report written to {request.output} ({names})")
-    if request.workspace is not None:
-        space = Workspace(request.workspace)
-        # the workspace's copy feeds the model card: models named without local paths
-        write_report_folder(public_names(report), space.eval_dir)
-        if space.exists():
-            space.record_stage(
-                "eval",
-                {
-                    "model": request.model,
-                    "adapter": None if request.adapter is None else str(request.adapter),
-                    "baseline": request.baseline,
-                    "split": request.split,
-                    "judge": request.judge,
-                },
-                {
-                    "report": str(space.eval_dir / "report.json"),
-                    "mean": report.to_dict()["model"]["mean"],
-                    # the edit this eval measured: a card shows the table only beside it
-                    "edit_sha256": edit_hash(request.edit)
-                    if request.edit is not None
-                    else edited_model_hash(
-                        request.adapter if request.adapter is not None else Path(request.model)
-                    ),
-                },
-            )
+    if space is not None and space.exists():
+        space.record_stage(
+            "eval",
+            {
+                "model": request.model,
+                "adapter": None if request.adapter is None else str(request.adapter),
+                "baseline": request.baseline,
+                "split": request.split,
+                "judge": request.judge,
+            },
+            {
+                "report": str(space.eval_dir / "report.json"),
+                "mean": report.to_dict()["model"]["mean"],
+                # where the time went: prepare, report and, in memory, load, base, kl, edited
+                "seconds": steps.rounded(),
+                "cached": list(steps.cached),
+                # the edit this eval measured: a card shows the table only beside it
+                "edit_sha256": edit_hash(request.edit)
+                if request.edit is not None
+                else edited_model_hash(
+                    request.adapter if request.adapter is not None else Path(request.model)
+                ),
+            },
+        )
     if not ui.quiet:
         ui.show(rich_table(report))
     return report

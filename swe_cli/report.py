@@ -593,7 +593,10 @@ def solve_table(summary: dict[str, Any]) -> Any:
     return table
 
 
-def timings_table(timings: dict[str, float], output: Path) -> Any:
+def timings_table(
+    timings: dict[str, float], output: Path, steps: dict[str, dict[str, Any]] | None = None
+) -> Any:
+    """Wall seconds per stage, with the steps of a stage (probe, eval) indented under it."""
     from rich.table import Table
 
     table = Table(title=f"swe align -> {output}")
@@ -601,5 +604,10 @@ def timings_table(timings: dict[str, float], output: Path) -> Any:
     table.add_column("seconds", justify="right")
     for stage, seconds in timings.items():
         table.add_row(stage, f"{seconds:.1f}")
+        known = (steps or {}).get(stage) or {}
+        cached = set(known.get("cached") or ())
+        for step, step_seconds in (known.get("seconds") or {}).items():
+            note = " (cached)" if step in cached else ""
+            table.add_row(f"  {step}{note}", f"{step_seconds:.1f}")
     table.add_row("total", f"{sum(timings.values()):.1f}")
     return table

@@ -204,3 +204,21 @@ def run_swe(*args: str) -> tuple[int, str]:
     finally:
         sys.argv = argv
     return int(done.value.code or 0), buffer.getvalue()
+
+
+def small_general(directory: Path, ids: int = 4) -> Path:
+    """The first `ids` texts of each language of swe's built-in general text, as a file: the
+    real-model pipeline tests stream moments over general text and measure perplexity on its
+    held-out part, but need not pay for all of it."""
+    from importlib import resources
+
+    source = resources.files("swe_cli") / "data" / "general.jsonl"
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line]
+    kept = sorted({row["id"] for row in rows})[:ids]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "general.jsonl"
+    path.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows if row["id"] in kept),
+        encoding="utf-8",
+    )
+    return path

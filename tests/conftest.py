@@ -50,6 +50,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             pytest.exit("CI=true but missing: " + "; ".join(missing), returncode=3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def base_eval_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The base-eval cache of this session only: a test run measures every base model as a
+    fresh CI machine does (no answers left by an earlier run, no write into the user's cache);
+    within the session, a second gated run on the same base still reads the cache."""
+    from swe_cli.stages import base_cache
+
+    folder = tmp_path_factory.mktemp("base-eval")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base_cache, "default_cache_dir", lambda: folder)
+        yield folder
+
+
 LANGS = ("en", "es", "sw")  # HRL first, then the target languages
 TARGETS = ("es", "sw")
 PROMPT_COUNT = 16
@@ -126,6 +139,7 @@ def probe_workspace(
     model_dir: Path,
     prompt_files: dict[str, Path],
     progress: Callable[[str, int, int], None] | None = None,
+    shared: object = None,
     **config: object,
 ) -> object:
     """run_probe on the fixture prompt sets (all layers, en + es, sw unless overridden)."""
@@ -145,6 +159,7 @@ def probe_workspace(
         None,
         ProbeConfig(**options),  # type: ignore[arg-type]
         progress,
+        shared=shared,  # type: ignore[arg-type]
     )
 
 

