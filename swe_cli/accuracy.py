@@ -382,47 +382,77 @@ def option_log_likelihoods(
 ) -> list[list[float]]:
     """Per item, per option: sum of log p(option token | context, earlier option tokens).
 
-    Every (item, option) row is one sequence; rows run ``batch_size`` at a time, grouped by
-    length, right-padded (causal attention never sees the padding), so a score does not depend
-    on the batch size. on_batch gets the number of items done so far (in proportion to rows)."""
+    The chat-templated question runs once per item: ``batch_size`` questions at a time, grouped
+    by length and left-padded, their key/value cache then repeated once per option, and every
+    option of the batch runs on it in one pass, right-padded (causal attention never lets
+    padding reach a scored token). A question is not recomputed for each of its options (its
+    tokens are most of a row), and logits are taken only where an option token is predicted.
+    Scores agree with each option scored alone, unpadded, up to float rounding. on_batch gets
+    the number of items done so far."""
     import torch
+    from transformers import DynamicCache
 
     from swe_cli.models import encode_texts, length_batches, pad_rows
 
     contexts = encode_texts(
         tokenizer, [chat_context(tokenizer, i.question) for i in items], special_tokens=False
     )
-    rows: list[tuple[int, int, list[int], int]] = []  # item, option, ids, context length
-    for item_index, item in enumerate(items):
-        context = contexts[item_index]
-        for option_index, option_ids in enumerate(
-            encode_texts(tokenizer, item.options, special_tokens=False)
-        ):
+    options: list[list[list[int]]] = []
+    for item in items:
+        encoded = encode_texts(tokenizer, item.options, special_tokens=False)
+        for text, option_ids in zip(item.options, encoded, strict=True):
             if not option_ids:
                 raise PromptError(
-                    f"item {item.id}: option {item.options[option_index]!r} has no tokens",
-                    "give every option some text",
+                    f"item {item.id}: option {text!r} has no tokens", "give every option some text"
                 )
-            rows.append((item_index, option_index, context + option_ids, len(context)))
+        options.append(encoded)
     scores = [[0.0] * len(item.options) for item in items]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     done = 0
-    for batch in length_batches([len(ids) for _, _, ids, _ in rows], batch_size):
-        input_ids, mask = pad_rows([rows[i][2] for i in batch], pad_id, left=False)
+    for batch in length_batches([len(ids) for ids in contexts], batch_size):
+        input_ids, mask = pad_rows([contexts[i] for i in batch], pad_id, left=True)
+        input_ids, mask = input_ids.to(model.device), mask.to(model.device)
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=model.config)
         with torch.inference_mode():
+            first = model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            first = torch.log_softmax(first.float(), dim=-1)
+            # one row per (item, option), on a copy of its question's cache
+            rows = [
+                (at, item, k) for at, item in enumerate(batch) for k in range(len(options[item]))
+            ]
+            index = torch.tensor([at for at, _, _ in rows], device=mask.device)
+            cache.batch_select_indices(index)
+            option_ids, option_mask = pad_rows(
+                [options[item][k] for _, item, k in rows], pad_id, left=False
+            )
+            option_ids, option_mask = option_ids.to(mask.device), option_mask.to(mask.device)
+            steps = torch.arange(option_ids.shape[1], device=mask.device)
             logits = model(
-                input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)
+                input_ids=option_ids,
+                attention_mask=torch.cat([mask[index], option_mask], dim=1),
+                position_ids=positions[index, -1:] + 1 + steps,
+                cache=cache,
+                use_cache=True,
             ).logits
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        for position, row in enumerate(batch):
-            item_index, option_index, ids, start = rows[row]
-            # the logits at position p predict token p + 1
-            steps = torch.arange(start - 1, len(ids) - 1, device=log_probs.device)
-            targets = torch.tensor(ids[start:], device=log_probs.device)
-            scores[item_index][option_index] = float(log_probs[position, steps, targets].sum())
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+        for row, (at, item, k) in enumerate(rows):
+            ids = options[item][k]
+            # the question's last logits predict the first option token, the option's own
+            # position j predicts its token j + 1
+            later = torch.tensor(ids[1:], device=log_probs.device, dtype=torch.long)
+            score = first[at, ids[0]] + log_probs[row, steps[: len(ids) - 1], later].sum()
+            scores[item][k] = float(score)
         done += len(batch)
         if on_batch is not None:
-            on_batch(len(items) * done // len(rows))
+            on_batch(done)
     return scores
 
 
