@@ -19,7 +19,7 @@ from swe_cli.architectures import Adapter, ModelShape, adapter_for, model_shape
 from swe_cli.errors import SweError, WorkspaceError
 from swe_cli.io.checkpoint import ResolvedModel, fingerprint, load_config
 from swe_cli.io.files import atomic_write_text
-from swe_cli.models import SharedModel, chat_text, generate, load_model
+from swe_cli.models import SharedModel, chat_text, generate, length_batches, load_model
 from swe_cli.prompts import FIT, Prompt, PromptSet
 from swe_cli.settings import ProbeConfig
 from swe_cli.timing import Steps
@@ -144,6 +144,19 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def sorted_batches(
+    tokenizer: Any, texts: Sequence[str], size: int, max_length: int
+) -> list[list[int]]:
+    """Indices of texts in batches of similar token length (longest first): a batch is padded
+    to its longest text, so batches in file order paid for padding (a fifth of the tokens on
+    MultiJail in Bengali) that sorted ones do not."""
+    lengths = [
+        min(len(ids), max_length)
+        for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ]
+    return length_batches(lengths, size)
+
+
 def forward_last_positions(
     model: Any, tokenizer: Any, recorder: Recorder, texts: Sequence[str], config: ProbeConfig
 ) -> dict[tuple[int, str], Any]:
@@ -151,9 +164,11 @@ def forward_last_positions(
     import torch
 
     collected: dict[tuple[int, str], list[Any]] = {}
-    for batch in batches(texts, config.batch_size):
+    order: list[int] = []
+    for batch in sorted_batches(tokenizer, texts, config.batch_size, config.max_length):
+        order += batch
         encoded = tokenizer(
-            list(batch),
+            [texts[i] for i in batch],
             return_tensors="pt",
             padding=True,
             truncation=True,
@@ -175,7 +190,9 @@ def forward_last_positions(
         for key, tensor in recorder.captured.items():
             # left padding: the last prompt positions are the last columns for every row
             collected.setdefault(key, []).append(tensor[:, -config.positions :, :].float().cpu())
-    return {key: torch.cat(parts) for key, parts in collected.items()}
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return {key: torch.cat(parts)[inverse] for key, parts in collected.items()}
 
 
 def probe_chunks(
@@ -272,10 +289,10 @@ def stream_moments(
 
     sums: dict[tuple[int, str], SecondMoment] = {}
     count = 0
-    all_batches = list(batches(texts, config.batch_size))
+    all_batches = sorted_batches(tokenizer, texts, config.batch_size, config.max_length)
     for number, batch in enumerate(all_batches):
         encoded = tokenizer(
-            list(batch),
+            [texts[i] for i in batch],
             return_tensors="pt",
             padding=True,
             truncation=True,
