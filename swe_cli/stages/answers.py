@@ -147,30 +147,38 @@ def measure_model(
 ) -> Measured:
     measured = Measured({}, {}, {})
     short_tokens = min(max_new_tokens, SHORT_ANSWER_TOKENS)
+    # every prompt of every language and set is answered in one call per generation bound, so
+    # batches are filled across sets (and sorted by length across them), not one set at a time
+    requests: dict[int, list[tuple[dict[str, list[str]], str, list[str]]]] = {}
     for language in plan:
         lang = language.lang
-        for kind, texts, into, tokens in (
-            ("harmful", [p.text for p in language.harmful], measured.harmful, max_new_tokens),
-            ("harmless", [p.text for p in language.harmless], measured.harmless, max_new_tokens),
-            ("over-refusal", [p.text for p in language.probes], measured.probes, max_new_tokens),
-            (
-                "utility",
-                [i.question for i in language.short_answers],
-                measured.short_answers,
-                short_tokens,
-            ),
+        for texts, into, tokens in (
+            ([p.text for p in language.harmful], measured.harmful, max_new_tokens),
+            ([p.text for p in language.harmless], measured.harmless, max_new_tokens),
+            ([p.text for p in language.probes], measured.probes, max_new_tokens),
+            ([i.question for i in language.short_answers], measured.short_answers, short_tokens),
         ):
-            if texts and generator is not None:
-                into[lang] = generator(texts, tokens)
-            elif texts:
-                into[lang] = generate(
-                    model,
-                    tokenizer,
-                    texts,
-                    max_new_tokens=tokens,
-                    batch_size=batch_size,
-                    on_batch=progress_reporter(progress, f"{role}: {kind} {lang}", len(texts)),
-                )
+            if texts:
+                requests.setdefault(tokens, []).append((into, lang, texts))
+    for tokens, wanted in requests.items():
+        texts = [text for _, _, group in wanted for text in group]
+        if generator is not None:
+            answers = generator(texts, tokens)
+        else:
+            answers = generate(
+                model,
+                tokenizer,
+                texts,
+                max_new_tokens=tokens,
+                batch_size=batch_size,
+                on_batch=progress_reporter(progress, f"{role}: answers", len(texts)),
+            )
+        start = 0
+        for into, lang, group in wanted:
+            into[lang] = answers[start : start + len(group)]
+            start += len(group)
+    for language in plan:
+        lang = language.lang
         if language.choices:
             measured.choices[lang] = score_choices(
                 model,
