@@ -207,3 +207,85 @@ def test_answers_and_verdicts_equal_model_generate_on_qwen(one_thread: None) -> 
         assert judge.judge([texts[i] for i in chosen], mine, lang) == judge.judge(
             [texts[i] for i in chosen], theirs, lang
         ), lang
+
+
+# -- drafts: guessed answers checked in one pass ------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_drafts_change_the_time_not_the_answers(
+    tiny_checkpoint: Callable[[str], Path], family: str, one_thread: None
+) -> None:
+    """Whatever the drafts (the model's own answers, wrong ones, cut ones, empty ones), the
+    answers are the model's greedy answers; right drafts cost one forward pass per batch."""
+    model, tokenizer = _tiny(tiny_checkpoint(family))
+    plain = generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=10, batch_size=4)
+    assert len(set(plain)) > 1
+    words = [answer.split() for answer in plain]
+    cases = {
+        "right": plain,
+        "wrong": list(reversed(plain)),  # another prompt's answer
+        "cut": [" ".join(w[: len(w) // 2]) for w in words],
+        "longer": [answer + " cake bread garden" for answer in plain],
+        "empty": [""] * len(plain),
+    }
+    for name, drafts in cases.items():
+        counter = CountingForward(model)
+        try:
+            got = generate(
+                model, tokenizer, TINY_PROMPTS, max_new_tokens=10, batch_size=4, drafts=drafts
+            )
+        finally:
+            counter.close()
+        assert got == plain, name
+
+
+def test_right_token_drafts_need_one_forward_pass(tiny_llama: Path, one_thread: None) -> None:
+    """Drafts that are the model's own tokens are all kept: one forward pass for the batch, no
+    decoding step; a draft wrong from its third token on decodes that row from there."""
+    import torch
+    from transformers import GenerationConfig
+
+    from swe_cli.models import greedy_tokens
+
+    model, tokenizer = _tiny(tiny_llama)
+    eos = _eos_ids(model, tokenizer)
+    config = GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in TINY_PROMPTS]
+    ids, mask = pad_rows(encode_texts(tokenizer, texts, special_tokens=False), 0, left=True)
+    with torch.inference_mode():
+        plain = greedy_tokens(model, ids, mask, config, eos)
+        counter = CountingForward(model)
+        try:
+            checked = greedy_tokens(model, ids, mask, config, eos, drafts=plain)
+            assert checked == plain and counter.rows == [len(TINY_PROMPTS)]
+            counter.rows.clear()
+            wrong = [row[:2] + [(row[2] + 1) % len(tokenizer)] + row[3:] for row in plain]
+            assert greedy_tokens(model, ids, mask, config, eos, drafts=wrong) == plain
+        finally:
+            counter.close()
+    # one pass over all drafts, then decoding from the third token: 10 - 3 steps at most
+    assert counter.rows[0] == len(TINY_PROMPTS) and len(counter.rows) <= 1 + 10 - 3
+
+
+def test_drafts_follow_the_checkpoints_repetition_penalty(
+    tiny_llama: Path, one_thread: None
+) -> None:
+    model, tokenizer = _tiny(tiny_llama)
+    plain = generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=12, batch_size=4)
+    model.generation_config.repetition_penalty = 3.0
+    reference = reference_generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=12, batch_size=4)
+    assert reference != plain
+    for drafts in (plain, reference):  # unpenalised drafts are wrong, penalised ones right
+        got = generate(
+            model, tokenizer, TINY_PROMPTS, max_new_tokens=12, batch_size=4, drafts=drafts
+        )
+        assert got == reference
+
+
+def test_one_draft_per_prompt(tiny_llama: Path) -> None:
+    from swe_cli.errors import EvalError
+
+    model, tokenizer = _tiny(tiny_llama)
+    with pytest.raises(EvalError, match="2 drafts for 3 texts"):
+        generate(model, tokenizer, TINY_PROMPTS[:3], max_new_tokens=4, drafts=["a", "b"])

@@ -379,7 +379,8 @@ def run_eval_edit(
     with timed("kl"):
         kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
     with timed("edited"), edit_applied(model, edit):
-        measured = measure_model(MODEL, model, tokenizer, plan, **options)
+        # the base's answers are the drafts: the edit leaves most of them as they are
+        measured = measure_model(MODEL, model, tokenizer, plan, **options, drafts=base_measured[0])
     del model
     if shared is None:
         _free_memory()
