@@ -1,7 +1,10 @@
 """Wall time of each stage of `swe align MODEL --eval`, first run against second run on the same
-base. Both runs write into fresh workspaces and outputs; they share one fresh base-eval cache
-(SWE_CACHE points at a new folder), so the first run measures the base model and the second
-reads the base's measurements from the cache and evaluates only the edited model. The stage and
+base. They share one fresh base-eval cache (SWE_CACHE points at a new folder), so the first run
+measures the base model and the second reads the base's measurements from the cache and
+evaluates only the edited model. The second run is the same command again: it reuses the first
+run's workspace (as `swe align` does with its default workspace, which is keyed by the model and
+the languages), so probe finds its activations, answers and moments recorded and skips them;
+`--fresh-workspace` gives the second run a workspace of its own instead (probe runs again). The stage and
 step seconds are the ones swe records itself (`--json`: "seconds" per stage, "steps" for the
 steps of probe and eval; the workspace manifest holds the same).
 
@@ -38,10 +41,11 @@ def organism_args() -> list[str]:
     ]  # fmt: skip
 
 
-def run_align(args: list[str], root: Path, name: str, cache: Path) -> dict[str, Any]:
-    """One `swe align ... --eval --no-gate --json` in a fresh workspace and output; its summary."""
+def run_align(args: list[str], root: Path, name: str, cache: Path, ws: str) -> dict[str, Any]:
+    """One `swe align ... --eval --no-gate --json` into the workspace WS-ws and a fresh output;
+    its summary."""
     command = [sys.executable, "-m", "swe_cli.cli", "align", *args]
-    command += ["-w", str(root / f"{name}-ws"), "-o", str(root / f"{name}-out")]
+    command += ["-w", str(root / f"{ws}-ws"), "-o", str(root / f"{name}-out")]
     command += ["--eval", "--no-gate", "--json", "--quiet"]
     env = {**os.environ, "SWE_CACHE": str(cache)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -84,6 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--organism", action="store_true", help="align the model organism")
     parser.add_argument("--keep", type=Path, help="keep workspaces and outputs in this folder")
+    parser.add_argument(
+        "--fresh-workspace", action="store_true", help="the second run probes a workspace anew"
+    )
     known, rest = parser.parse_known_args()
     if not known.organism and not rest:
         parser.error("give MODEL and swe align options, or --organism")
@@ -92,9 +99,12 @@ def main() -> None:
         root = known.keep or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         cache = root / "cache"  # fresh: the first run measures the base
-        first = run_align(args, root, "first", cache)
-        second = run_align(args, root, "second", cache)
+        first = run_align(args, root, "first", cache, "first")
+        second = run_align(
+            args, root, "second", cache, "second" if known.fresh_workspace else "first"
+        )
     print(f"swe align {' '.join(args)} --eval, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(f"second run: {'a fresh workspace' if known.fresh_workspace else 'the same workspace'}")
     print(table(first, second))
 
 

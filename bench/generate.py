@@ -65,14 +65,14 @@ def bare_forward(model: Any, tokenizer: Any, texts: list[str], batch_size: int) 
     import torch
 
     from swe_cli.settings import ProbeConfig
-    from swe_cli.stages.probe import batches
+    from swe_cli.stages.probe import sorted_batches
 
     max_length = ProbeConfig(langs=["xx"]).max_length
 
     tokens = 0
-    for batch in batches(texts, batch_size):
+    for batch in sorted_batches(tokenizer, texts, batch_size, max_length):
         encoded = tokenizer(
-            list(batch),
+            [texts[i] for i in batch],
             return_tensors="pt",
             padding=True,
             truncation=True,
