@@ -424,6 +424,9 @@ def _greedy(
     return rows
 
 
+DRAFT_LOGITS_BYTES = 512 * 2**20  # the most logits one pass of a drafts check may hold
+
+
 def _checked_drafts(
     model: Any,
     input_ids: Any,
@@ -450,24 +453,33 @@ def _checked_drafts(
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     # kept logits j = 0..width: the last prompt token predicts draft token 0, draft token j - 1
     # predicts draft token j (right padding after a draft is never seen by its real tokens)
-    logits = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=False,
-        logits_to_keep=width + 1,
-    ).logits
-    if len(processors) == 0:
-        picked = logits.argmax(-1)
-    else:
-        picked = torch.stack(
-            [
-                processors(ids[:, : prompt_width + j], logits[:, j, :].float()).argmax(-1)
-                for j in range(width + 1)
-            ],
-            dim=1,
-        )
-    picked = picked.tolist()
+    # rows in groups whose logits stay within DRAFT_LOGITS_BYTES (a 150k vocabulary makes
+    # 49 positions of 64 rows 1.9 GB in float32)
+    head = model.get_output_embeddings()
+    vocabulary = head.weight.shape[0] if head is not None else 2**18
+    per_row = (width + 1) * vocabulary * 4
+    group = max(1, DRAFT_LOGITS_BYTES // per_row)
+    picked: list[list[int]] = []
+    for start in range(0, n, group):
+        chunk = slice(start, start + group)
+        logits = model(
+            input_ids=ids[chunk],
+            attention_mask=mask[chunk],
+            position_ids=positions[chunk],
+            use_cache=False,
+            logits_to_keep=width + 1,
+        ).logits
+        if len(processors) == 0:
+            picked += logits.argmax(-1).tolist()
+        else:
+            picked += torch.stack(
+                [
+                    processors(ids[chunk, : prompt_width + j], logits[:, j, :].float()).argmax(-1)
+                    for j in range(width + 1)
+                ],
+                dim=1,
+            ).tolist()
+        del logits
     rows: list[list[int]] = [[] for _ in range(n)]
     going: list[int] = []
     for i, draft in enumerate(drafts):

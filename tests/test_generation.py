@@ -268,6 +268,27 @@ def test_right_token_drafts_need_one_forward_pass(tiny_llama: Path, one_thread: 
     assert counter.rows[0] == len(TINY_PROMPTS) and len(counter.rows) <= 1 + 10 - 3
 
 
+def test_drafts_are_checked_in_row_groups_under_the_logits_bound(
+    tiny_llama: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for one row's logits per pass, every row is checked on its own: same answers."""
+    import swe_cli.models
+
+    model, tokenizer = _tiny(tiny_llama)
+    plain = generate(model, tokenizer, TINY_PROMPTS, max_new_tokens=10, batch_size=4)
+    drafts = [" ".join(answer.split()[:3]) for answer in plain]
+    monkeypatch.setattr(swe_cli.models, "DRAFT_LOGITS_BYTES", 1)
+    counter = CountingForward(model)
+    try:
+        got = generate(
+            model, tokenizer, TINY_PROMPTS, max_new_tokens=10, batch_size=4, drafts=drafts
+        )
+    finally:
+        counter.close()
+    assert got == plain
+    assert counter.rows[:4] == [1, 1, 1, 1]  # the first batch: each row checked in its own pass
+
+
 def test_drafts_follow_the_checkpoints_repetition_penalty(
     tiny_llama: Path, one_thread: None
 ) -> None:
