@@ -392,7 +392,7 @@ def option_log_likelihoods(
     import torch
     from transformers import DynamicCache
 
-    from swe_cli.models import encode_texts, length_batches, pad_rows
+    from swe_cli.models import encode_texts, length_batches, pad_rows, padded_positions
 
     contexts = encode_texts(
         tokenizer, [chat_context(tokenizer, i.question) for i in items], special_tokens=False
@@ -412,7 +412,7 @@ def option_log_likelihoods(
     for batch in length_batches([len(ids) for ids in contexts], batch_size):
         input_ids, mask = pad_rows([contexts[i] for i in batch], pad_id, left=True)
         input_ids, mask = input_ids.to(model.device), mask.to(model.device)
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        positions = padded_positions(mask)
         cache = DynamicCache(config=model.config)
         with torch.inference_mode():
             first = model(

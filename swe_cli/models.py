@@ -257,6 +257,12 @@ def pad_rows(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[Any
     return torch.tensor(ids), torch.tensor(mask)
 
 
+def padded_positions(attention_mask: Any) -> Any:
+    """Position ids as model.generate gives them under padding: real tokens counted from 0,
+    pads at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), to waste little padding."""
     if batch_size < 1:
@@ -392,8 +398,7 @@ def _greedy(
     active = torch.arange(input_ids.shape[0], device=input_ids.device)
     cache = DynamicCache(config=model.config)
     sequences = input_ids
-    # model.generate's positions under left padding: count real tokens, pads at 0
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    positions = padded_positions(attention_mask)
     step_ids = input_ids
     for step in range(max(limits)):
         output = model(
@@ -450,7 +455,7 @@ def _checked_drafts(
         guess_mask[i, : len(draft)] = 1
     ids = torch.cat([input_ids, guess], dim=1)
     mask = torch.cat([attention_mask, guess_mask], dim=1)
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = padded_positions(mask)
     # kept logits j = 0..width: the last prompt token predicts draft token 0, draft token j - 1
     # predicts draft token j (right padding after a draft is never seen by its real tokens)
     # rows in groups whose logits stay within DRAFT_LOGITS_BYTES (a 150k vocabulary makes
