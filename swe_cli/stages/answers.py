@@ -44,9 +44,13 @@ def perplexity(
     total_nll, total_tokens, done = 0.0, 0, 0
     for batch in length_batches([len(row) for row in encoded], batch_size):
         input_ids, attention_mask = pad_rows([encoded[i] for i in batch], pad_id, left=False)
-        log_probs = torch.log_softmax(logits_of(model, input_ids, attention_mask)[:, :-1], dim=-1)
-        targets = input_ids[:, 1:].to(log_probs.device)
-        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        logits = logits_of(model, input_ids, attention_mask)[:, :-1]
+        targets = input_ids[:, 1:].to(logits.device)
+        # the loss straight from the logits: no second vocabulary-sized tensor of log-probs
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view(targets.shape)
+        del logits
         mask = attention_mask[:, 1:].to(nll.device).float()
         total_nll += float((nll * mask).sum())
         total_tokens += int(mask.sum())
