@@ -265,8 +265,15 @@ def run_eval(
         )
         del base_model
         _free_memory()
+    # the baseline's answers are the drafts: an aligned model leaves most of them as they are
     measured = measure_model(
-        MODEL, edited, tokenizer, plan, **options, generator=generator_for(model)
+        MODEL,
+        edited,
+        tokenizer,
+        plan,
+        **options,
+        generator=generator_for(model),
+        drafts=base_measured,
     )
     del edited
     _free_memory()
