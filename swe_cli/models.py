@@ -279,12 +279,8 @@ def generate_from_texts(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
-    drafts: Sequence[str] | None = None,
 ) -> list[str]:
-    """Greedy continuations of already formatted texts, decoded up to the first eos.
-
-    drafts (one per text, e.g. another model's answers to the same texts) are checked rather
-    than generated token by token: see greedy_tokens. They change the time, not the answers."""
+    """Greedy continuations of already formatted texts, decoded up to the first eos."""
     import torch
     from transformers import GenerationConfig
 
@@ -302,15 +298,6 @@ def generate_from_texts(
         pad_token_id=pad_id,
     )
     encoded = encode_texts(tokenizer, texts, special_tokens=False)
-    if drafts is not None and len(drafts) != len(texts):
-        raise EvalError(f"{len(drafts)} drafts for {len(texts)} texts", hint="one draft per text")
-    # a draft that ended before the bound ended with an eos (decoding dropped it)
-    guesses = None
-    if drafts is not None:
-        guesses = [
-            (ids + [eos[0]] if len(ids) < max_new_tokens else ids)[:max_new_tokens]
-            for ids in encode_texts(tokenizer, drafts, special_tokens=False)
-        ]
     outputs = [""] * len(texts)
     done = 0
     for batch in length_batches([len(row) for row in encoded], batch_size):
@@ -322,7 +309,6 @@ def generate_from_texts(
                 attention_mask.to(model.device),
                 config,
                 eos,
-                drafts=None if guesses is None else [guesses[i] for i in batch],
             )
         for index, row in zip(batch, rows, strict=True):
             outputs[index] = tokenizer.decode(_until(row, eos), skip_special_tokens=True).strip()
@@ -333,30 +319,18 @@ def generate_from_texts(
 
 
 def greedy_tokens(
-    model: Any,
-    input_ids: Any,
-    attention_mask: Any,
-    config: Any,
-    eos: Sequence[int],
-    drafts: Sequence[Sequence[int]] | None = None,
+    model: Any, input_ids: Any, attention_mask: Any, config: Any, eos: Sequence[int]
 ) -> list[list[int]]:
     """The new tokens of each row, greedy, as model.generate(generation_config=config) picks
     them, but a row leaves the batch at its first eos: model.generate keeps every row until the
     last one ends, so one long answer made the whole batch pay for every step. Each row's
     tokens end with its eos (or stop at config.max_new_tokens).
 
-    drafts: a guess of each row's tokens (the base model's answer, when an edit that changes
-    few answers is evaluated). All drafts are checked in one forward pass over prompt + draft,
-    which costs about what reading the prompt costs, instead of one pass per new token: a row
-    keeps its draft up to the first token the model would not pick, takes the model's own token
-    there, and only such rows go on decoding. The tokens are the model's greedy choice either
-    way (up to float rounding between a full pass and cached steps); a wrong draft costs time
-    only.
-
     The model's own logits processors (a checkpoint's repetition penalty, say) are applied as
     model.generate applies them; a model whose generation config asks for anything the
     processors do not cover (beams, sampling, an assistant) goes through model.generate."""
-    from transformers import LogitsProcessorList
+    import torch
+    from transformers import DynamicCache, LogitsProcessorList
 
     try:
         merged, _ = model._prepare_generation_config(config)
@@ -373,34 +347,14 @@ def greedy_tokens(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config
         )
         return generated[:, input_ids.shape[1] :].tolist()
-    limits = [config.max_new_tokens] * input_ids.shape[0]
-    if drafts is None or not any(drafts):
-        return _greedy(model, input_ids, attention_mask, processors, eos, limits)
-    return _checked_drafts(model, input_ids, attention_mask, processors, eos, limits, drafts)
-
-
-def _greedy(
-    model: Any,
-    input_ids: Any,
-    attention_mask: Any,
-    processors: Any,
-    eos: Sequence[int],
-    limits: Sequence[int],
-) -> list[list[int]]:
-    """Greedy decoding with a KV cache; row i leaves the batch at its eos or its limits[i]-th
-    token."""
-    import torch
-    from transformers import DynamicCache
-
     stop = torch.tensor(list(eos), device=input_ids.device)
-    bound = torch.tensor(list(limits), device=input_ids.device)
     rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     active = torch.arange(input_ids.shape[0], device=input_ids.device)
     cache = DynamicCache(config=model.config)
     sequences = input_ids
     positions = padded_positions(attention_mask)
     step_ids = input_ids
-    for step in range(max(limits)):
+    for step in range(config.max_new_tokens):
         output = model(
             input_ids=step_ids,
             attention_mask=attention_mask,
@@ -413,7 +367,9 @@ def _greedy(
         tokens = scores.argmax(-1)
         for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
             rows[row].append(token)
-        running = ~torch.isin(tokens, stop) & (bound[active] > step + 1)
+        if step + 1 == config.max_new_tokens:
+            break
+        running = ~torch.isin(tokens, stop)
         if not bool(running.any()):
             break
         if not bool(running.all()):
@@ -426,95 +382,6 @@ def _greedy(
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], 1)
         positions = positions[:, -1:] + 1
         step_ids = tokens[:, None]
-    return rows
-
-
-DRAFT_LOGITS_BYTES = 512 * 2**20  # the most logits one pass of a drafts check may hold
-
-
-def _checked_drafts(
-    model: Any,
-    input_ids: Any,
-    attention_mask: Any,
-    processors: Any,
-    eos: Sequence[int],
-    limits: Sequence[int],
-    drafts: Sequence[Sequence[int]],
-) -> list[list[int]]:
-    """greedy_tokens with drafts: one pass over prompt + draft, then decoding from the first
-    token each row's draft got wrong."""
-    import torch
-
-    n, prompt_width = input_ids.shape
-    drafts = [list(draft)[: limits[i]] for i, draft in enumerate(drafts)]
-    width = max(len(draft) for draft in drafts)
-    guess = input_ids.new_zeros((n, width))
-    guess_mask = attention_mask.new_zeros((n, width))
-    for i, draft in enumerate(drafts):
-        guess[i, : len(draft)] = torch.tensor(draft, dtype=guess.dtype)
-        guess_mask[i, : len(draft)] = 1
-    ids = torch.cat([input_ids, guess], dim=1)
-    mask = torch.cat([attention_mask, guess_mask], dim=1)
-    positions = padded_positions(mask)
-    # kept logits j = 0..width: the last prompt token predicts draft token 0, draft token j - 1
-    # predicts draft token j (right padding after a draft is never seen by its real tokens)
-    # rows in groups whose logits stay within DRAFT_LOGITS_BYTES (a 150k vocabulary makes
-    # 49 positions of 64 rows 1.9 GB in float32)
-    head = model.get_output_embeddings()
-    vocabulary = head.weight.shape[0] if head is not None else 2**18
-    per_row = (width + 1) * vocabulary * 4
-    group = max(1, DRAFT_LOGITS_BYTES // per_row)
-    picked: list[list[int]] = []
-    for start in range(0, n, group):
-        chunk = slice(start, start + group)
-        logits = model(
-            input_ids=ids[chunk],
-            attention_mask=mask[chunk],
-            position_ids=positions[chunk],
-            use_cache=False,
-            logits_to_keep=width + 1,
-        ).logits
-        if len(processors) == 0:
-            picked += logits.argmax(-1).tolist()
-        else:
-            picked += torch.stack(
-                [
-                    processors(ids[chunk, : prompt_width + j], logits[:, j, :].float()).argmax(-1)
-                    for j in range(width + 1)
-                ],
-                dim=1,
-            ).tolist()
-        del logits
-    rows: list[list[int]] = [[] for _ in range(n)]
-    going: list[int] = []
-    for i, draft in enumerate(drafts):
-        kept = 0
-        while kept < len(draft) and picked[i][kept] == draft[kept]:
-            kept += 1
-        row = list(draft[:kept])
-        if kept < len(draft) or (kept < limits[i] and (not row or row[-1] not in eos)):
-            row.append(picked[i][kept])  # the model's own token where the draft ran out or erred
-        rows[i] = row
-        if row[-1] not in eos and len(row) < limits[i]:
-            going.append(i)
-    if going:
-        prompts = [input_ids[i][attention_mask[i].bool()].tolist() + rows[i] for i in going]
-        width = max(len(prompt) for prompt in prompts)
-        more_ids = input_ids.new_zeros((len(going), width))  # padding is masked: any id
-        more_mask = attention_mask.new_zeros((len(going), width))
-        for at, prompt in enumerate(prompts):
-            more_ids[at, width - len(prompt) :] = torch.tensor(prompt, dtype=more_ids.dtype)
-            more_mask[at, width - len(prompt) :] = 1
-        more = _greedy(
-            model,
-            more_ids,
-            more_mask,
-            processors,
-            eos,
-            [limits[i] - len(rows[i]) for i in going],
-        )
-        for i, tokens in zip(going, more, strict=True):
-            rows[i] += tokens
     return rows
 
 
@@ -549,11 +416,9 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
-    drafts: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy answers to user prompts, each formatted with the chat template and its
-    generation prompt. Results do not depend on batch_size (left padding + attention mask),
-    nor on drafts (guessed answers that are checked, not trusted: see greedy_tokens)."""
+    generation prompt. Results do not depend on batch_size (left padding + attention mask)."""
     texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     return generate_from_texts(
         model,
@@ -562,5 +427,4 @@ def generate(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         on_batch=on_batch,
-        drafts=drafts,
     )

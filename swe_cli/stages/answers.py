@@ -148,11 +148,8 @@ def measure_model(
     batch_size: int,
     progress: Progress | None,
     generator: Callable[[Sequence[str], int], list[str]] | None = None,
-    drafts: Measured | None = None,
 ) -> Measured:
-    """The model's answers, choices and perplexities over the plan. drafts (the base's
-    measurements, when an edit of it is measured) are the guessed answers swe's greedy decoding
-    checks in one pass (models.greedy_tokens): same answers, less time when few change."""
+    """The model's answers, choices and perplexities over the plan."""
     measured = Measured({}, {}, {})
     short_tokens = min(max_new_tokens, SHORT_ANSWER_TOKENS)
     # every prompt of every language and set is answered in one call per generation bound, so
@@ -170,7 +167,6 @@ def measure_model(
                 requests.setdefault(tokens, []).append((kind, lang, texts))
     for tokens, wanted in requests.items():
         texts = [text for _, _, group in wanted for text in group]
-        guesses = None if drafts is None else _drafts_for(drafts, wanted)
         if generator is not None:
             answers = generator(texts, tokens)
         else:
@@ -181,7 +177,6 @@ def measure_model(
                 max_new_tokens=tokens,
                 batch_size=batch_size,
                 on_batch=progress_reporter(progress, f"{role}: answers", len(texts)),
-                drafts=guesses,
             )
         start = 0
         for kind, lang, group in wanted:
@@ -210,15 +205,6 @@ def measure_model(
                 ),
             )
     return measured
-
-
-def _drafts_for(drafts: Measured, wanted: Sequence[tuple[str, str, list[str]]]) -> list[str]:
-    """The drafts' answers in the order of `wanted`'s texts ("" where the drafts have none)."""
-    guesses: list[str] = []
-    for kind, lang, group in wanted:
-        known = getattr(drafts, kind).get(lang, [])
-        guesses += known if len(known) == len(group) else [""] * len(group)
-    return guesses
 
 
 def progress_reporter(

@@ -265,7 +265,6 @@ def run_eval(
         )
         del base_model
         _free_memory()
-    # the baseline's answers are the drafts: an aligned model leaves most of them as they are
     measured = measure_model(
         MODEL,
         edited,
@@ -273,7 +272,6 @@ def run_eval(
         plan,
         **options,
         generator=generator_for(model),
-        drafts=base_measured,
     )
     del edited
     _free_memory()
@@ -386,8 +384,7 @@ def run_eval_edit(
     with timed("kl"):
         kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
     with timed("edited"), edit_applied(model, edit):
-        # the base's answers are the drafts: the edit leaves most of them as they are
-        measured = measure_model(MODEL, model, tokenizer, plan, **options, drafts=base_measured[0])
+        measured = measure_model(MODEL, model, tokenizer, plan, **options)
     del model
     if shared is None:
         _free_memory()

@@ -504,7 +504,6 @@ class _Meter:
         self.borderline = borderline or {}
         self.base_answers: dict[str, dict[str, list[str]]] | None = None
         self.answered: dict[str, dict[str, list[str]]] = {}
-        self.unedited: dict[str, dict[str, list[str]]] = {}  # the unedited model's answers
         self._unedited = False
 
     def measure(
@@ -583,8 +582,6 @@ class _Meter:
         from swe_cli.models import generate
 
         cached = (self.base_answers or {}).get(cell, {}).get(lang) if self._unedited else None
-        # a candidate's answers are checked against the unedited model's (drafts): most agree
-        drafts = None if self._unedited else self.unedited.get(cell, {}).get(lang)
         if cached is not None and len(cached) == len(texts):
             answers = list(cached)
         elif texts:
@@ -594,13 +591,10 @@ class _Meter:
                 list(texts),
                 max_new_tokens=self.settings.max_new_tokens,
                 batch_size=self.settings.batch_size,
-                drafts=drafts if drafts is not None and len(drafts) == len(texts) else None,
             )
         else:
             answers = []
         self.answered.setdefault(cell, {})[lang] = answers
-        if self._unedited:
-            self.unedited.setdefault(cell, {})[lang] = answers
         return answers
 
     def _kl(self, edited: Any) -> float:
