@@ -55,8 +55,9 @@ def development(
 ) -> dict[str, dict[str, list[str]]]:
     """Development prompts to compare variants on without reading the held-out split: the
     fit-split ids of the harmful file that the workspace did not probe (probe --max-prompts
-    keeps the first N ids), and the fit split of the borderline set (when the workspace did not
-    probe it), the first `limit` ids per language, the same ids in every language."""
+    keeps the first N ids), and the fit-split ids of the borderline set that it did not probe
+    (all of them when it probed none), the first `limit` ids per language, the same ids in every
+    language."""
     from swe_cli.prompts import FIT, PromptSet, load_prompt_set
 
     probed: set[str] = set()
@@ -73,6 +74,32 @@ def development(
         for lang in langs:
             kept = [p for p in prompts.select(lang, FIT) if p.id not in probed]
             sets[name][lang] = [p.text for p in sorted(kept, key=lambda p: p.id)[:limit]]
+    return sets
+
+
+def prompt_sets(
+    workspace: Path,
+    langs: list[str],
+    limit: int | None,
+    borderline: Path | None = None,
+    harmful: Path | None = None,
+) -> dict[str, dict[str, list[str]]]:
+    """The texts measured per set and language. Held-out (no `harmful`): the workspace's
+    held-out harmful and harmless prompts, and with `borderline` that set's held-out split (its
+    texts left out of the harmless set). Development (`harmful`): see `development`; no
+    harmless set, borderline refusals stay in their own column."""
+    if harmful is not None:
+        return development(workspace, harmful, borderline, langs, limit)
+    sets = {
+        "harmful": {lang: held_out(workspace, "harmful", lang, limit) for lang in langs},
+        "harmless": {lang: held_out(workspace, "harmless", lang, limit) for lang in langs},
+    }
+    if borderline is not None:
+        sets["borderline"] = borderline_held_out(borderline, langs, limit)
+        texts = {text for texts in sets["borderline"].values() for text in texts}
+        sets["harmless"] = {
+            lang: [t for t in kept if t not in texts] for lang, kept in sets["harmless"].items()
+        }
     return sets
 
 
@@ -149,10 +176,20 @@ def measure(
         row["utility_accuracy"] = accuracy(score_short_answers(items, answers))
     if utility.choices:
         row["choice_accuracy"] = accuracy(score_choices(model, tokenizer, utility.choices))
-    harmless = [t for texts in sets["harmless"].values() for t in texts]
+    harmless = kl_texts(sets)
     if harmless:
         row["kl"] = next_token_kl(base, model, tokenizer, harmless) if base is not model else 0.0
     return row
+
+
+def kl_texts(sets: dict[str, Any]) -> list[str]:
+    """The prompts the KL divergence is measured on: the harmless ones, or the borderline ones
+    where there are none (development: probe uses every harmless fit id)."""
+    for name in ("harmless", "borderline"):
+        texts = [t for texts in sets.get(name, {}).values() for t in texts]
+        if texts:
+            return texts
+    return []
 
 
 def _first_tokens(tokenizer: Any, answer: str, count: int) -> str:
@@ -193,8 +230,9 @@ def main() -> None:
         type=Path,
         metavar="HARMFUL",
         help="compare on development prompts instead of the held-out split: the fit-split ids "
-        "of this harmful file that the workspace did not probe, and the borderline set's fit "
-        "split (KL on those borderline prompts); for choosing among variants",
+        "of this harmful file and of the borderline set that the workspace did not probe "
+        "(borderline refusals per language, KL on those borderline prompts; no harmless column: "
+        "probe uses every harmless fit id); for choosing among variants",
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -220,20 +258,9 @@ def main() -> None:
         localize(args.workspace, recipe.localize)
         manifest = workspace.manifest()
     context = context_from(workspace, manifest)
-    sets = {
-        "harmful": {lang: held_out(args.workspace, "harmful", lang, args.max_prompts) for lang in [hrl, *langs]},
-        "harmless": {lang: held_out(args.workspace, "harmless", lang, args.max_prompts) for lang in [hrl, *langs]},
-    }  # fmt: skip
-    if args.development:
-        sets = development(args.workspace, args.development, args.borderline, [hrl, *langs], args.max_prompts)  # fmt: skip
-        sets["harmless"] = sets.get("borderline", {})
-        sets.pop("borderline", None)
-    elif args.borderline:
-        sets["borderline"] = borderline_held_out(args.borderline, [hrl, *langs], args.max_prompts)
-        ids = {text for texts in sets["borderline"].values() for text in texts}
-        sets["harmless"] = {
-            lang: [t for t in texts if t not in ids] for lang, texts in sets["harmless"].items()
-        }
+    sets: dict[str, Any] = prompt_sets(
+        args.workspace, [hrl, *langs], args.max_prompts, args.borderline, args.development
+    )
     sets["utility"] = load_utility_sets(
         [hrl, *langs], **({} if args.utility_items else dict(short_answers=None, choices=None, probes=None)),
         max_items=args.utility_items or None,
