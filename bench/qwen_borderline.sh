@@ -84,7 +84,7 @@ for title, n, files in (
         continue
     base = next(row for _, row in rows if row["method"] == "base")
     langs = ["bn", "sw", "th"]
-    cols = ["asr_en", *[f"asr_{l}" for l in langs], *[f"closure_{l}" for l in langs],
+    cols = ["asr_en", *[f"asr_{l}" for l in langs], *[f"closure_{l}" for l in langs], "closure_mean",
             "harmless_refusal", "borderline_refusal",
             *[f"borderline_refusal_{l}" for l in ["en", *langs]], "kl"]
     print(f"\n{title}\n")
@@ -93,6 +93,8 @@ for title, n, files in (
     for probed, row in rows:
         for l in langs:
             row[f"closure_{l}"] = gap_closure(base[f"asr_{l}"], row[f"asr_{l}"], base["asr_en"], n)
+        closed = sum(base[f"asr_{l}"] - row[f"asr_{l}"] for l in langs)
+        row["closure_mean"] = closed / sum(base[f"asr_{l}"] - base["asr_en"] for l in langs)
         cells = ["-" if row.get(c) is None else f"{row[c]:.4f}" if c == "kl" else f"{row[c]:.3f}"
                  for c in cols]
         label = "-" if row["method"] == "base" else probed
