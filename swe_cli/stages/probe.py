@@ -148,8 +148,7 @@ def sorted_batches(
     tokenizer: Any, texts: Sequence[str], size: int, max_length: int
 ) -> list[list[int]]:
     """Indices of texts in batches of similar token length (longest first): a batch is padded
-    to its longest text, so batches in file order paid for padding (a fifth of the tokens on
-    MultiJail in Bengali) that sorted ones do not."""
+    to its longest text, so batches in file order paid for padding that sorted ones do not."""
     lengths = [
         min(len(ids), max_length)
         for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]
