@@ -266,12 +266,7 @@ def run_eval(
         del base_model
         _free_memory()
     measured = measure_model(
-        MODEL,
-        edited,
-        tokenizer,
-        plan,
-        **options,
-        generator=generator_for(model),
+        MODEL, edited, tokenizer, plan, **options, generator=generator_for(model)
     )
     del edited
     _free_memory()
