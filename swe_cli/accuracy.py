@@ -392,7 +392,13 @@ def option_log_likelihoods(
     import torch
     from transformers import DynamicCache
 
-    from swe_cli.models import encode_texts, length_batches, pad_rows, padded_positions
+    from swe_cli.models import (
+        cached_step_logits,
+        encode_texts,
+        length_batches,
+        pad_rows,
+        padded_positions,
+    )
 
     contexts = encode_texts(
         tokenizer, [chat_context(tokenizer, i.question) for i in items], special_tokens=False
@@ -415,14 +421,7 @@ def option_log_likelihoods(
         positions = padded_positions(mask)
         cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            first = model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1, :]
+            first = cached_step_logits(model, input_ids, mask, positions, cache)
             first = torch.log_softmax(first.float(), dim=-1)
             # one row per (item, option), on a copy of its question's cache
             rows = [

@@ -263,6 +263,21 @@ def padded_positions(attention_mask: Any) -> Any:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
+def cached_step_logits(
+    model: Any, input_ids: Any, attention_mask: Any, positions: Any, cache: Any
+) -> Any:
+    """The logits after the last token of each row (batch x vocabulary), the rows' keys and
+    values appended to ``cache``: one step of cached decoding, or the prompt pass before it."""
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1, :]
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), to waste little padding."""
     if batch_size < 1:
@@ -355,15 +370,8 @@ def greedy_tokens(
     positions = padded_positions(attention_mask)
     step_ids = input_ids
     for step in range(config.max_new_tokens):
-        output = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        scores = processors(sequences, output.logits[:, -1, :].float())
+        logits = cached_step_logits(model, step_ids, attention_mask, positions, cache)
+        scores = processors(sequences, logits.float())
         tokens = scores.argmax(-1)
         for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
             rows[row].append(token)
