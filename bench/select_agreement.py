@@ -149,14 +149,12 @@ def gate_verdict(
     from swe_cli.judges import PatternJudge
     from swe_cli.methods import get_method
     from swe_cli.stages.base_cache import default_cache_dir
-    from swe_cli.stages.evaluate import run_eval_edit
+    from swe_cli.stages.evaluate import EvalInputs, run_eval_edit
 
     start = time.perf_counter()
     try:
         tensors, _report = get_method(config.method).solve(context, config)
-        report = run_eval_edit(
-            context.model_dir,
-            Edit(tuple(tensors)),
+        inputs = EvalInputs(
             harmful=sets[0],
             harmless=sets[1],
             utility=utility,
@@ -165,7 +163,9 @@ def gate_verdict(
             max_new_tokens=args.eval_tokens,
             batch_size=args.batch_size,
             dtype=args.dtype,
-            cache=args.cache or default_cache_dir(),
+        )
+        report = run_eval_edit(
+            context.model_dir, Edit(tuple(tensors)), inputs, cache=args.cache or default_cache_dir()
         )
     except SweError as error:
         return False, [f"failed: {error.message}"], time.perf_counter() - start

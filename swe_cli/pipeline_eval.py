@@ -71,22 +71,11 @@ def base_eval_cache() -> Path:
     return default_cache_dir()
 
 
-def _eval_edit_in_memory(
-    request: EvalRequest,
-    sets: dict[str, Any],
-    judge: Any,
-    refusal_judge: Any,
-    progress: Any,
-    steps: Any,
-) -> Any:
-    from swe_cli.edit import load_edit
-    from swe_cli.stages.evaluate import run_eval_edit
+def eval_inputs(request: EvalRequest, sets: dict[str, Any], judge: Any, refusal_judge: Any) -> Any:
+    """The request's sets, judges and settings as stages/evaluate.py takes them."""
+    from swe_cli.stages.evaluate import EvalInputs
 
-    if request.baseline is None or request.edit is None:
-        raise SweError("an edit evaluated in memory needs its base model as the baseline")
-    return run_eval_edit(
-        request.baseline,
-        load_edit(request.edit),
+    return EvalInputs(
         harmful=sets["harmful"],
         harmless=sets["harmless"],
         general=sets["general"],
@@ -100,11 +89,6 @@ def _eval_edit_in_memory(
         device=request.device,
         dtype=request.dtype,
         revision=request.revision,
-        progress=progress,
-        label=request.label or request.model,
-        cache=request.base_cache,
-        shared=request.shared,
-        steps=steps,
     )
 
 
@@ -146,13 +130,16 @@ def evaluate(request: EvalRequest, ui: Ui = SILENT) -> Any:
 
 
 def _evaluate(request: EvalRequest, ui: Ui) -> Any:
+    if request.edit is not None and request.baseline is None:
+        raise SweError("an edit evaluated in memory needs its base model as the baseline")
     if request.adapter is not None:
         check_adapter_base(request.adapter, request.model, request.revision)
+    from swe_cli.edit import load_edit
     from swe_cli.hub import edited_model_hash
     from swe_cli.judges import GuardJudge, PatternJudge
     from swe_cli.report import rich_table
     from swe_cli.report_files import public_names, write_report, write_report_folder
-    from swe_cli.stages.evaluate import run_eval
+    from swe_cli.stages.evaluate import run_eval, run_eval_edit
     from swe_cli.timing import Steps
     from swe_cli.workspace import Workspace
 
@@ -167,26 +154,24 @@ def _evaluate(request: EvalRequest, ui: Ui) -> Any:
             if request.judge == "pattern"
             else GuardJudge.load(request.judge, device=request.device, dtype=request.dtype)
         )
+    inputs = eval_inputs(request, sets, judge, refusal_judge)
     with ui.progress() as update:
         if request.edit is not None:
-            report = _eval_edit_in_memory(request, sets, judge, refusal_judge, update, steps)
+            report = run_eval_edit(
+                str(request.baseline),
+                load_edit(request.edit),
+                inputs,
+                progress=update,
+                label=request.label or request.model,
+                cache=request.base_cache,
+                shared=request.shared,
+                steps=steps,
+            )
         else:
             report = run_eval(
                 request.model,
+                inputs,
                 baseline=request.baseline,
-                harmful=sets["harmful"],
-                harmless=sets["harmless"],
-                general=sets["general"],
-                utility=sets["utility"],
-                langs=request.langs,
-                split=request.split,
-                judge=judge,
-                refusal_judge=refusal_judge,
-                max_new_tokens=request.max_new_tokens,
-                batch_size=request.batch_size,
-                device=request.device,
-                dtype=request.dtype,
-                revision=request.revision,
                 progress=update,
                 backend=request.backend,
                 tensor_parallel_size=request.tensor_parallel_size,

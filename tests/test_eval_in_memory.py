@@ -17,7 +17,7 @@ from swe_cli.models import load_model
 from swe_cli.prompts import load_prompt_set
 from swe_cli.stages import answers as evaluate  # generate is called there
 from swe_cli.stages.apply import apply_edit_artifact
-from swe_cli.stages.evaluate import run_eval, run_eval_edit
+from swe_cli.stages.evaluate import EvalInputs, run_eval, run_eval_edit
 
 LANGS = ["en", "es", "sw"]
 
@@ -131,18 +131,16 @@ def test_in_memory_eval_equals_the_on_disk_eval_and_the_base_is_cached(
 ) -> None:
     edit_dir, out = edited
     sets = _sets(prompt_files)
-    options: dict[str, Any] = dict(
-        langs=LANGS, max_new_tokens=6, batch_size=4, dtype="float32", **sets
-    )
-    on_disk_report = run_eval(out, baseline=tiny_llama, **options)
+    inputs = EvalInputs(langs=LANGS, max_new_tokens=6, batch_size=4, dtype="float32", **sets)
+    on_disk_report = run_eval(out, inputs, baseline=tiny_llama)
     on_disk = on_disk_report.to_dict()
     counter = GenerateCounter(monkeypatch)
     cache = tmp_path / "cache"
-    first = run_eval_edit(tiny_llama, load_edit(edit_dir), cache=cache, label=str(out), **options)
+    first = run_eval_edit(tiny_llama, load_edit(edit_dir), inputs, cache=cache, label=str(out))
     per_model = counter.calls // 2
     assert per_model > 0 and counter.calls == 2 * per_model  # base and edited model
     assert len(list(cache.glob("*.json"))) == 1
-    second = run_eval_edit(tiny_llama, load_edit(edit_dir), cache=cache, label=str(out), **options)
+    second = run_eval_edit(tiny_llama, load_edit(edit_dir), inputs, cache=cache, label=str(out))
     assert counter.calls == 3 * per_model  # the second run answered for the edited model only
 
     for report in (first.to_dict(), second.to_dict()):
@@ -177,14 +175,14 @@ def test_the_cache_key_covers_the_generation_settings(
     cache = tmp_path / "cache"
     edit = load_edit(edited[0])
     options: dict[str, Any] = dict(langs=["en", "es"], batch_size=4, dtype="float32", **sets)
-    run_eval_edit(tiny_llama, edit, cache=cache, max_new_tokens=4, **options)
+    run_eval_edit(tiny_llama, edit, EvalInputs(max_new_tokens=4, **options), cache=cache)
     counter = GenerateCounter(monkeypatch)
-    run_eval_edit(tiny_llama, edit, cache=cache, max_new_tokens=5, **options)
+    run_eval_edit(tiny_llama, edit, EvalInputs(max_new_tokens=5, **options), cache=cache)
     assert counter.calls % 2 == 0 and counter.calls > 0  # base answered again: other settings
     assert len(list(cache.glob("*.json"))) == 2
     # a damaged cache file is ignored and rewritten, never trusted
     for path in cache.glob("*.json"):
         path.write_text("{not json", encoding="utf-8")
     calls = counter.calls
-    run_eval_edit(tiny_llama, edit, cache=cache, max_new_tokens=5, **options)
+    run_eval_edit(tiny_llama, edit, EvalInputs(max_new_tokens=5, **options), cache=cache)
     assert counter.calls - calls == calls  # both models answered again, as in the run before

@@ -15,7 +15,7 @@ from swe_cli.measure import next_token_kl
 from swe_cli.models import encode_texts, format_chat, generate, load_model, pad_rows
 from swe_cli.prompts import FIT, HELDOUT, Prompt, PromptSet
 from swe_cli.stages.answers import perplexity, plan_languages
-from swe_cli.stages.evaluate import answer_matches, run_eval
+from swe_cli.stages.evaluate import EvalInputs, answer_matches, run_eval
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import make_tiny_checkpoint  # noqa: E402
@@ -175,13 +175,15 @@ def test_run_eval_end_to_end(checkpoints: dict[str, Path]) -> None:
     calls: list[tuple[str, int, int]] = []
     report = run_eval(
         checkpoints["edited"],
+        EvalInputs(
+            harmful=harmful,
+            harmless=harmless,
+            general=general,
+            langs=["en", "sw"],
+            max_new_tokens=4,
+            batch_size=2,
+        ),
         baseline=checkpoints["base"],
-        harmful=harmful,
-        harmless=harmless,
-        general=general,
-        langs=["en", "sw"],
-        max_new_tokens=4,
-        batch_size=2,
         progress=lambda task, done, total: calls.append((task, done, total)),
     )
     assert report.langs == ("en", "sw") and report.judge == "pattern"
@@ -203,11 +205,8 @@ def test_run_eval_end_to_end(checkpoints: dict[str, Path]) -> None:
 
     identical = run_eval(
         checkpoints["base"],
+        EvalInputs(harmful=harmful, harmless=harmless, langs=["en"], max_new_tokens=4),
         baseline=checkpoints["base"],
-        harmful=harmful,
-        harmless=harmless,
-        langs=["en"],
-        max_new_tokens=4,
     )
     assert identical.model.by_lang()["en"].kl == 0.0
     assert identical.change()["en"]["asr"] == 0.0
@@ -245,10 +244,10 @@ def test_vllm_backend_absent_is_a_clear_error_before_loading(
     monkeypatch.setattr(builtins, "__import__", no_vllm)
     empty = PromptSet(name="harmful", prompts=(), source="none")
     with pytest.raises(EvalError) as caught:
-        run_eval("/nonexistent-model", harmful=empty, langs=["en"], backend="vllm")
+        run_eval("/nonexistent-model", EvalInputs(empty, ["en"]), backend="vllm")
     assert "vllm" in caught.value.message and "swe-multilingual-safety[vllm]" in caught.value.hint
     with pytest.raises(EvalError, match="unknown backend 'tgi'"):
-        run_eval("/nonexistent-model", harmful=empty, langs=["en"], backend="tgi")
+        run_eval("/nonexistent-model", EvalInputs(empty, ["en"]), backend="tgi")
 
 
 def test_run_eval_reports_utility_beside_asr(checkpoints: dict[str, Path], tmp_path: Path) -> None:
@@ -268,12 +267,8 @@ def test_run_eval_reports_utility_beside_asr(checkpoints: dict[str, Path], tmp_p
     )
     report = run_eval(
         checkpoints["edited"],
+        EvalInputs(harmful=harmful, utility=utility, langs=["en"], max_new_tokens=4, batch_size=2),
         baseline=checkpoints["base"],
-        harmful=harmful,
-        utility=utility,
-        langs=["en"],
-        max_new_tokens=4,
-        batch_size=2,
     )
     assert report.baseline is not None
     for result in (report.model.by_lang()["en"], report.baseline.by_lang()["en"]):

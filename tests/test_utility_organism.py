@@ -36,7 +36,7 @@ def test_broken_edit_lowers_organism_utility(organism: Any, tmp_path: Path) -> N
     from swe_cli.accuracy import NONE, load_utility_sets
     from swe_cli.organism.utility_sets import write_utility_sets
     from swe_cli.prompts import load_prompt_set
-    from swe_cli.stages.evaluate import run_eval
+    from swe_cli.stages.evaluate import EvalInputs, run_eval
 
     langs = [organism.hrl, *organism.lrls]
     short_answers, choices = write_utility_sets(tmp_path / "utility")
@@ -44,13 +44,15 @@ def test_broken_edit_lowers_organism_utility(organism: Any, tmp_path: Path) -> N
     broken = _broken_copy(organism.model_dir, tmp_path / "broken")
     report = run_eval(
         broken,
+        EvalInputs(
+            harmful=load_prompt_set(organism.harmful, "harmful", langs, max_prompts=4),
+            utility=sets,
+            langs=langs,
+            split="all",
+            max_new_tokens=24,
+            batch_size=32,
+        ),
         baseline=organism.model_dir,
-        harmful=load_prompt_set(organism.harmful, "harmful", langs, max_prompts=4),
-        utility=sets,
-        langs=langs,
-        split="all",
-        max_new_tokens=24,
-        batch_size=32,
     )
     assert report.baseline is not None
     base, edited = report.baseline.by_lang(), report.model.by_lang()

@@ -31,6 +31,7 @@ Definitions (also in the report's Markdown note):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,23 +184,82 @@ def _language_result(
     )
 
 
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an eval measures and how, the same for every model it compares: the prompt sets,
+    languages (HRL first) and split, the judges, and the generation and loading settings.
+    `judge` decides ASR (default: the pattern judge); `refusal_judge` decides over-refusal
+    (default: `judge` when it is a pattern judge, else the shipped patterns). `utility` holds
+    the short-answer, multiple-choice and over-refusal sets (accuracy.load_utility_sets).
+    `revision` applies to Hub ids of every model loaded."""
+
+    harmful: PromptSet
+    langs: Sequence[str]
+    harmless: PromptSet | None = None
+    general: PromptSet | None = None
+    utility: UtilitySets | None = None
+    split: str = HELDOUT
+    judge: Judge | None = None
+    refusal_judge: PatternJudge | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    device: str = "cpu"
+    dtype: str = "auto"
+    revision: str | None = None
+
+    def judges(self) -> tuple[Judge, PatternJudge]:
+        """(the ASR judge, the over-refusal judge), defaults filled in."""
+        judge = self.judge or PatternJudge.from_files()
+        refusal_judge = self.refusal_judge
+        if refusal_judge is None:
+            refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
+        return judge, refusal_judge
+
+    def plan(self) -> list[LanguagePlan]:
+        return plan_languages(
+            self.harmful, self.harmless, self.general, self.langs, self.split, self.utility
+        )
+
+    def options(self, progress: Progress | None) -> dict[str, Any]:
+        """measure_model's generation keywords."""
+        return dict(
+            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, progress=progress
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The report's settings: generation, loading and each set's name, source and sha256."""
+        sources = dict(self.utility.sources) if self.utility else {}
+        for name in ("utility", "multiple_choice", "over_refusal"):
+            sources.setdefault(name, None)
+
+        def describe(prompt_set: PromptSet | None) -> dict[str, str] | None:
+            if prompt_set is None:
+                return None
+            return {
+                "name": prompt_set.name,
+                "source": prompt_set.source,
+                "sha256": prompt_set.sha256(),
+            }
+
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "dtype": self.dtype,
+            "decoding": "greedy",
+            "harmful": describe(self.harmful),
+            "harmless": describe(self.harmless),
+            "general": describe(self.general),
+            "short_answer_max_new_tokens": min(self.max_new_tokens, SHORT_ANSWER_TOKENS),
+            **{name: dict(value) if value else None for name, value in sources.items()},
+        }
+
+
 def run_eval(
     model: str | Path,
+    inputs: EvalInputs,
     *,
     baseline: str | Path | None = None,
-    harmful: PromptSet,
-    harmless: PromptSet | None = None,
-    general: PromptSet | None = None,
-    utility: UtilitySets | None = None,
-    langs: Sequence[str],
-    split: str = HELDOUT,
-    judge: Judge | None = None,
-    refusal_judge: PatternJudge | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    device: str = "cpu",
-    dtype: str = "auto",
-    revision: str | None = None,
     progress: Progress | None = None,
     backend: str = "hf",
     tensor_parallel_size: int = 1,
@@ -209,17 +269,11 @@ def run_eval(
     """Evaluate `model` (and `baseline`, when given) on the split's prompts of each language.
 
     The baseline runs first and stays loaded only until the KL divergence is computed, so at
-    most two models (plus a guard judge) are in memory at once. `judge` decides ASR (default:
-    the pattern judge); `refusal_judge` decides over-refusal (default: `judge` when it is a
-    pattern judge, else the shipped patterns). `utility` holds the short-answer, multiple-choice
-    and over-refusal sets (utility.load_utility_sets). `revision` applies to Hub ids of both
-    models.
+    most two models (plus a guard judge) are in memory at once.
     backend "vllm" generates the answers with vLLM (tensor_parallel_size GPUs); KL and
     perplexity still use transformers. `adapter`: evaluate `model` with this LoRA adapter
     (PEFT, transformers backend only)."""
-    judge = judge or PatternJudge.from_files()
-    if refusal_judge is None:
-        refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
+    judge, refusal_judge = inputs.judges()
     if backend not in ("hf", "vllm"):
         raise EvalError(f"unknown backend '{backend}'", hint="use --backend hf or --backend vllm")
     if backend == "vllm":
@@ -232,28 +286,25 @@ def run_eval(
         from swe_cli.stages.export import require_peft
 
         require_peft()
-    plan = plan_languages(harmful, harmless, general, langs, split, utility)
-    options: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
-    )
+    plan = inputs.plan()
+    options = inputs.options(progress)
+    loading = dict(device=inputs.device, dtype=inputs.dtype, revision=inputs.revision)
 
     def generator_for(path: str | Path) -> Any:
         if backend != "vllm":
             return None
         from swe_cli.vllm_backend import vllm_generator
 
-        return vllm_generator(path, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+        return vllm_generator(path, tensor_parallel_size=tensor_parallel_size, dtype=inputs.dtype)
 
     base_measured: Measured | None = None
     base_model = None
     if baseline is not None:
-        base_model, base_tokenizer = load_model(
-            baseline, device=device, dtype=dtype, revision=revision
-        )
+        base_model, base_tokenizer = load_model(baseline, **loading)
         base_measured = measure_model(
             BASELINE, base_model, base_tokenizer, plan, **options, generator=generator_for(baseline)
         )
-    edited, tokenizer = load_model(model, device=device, dtype=dtype, revision=revision)
+    edited, tokenizer = load_model(model, **loading)
     if adapter is not None:
         from swe_cli.stages.export import load_with_adapter
 
@@ -261,7 +312,7 @@ def run_eval(
     kl: dict[str, float] = {}
     if base_model is not None:
         kl = kl_per_language(
-            base_model, edited, tokenizer, plan, batch_size=batch_size, progress=progress
+            base_model, edited, tokenizer, plan, batch_size=inputs.batch_size, progress=progress
         )
         del base_model
         _free_memory()
@@ -275,10 +326,8 @@ def run_eval(
         plan,
         (name, measured, kl),
         None if base_measured is None else (str(baseline), base_measured),
-        judge,
-        refusal_judge,
-        split,
-        _settings(harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype),
+        (judge, refusal_judge),
+        inputs,
     )
 
 
@@ -286,12 +335,11 @@ def _report(
     plan: Sequence[LanguagePlan],
     model: tuple[str, Measured, dict[str, float]],
     baseline: tuple[str, Measured] | None,
-    judge: Judge,
-    refusal_judge: PatternJudge,
-    split: str,
-    settings: dict[str, Any],
+    judges: tuple[Judge, PatternJudge],
+    inputs: EvalInputs,
 ) -> EvalReport:
     name, measured, kl = model
+    judge, refusal_judge = judges
     model_result, samples = _judge_role(MODEL, name, measured, kl, plan, judge, refusal_judge)
     baseline_result = None
     if baseline is not None:
@@ -303,9 +351,9 @@ def _report(
         model=model_result,
         baseline=baseline_result,
         judge=judge.name,
-        split=split,
+        split=inputs.split,
         langs=tuple(language.lang for language in plan),
-        settings=settings,
+        settings=inputs.settings(),
         samples=tuple(samples),
     )
 
@@ -316,20 +364,8 @@ def _report(
 def run_eval_edit(
     base: str | Path,
     edit: Any,
+    inputs: EvalInputs,
     *,
-    harmful: PromptSet,
-    harmless: PromptSet | None = None,
-    general: PromptSet | None = None,
-    utility: UtilitySets | None = None,
-    langs: Sequence[str],
-    split: str = HELDOUT,
-    judge: Judge | None = None,
-    refusal_judge: PatternJudge | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    device: str = "cpu",
-    dtype: str = "auto",
-    revision: str | None = None,
     progress: Progress | None = None,
     label: str = "edited",
     cache: Path | None = None,
@@ -344,13 +380,9 @@ def run_eval_edit(
     the edit does not fit the loaded model. `steps`, when given, receives the wall seconds of
     each step: load, base (measured, or read from the cache: then "base" is in steps.cached),
     kl and edited."""
-    judge = judge or PatternJudge.from_files()
-    if refusal_judge is None:
-        refusal_judge = judge if isinstance(judge, PatternJudge) else PatternJudge.from_files()
-    plan = plan_languages(harmful, harmless, general, langs, split, utility)
-    settings = _settings(
-        harmful, harmless, general, utility, max_new_tokens, batch_size, device, dtype
-    )
+    judges = inputs.judges()
+    plan = inputs.plan()
+    device, dtype = inputs.device, inputs.dtype
     if shared is not None and (shared.device, shared.dtype) != (device, dtype):
         raise EvalError(
             f"eval was handed a model loaded for {shared.device}/{shared.dtype}, not "
@@ -363,21 +395,19 @@ def run_eval_edit(
         model, tokenizer = (
             shared.get()
             if shared is not None
-            else load_model(base, device=device, dtype=dtype, revision=revision)
+            else load_model(base, device=device, dtype=dtype, revision=inputs.revision)
         )
     with edit_applied(model, edit):  # every name and shape checked before any work
         pass
-    options: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
-    )
+    options = inputs.options(progress)
     with timed("base"):
-        base_measured = _base_measured(
-            model, tokenizer, plan, cache, base, revision, split, settings, options
-        )
+        base_measured = _base_measured(model, tokenizer, plan, cache, base, inputs, options)
     if base_measured[1]:
         steps.cached.append("base")
     with timed("kl"):
-        kl = _kl_in_memory(model, edit, tokenizer, plan, batch_size=batch_size, progress=progress)
+        kl = _kl_in_memory(
+            model, edit, tokenizer, plan, batch_size=inputs.batch_size, progress=progress
+        )
     with timed("edited"), edit_applied(model, edit):
         measured = measure_model(MODEL, model, tokenizer, plan, **options)
     del model
@@ -387,10 +417,8 @@ def run_eval_edit(
         plan,
         (label, measured, kl),
         (str(base), base_measured[0]),
-        judge,
-        refusal_judge,
-        split,
-        settings,
+        judges,
+        inputs,
     )
 
 
@@ -400,9 +428,7 @@ def _base_measured(
     plan: Sequence[LanguagePlan],
     cache: Path | None,
     base: str | Path,
-    revision: str | None,
-    split: str,
-    settings: dict[str, Any],
+    inputs: EvalInputs,
     options: dict[str, Any],
 ) -> tuple[Measured, bool]:
     """The base's measurements, and whether they came from the cache folder (measured and
@@ -412,7 +438,9 @@ def _base_measured(
 
     if cache is None:
         return measure_model(BASELINE, model, tokenizer, plan, **options), False
-    generation = {"role": BASELINE, "split": split, "revision": revision, **settings}
+    revision = inputs.revision
+    generation = {"role": BASELINE, "split": inputs.split, "revision": revision}
+    generation.update(inputs.settings())
     model_dir = resolve_model(str(base), revision).path
     key = base_cache.cache_key(base_cache.model_key(model_dir), plan, generation)
     stored = base_cache.load(cache, key)
@@ -474,39 +502,6 @@ def _measured_from(document: dict[str, Any]) -> Measured | None:
         )
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return None
-
-
-def _settings(
-    harmful: PromptSet,
-    harmless: PromptSet | None,
-    general: PromptSet | None,
-    utility: UtilitySets | None,
-    max_new_tokens: int,
-    batch_size: int,
-    device: str,
-    dtype: str,
-) -> dict[str, Any]:
-    sources = dict(utility.sources) if utility else {}
-    for name in ("utility", "multiple_choice", "over_refusal"):
-        sources.setdefault(name, None)
-
-    def describe(prompt_set: PromptSet | None) -> dict[str, str] | None:
-        if prompt_set is None:
-            return None
-        return {"name": prompt_set.name, "source": prompt_set.source, "sha256": prompt_set.sha256()}
-
-    return {
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "device": device,
-        "dtype": dtype,
-        "decoding": "greedy",
-        "harmful": describe(harmful),
-        "harmless": describe(harmless),
-        "general": describe(general),
-        "short_answer_max_new_tokens": min(max_new_tokens, SHORT_ANSWER_TOKENS),
-        **{name: dict(value) if value else None for name, value in sources.items()},
-    }
 
 
 def _free_memory() -> None:
