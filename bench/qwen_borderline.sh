@@ -7,6 +7,7 @@
 #   bench/qwen_borderline.sh OUT probe-plain       # OUT/ws100: the same probe without borderline
 #   bench/qwen_borderline.sh OUT dev-base [WS100]  # base and default on WS100 (development prompts)
 #   bench/qwen_borderline.sh OUT dev SPEC NAME     # one method on OUT/ws-b (development prompts)
+#   bench/qwen_borderline.sh OUT dev-plain SPECS NAME [WS100] # methods on WS100 (development prompts)
 #   bench/qwen_borderline.sh OUT final-base [WS100] # held-out prompts: base and default on WS100
 #   bench/qwen_borderline.sh OUT final SPECS       # held-out prompts: SPECS (';'-separated) on OUT/ws-b
 #   bench/qwen_borderline.sh OUT table             # the development and held-out tables
@@ -57,6 +58,7 @@ probe) probe "$OUT/ws-b" --borderline "$OUT/borderline-probe.jsonl" ;;
 probe-plain) probe "$OUT/ws100" ;;
 dev-base) dev "${3:-$OUT/ws100}" "$OUT/dev-ws100.json" "base;default" ;;
 dev) dev "$OUT/ws-b" "$OUT/dev-$4.json" "$3" ;;
+dev-plain) dev "${5:-$OUT/ws100}" "$OUT/dev-ws100-$4.json" "$3" ;;
 final-base) final "${3:-$OUT/ws100}" "$OUT/final-ws100.json" "base;default" ;;
 final) final "$OUT/ws-b" "$OUT/final-ws-b.json" "$3" ;;
 table)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One edit for all nine MultiJail languages on Qwen2.5-Coder-0.5B-Instruct (docs/results.md,
+# "All nine languages"). Run from the repository root:
+#
+#   bench/qwen_nine.sh OUT probe          # OUT/ws9: zh,it,vi,ar,ko,th,bn,sw,jv probed like bench/qwen_borderline.sh's ws100
+#   bench/qwen_nine.sh OUT final [SPECS]  # held-out prompts: base and SPECS (default: the recipe) on OUT/ws9
+#
+# QWEN: the float32 folder tests/qwen.py converts. Probe caps MultiJail at 100 ids before the
+# fit/held-out split by id, as the three-language workspace of bench/qwen_borderline.sh does, so
+# the held-out bn, sw and th prompts are the same in both and their rows compare directly.
+set -euo pipefail
+OUT=$1
+STEP=$2
+QWEN=${QWEN:-/root/.cache/swe/qwen/Qwen2.5-Coder-0.5B-Instruct-0.9.0-float32-v1/Qwen2.5-Coder-0.5B-Instruct}
+HARMFUL=${HARMFUL:-/work/shared/data/multijail/MultiJail.csv}
+LANGS=zh,it,vi,ar,ko,th,bn,sw,jv
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH=$PWD
+mkdir -p "$OUT"
+case $STEP in
+probe)
+  swe probe "$QWEN" -w "$OUT/ws9" --langs "$LANGS" --harmful "$HARMFUL" \
+    --harmless swe_cli/data/harmless.jsonl --general swe_cli/data/general.jsonl \
+    --stats-layers 12 --batch-size 16 --dtype float32 --max-prompts 100 --json \
+    > "$OUT/probe.json"
+  ;;
+final)
+  python bench/effect.py "$QWEN" -w "$OUT/ws9" --max-prompts 24 --max-new-tokens 16 \
+    --utility-items 0 --borderline swe_cli/data/borderline.jsonl --methods "base;${3:-default}" \
+    --json "$OUT/final-ws9.json" | tee "$OUT/final-ws9.log"
+  ;;
+*) echo "unknown step: $STEP" >&2; exit 2 ;;
+esac
