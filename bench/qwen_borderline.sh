@@ -10,6 +10,7 @@
 #   bench/qwen_borderline.sh OUT dev-plain SPECS NAME [WS100] # methods on WS100 (development prompts)
 #   bench/qwen_borderline.sh OUT final-base [WS100] # held-out prompts: base and default on WS100
 #   bench/qwen_borderline.sh OUT final SPECS       # held-out prompts: SPECS (';'-separated) on OUT/ws-b
+#   bench/qwen_borderline.sh OUT final-plain SPECS NAME [WS100] # held-out prompts: SPECS on WS100
 #   bench/qwen_borderline.sh OUT table             # the development and held-out tables
 #
 # QWEN: the float32 folder tests/qwen.py converts. WS100 (default OUT/ws100): Qwen probed as in
@@ -61,6 +62,7 @@ dev) dev "$OUT/ws-b" "$OUT/dev-$4.json" "$3" ;;
 dev-plain) dev "${5:-$OUT/ws100}" "$OUT/dev-ws100-$4.json" "$3" ;;
 final-base) final "${3:-$OUT/ws100}" "$OUT/final-ws100.json" "base;default" ;;
 final) final "$OUT/ws-b" "$OUT/final-ws-b.json" "$3" ;;
+final-plain) final "${5:-$OUT/ws100}" "$OUT/final-ws100-$4.json" "$3" ;;
 table)
   # one row per (workspace, method), closures against the base row of the same prompts; read
   # from the logs (OUT/*.log) of the dev-base, dev, final-base and final steps
@@ -74,7 +76,7 @@ for title, n, files in (
     ("development: 32 MultiJail ids and 15 borderline ids per language, 8 tokens", 32,
      ["dev-ws100.log", *devs]),
     ("held-out: 24 MultiJail ids per language, the borderline held-out split, 16 tokens", 24,
-     ["final-ws100.log", "final-ws-b.log"]),
+     ["final-ws100.log", *sorted(p.name for p in out.glob("final-ws100-*.log")), "final-ws-b.log"]),
 ):
     rows = []  # the rows effect.py prints as it goes (also those of a run still going)
     for name in files:

@@ -3,6 +3,7 @@
 # "All nine languages"). Run from the repository root:
 #
 #   bench/qwen_nine.sh OUT probe          # OUT/ws9: zh,it,vi,ar,ko,th,bn,sw,jv probed like bench/qwen_borderline.sh's ws100
+#   bench/qwen_nine.sh OUT dev SPECS BORDERLINE_DEV  # development prompts: SPECS on OUT/ws9
 #   bench/qwen_nine.sh OUT final [SPECS]  # held-out prompts: base and SPECS (default: the recipe) on OUT/ws9
 #
 # QWEN: the float32 folder tests/qwen.py converts. Probe caps MultiJail at 100 ids before the
@@ -22,6 +23,14 @@ probe)
     --harmless swe_cli/data/harmless.jsonl --general swe_cli/data/general.jsonl \
     --stats-layers 12 --batch-size 16 --dtype float32 --max-prompts 100 --json \
     > "$OUT/probe.json"
+  ;;
+dev)
+  # BORDERLINE_DEV: the development half of the borderline fit split (bench/qwen_borderline.sh's
+  # split step writes it for every language); harmful development prompts: the fit-split ids
+  # beyond the 100 probed
+  python bench/effect.py "$QWEN" -w "$OUT/ws9" --max-prompts 32 --max-new-tokens 8 \
+    --utility-items 0 --borderline "$4" --development "$HARMFUL" --methods "$3" \
+    --json "$OUT/dev-ws9.json" | tee "$OUT/dev-ws9.log"
   ;;
 final)
   python bench/effect.py "$QWEN" -w "$OUT/ws9" --max-prompts 24 --max-new-tokens 16 \
