@@ -5,6 +5,8 @@ In one process, on the same prompts, batches and settings, alternating A and B e
   of model.generate over the same length-sorted batches (greedy, same eos and max_new_tokens);
   tokens/s counts each answer's new tokens up to and including its eos, the same for both
   (the answers are checked to be identical);
+- with --static, also model.generate with transformers' static KV cache
+  (cache_implementation="static", no torch.compile) over the same batches;
 - probe: probe's moment streaming (stages/probe.stream_moments: forward hooks on the recorded
   layers, float32 second moments summed in float64) against bare forward passes over the same
   texts and batches; tokens/s counts the non-pad tokens.
@@ -27,9 +29,15 @@ MULTIJAIL = Path(__file__).resolve().parents[2] / "shared" / "data" / "multijail
 
 
 def bare_generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    cache_implementation: str | None = None,
 ) -> tuple[list[str], int]:
-    """model.generate over swe's length batches; (answers, new tokens up to and with eos)."""
+    """model.generate over swe's length batches; (answers, new tokens up to and with eos).
+    cache_implementation: transformers' KV cache kind ("static": preallocated, fixed shapes)."""
     import torch
     from transformers import GenerationConfig
 
@@ -43,6 +51,7 @@ def bare_generate(
         num_beams=1,
         eos_token_id=eos,
         pad_token_id=pad_id,
+        cache_implementation=cache_implementation,
     )
     texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     encoded = encode_texts(tokenizer, texts, special_tokens=False)
@@ -121,6 +130,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--moment-layers", default="12", help="layers whose moments probe streams")
     parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument(
+        "--static", action="store_true", help="also time model.generate with a static KV cache"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -173,6 +185,30 @@ def main() -> None:
             timed("swe generate", ours)
     same = answers["swe"] == answers["bare"]
     rows = [("generation", "swe generate", "bare model.generate", tokens)]
+    if args.static:
+
+        def static() -> int:
+            answers["static"], count = bare_generate(
+                model, tokenizer, prompts, args.max_new_tokens, args.batch_size, "static"
+            )
+            return count
+
+        for repeat in range(args.repeats):
+            if repeat % 2 == 0:
+                timed("swe generate (static pair)", ours)
+                static_tokens = timed("model.generate, static cache", static)
+            else:
+                static_tokens = timed("model.generate, static cache", static)
+                timed("swe generate (static pair)", ours)
+        print(f"static-cache answers identical to swe's: {answers['static'] == answers['swe']}")
+        rows.append(
+            (
+                "generation vs static cache",
+                "swe generate (static pair)",
+                "model.generate, static cache",
+                static_tokens,
+            )
+        )
 
     if not args.skip_probe:
         texts = [chat_text(tokenizer, p, a) for p, a in zip(prompts, answers["swe"], strict=True)]
