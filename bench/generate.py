@@ -152,13 +152,25 @@ def main() -> None:
     )
     # wall and CPU seconds of each repeat; A and B alternate which goes first
     times: dict[str, list[tuple[float, float]]] = {}
-    tokens = 0
     answers: dict[str, list[str]] = {}
 
     def timed(name: str, function: Any) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
         result = function()
         times.setdefault(name, []).append((time.perf_counter() - wall, time.process_time() - cpu))
+        return result
+
+    def alternate(swe_name: str, swe_path: Any, bare_name: str, bare_path: Any) -> Any:
+        """Each repeat times both paths, alternating which goes first; the bare path's result
+        (its token count) of the last repeat."""
+        result = None
+        for repeat in range(args.repeats):
+            if repeat % 2 == 0:
+                timed(swe_name, swe_path)
+                result = timed(bare_name, bare_path)
+            else:
+                result = timed(bare_name, bare_path)
+                timed(swe_name, swe_path)
         return result
 
     def ours() -> None:
@@ -176,13 +188,7 @@ def main() -> None:
         )
         return count
 
-    for repeat in range(args.repeats):
-        if repeat % 2 == 0:
-            timed("swe generate", ours)
-            tokens = timed("bare model.generate", bare)
-        else:
-            tokens = timed("bare model.generate", bare)
-            timed("swe generate", ours)
+    tokens = alternate("swe generate", ours, "bare model.generate", bare)
     same = answers["swe"] == answers["bare"]
     rows = [("generation", "swe generate", "bare model.generate", tokens)]
     if args.static:
@@ -193,13 +199,9 @@ def main() -> None:
             )
             return count
 
-        for repeat in range(args.repeats):
-            if repeat % 2 == 0:
-                timed("swe generate (static pair)", ours)
-                static_tokens = timed("model.generate, static cache", static)
-            else:
-                static_tokens = timed("model.generate, static cache", static)
-                timed("swe generate (static pair)", ours)
+        static_tokens = alternate(
+            "swe generate (static pair)", ours, "model.generate, static cache", static
+        )
         print(f"static-cache answers identical to swe's: {answers['static'] == answers['swe']}")
         rows.append(
             (
@@ -213,7 +215,6 @@ def main() -> None:
     if not args.skip_probe:
         texts = [chat_text(tokenizer, p, a) for p, a in zip(prompts, answers["swe"], strict=True)]
         layers = [int(layer) for layer in args.moment_layers.split(",") if layer]
-        probe_tokens = 0
 
         def probe() -> None:
             probe_moments(model, tokenizer, texts, args.batch_size, layers)
@@ -221,13 +222,7 @@ def main() -> None:
         def forward() -> int:
             return bare_forward(model, tokenizer, texts, args.batch_size)
 
-        for repeat in range(args.repeats):
-            if repeat % 2 == 0:
-                timed("swe probe moments", probe)
-                probe_tokens = timed("bare forward", forward)
-            else:
-                probe_tokens = timed("bare forward", forward)
-                timed("swe probe moments", probe)
+        probe_tokens = alternate("swe probe moments", probe, "bare forward", forward)
         rows.append(("probe", "swe probe moments", "bare forward", probe_tokens))
 
     print(f"answers identical: {same}")
