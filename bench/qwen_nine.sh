@@ -3,8 +3,8 @@
 # "All nine languages"). Run from the repository root:
 #
 #   bench/qwen_nine.sh OUT probe          # OUT/ws9: zh,it,vi,ar,ko,th,bn,sw,jv probed like bench/qwen_borderline.sh's ws100
-#   bench/qwen_nine.sh OUT dev SPECS BORDERLINE_DEV  # development prompts: SPECS on OUT/ws9
-#   bench/qwen_nine.sh OUT final [SPECS]  # held-out prompts: base and SPECS (default: the recipe) on OUT/ws9
+#   bench/qwen_nine.sh OUT dev SPECS BORDERLINE_DEV [NAME]  # development prompts: SPECS on OUT/ws9
+#   bench/qwen_nine.sh OUT final [SPECS NAME]  # held-out prompts: SPECS (default: base and the recipe) on OUT/ws9
 #
 # QWEN: the float32 folder tests/qwen.py converts. Probe caps MultiJail at 100 ids before the
 # fit/held-out split by id, as the three-language workspace of bench/qwen_borderline.sh does, so
@@ -30,12 +30,12 @@ dev)
   # beyond the 100 probed
   python bench/effect.py "$QWEN" -w "$OUT/ws9" --max-prompts 32 --max-new-tokens 8 \
     --utility-items 0 --borderline "$4" --development "$HARMFUL" --methods "$3" \
-    --json "$OUT/dev-ws9.json" | tee "$OUT/dev-ws9.log"
+    --json "$OUT/dev-ws9${5:+-$5}.json" | tee "$OUT/dev-ws9${5:+-$5}.log"
   ;;
 final)
   python bench/effect.py "$QWEN" -w "$OUT/ws9" --max-prompts 24 --max-new-tokens 16 \
-    --utility-items 0 --borderline swe_cli/data/borderline.jsonl --methods "base;${3:-default}" \
-    --json "$OUT/final-ws9.json" | tee "$OUT/final-ws9.log"
+    --utility-items 0 --borderline swe_cli/data/borderline.jsonl --methods "${3:-base;default}" \
+    --json "$OUT/final-ws9${4:+-$4}.json" | tee "$OUT/final-ws9${4:+-$4}.log"
   ;;
 *) echo "unknown step: $STEP" >&2; exit 2 ;;
 esac
