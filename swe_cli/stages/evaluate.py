@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,10 @@ class EvalInputs:
             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, progress=progress
         )
 
+    @cached_property
     def settings(self) -> dict[str, Any]:
-        """The report's settings: generation, loading and each set's name, source and sha256."""
+        """The report's settings: generation, loading and each set's name, source and sha256
+        (hashed once per inputs: the base's cache key and the report both read them)."""
         sources = dict(self.utility.sources) if self.utility else {}
         for name in ("utility", "multiple_choice", "over_refusal"):
             sources.setdefault(name, None)
@@ -353,7 +356,7 @@ def _report(
         judge=judge.name,
         split=inputs.split,
         langs=tuple(language.lang for language in plan),
-        settings=inputs.settings(),
+        settings=inputs.settings,
         samples=tuple(samples),
     )
 
@@ -440,7 +443,7 @@ def _base_measured(
         return measure_model(BASELINE, model, tokenizer, plan, **options), False
     revision = inputs.revision
     generation = {"role": BASELINE, "split": inputs.split, "revision": revision}
-    generation.update(inputs.settings())
+    generation.update(inputs.settings)
     model_dir = resolve_model(str(base), revision).path
     key = base_cache.cache_key(base_cache.model_key(model_dir), plan, generation)
     stored = base_cache.load(cache, key)
