@@ -155,8 +155,7 @@ def measure(
                 continue
             answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens)
             verdicts = [judge.verdict(a, lang) == REFUSED for a in answers]
-            if name == "borderline":
-                row[f"borderline_refusal_{lang}"] = sum(verdicts) / len(texts)
+            row[f"{name}_refusal_{lang}"] = sum(verdicts) / len(texts)
             refused += sum(verdicts)
             total += len(texts)
         if name in sets:
