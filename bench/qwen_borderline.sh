@@ -15,7 +15,8 @@
 #
 # QWEN: the float32 folder tests/qwen.py converts. WS100 (default OUT/ws100): Qwen probed as in
 # the probe step but without --borderline (--max-prompts 100, built-in harmless and general
-# sets, moments of layers 12 and 15). Development compares on the fit-split MultiJail ids that
+# sets, moments of layers 12 and 15; STATS=12,18 for others: probe reuses the recorded
+# activations of an earlier probe of the same folder and recomputes only the moments). Development compares on the fit-split MultiJail ids that
 # neither workspace probed and on the other half of the borderline fit split
 # (OUT/borderline-dev.jsonl), which no workspace probed: the same prompts in every row.
 # Held-out: the held-out split, the same for both workspaces (probe fits the fit split only).
@@ -29,7 +30,7 @@ mkdir -p "$OUT"
 probe() {  # probe WS [--borderline FILE]
   swe probe "$QWEN" -w "$1" --langs bn,sw,th --harmful "$HARMFUL" \
     --harmless swe_cli/data/harmless.jsonl --general swe_cli/data/general.jsonl \
-    --stats-layers 12,15 --batch-size 16 --dtype float32 --max-prompts 100 "${@:2}"
+    --stats-layers "${STATS:-12,15}" --batch-size 16 --dtype float32 --max-prompts 100 "${@:2}"
 }
 dev() {  # dev WS JSON METHODS
   python bench/effect.py "$QWEN" -w "$1" --max-prompts 32 --max-new-tokens 8 --utility-items 0 \

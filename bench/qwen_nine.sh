@@ -3,6 +3,7 @@
 # "All nine languages"). Run from the repository root:
 #
 #   bench/qwen_nine.sh OUT probe          # OUT/ws9: zh,it,vi,ar,ko,th,bn,sw,jv probed like bench/qwen_borderline.sh's ws100
+#   STATS=12,18 bench/qwen_nine.sh OUT probe  # moments of layers 12 and 18 (default 12); probe reuses recorded activations
 #   bench/qwen_nine.sh OUT dev SPECS BORDERLINE_DEV [NAME]  # development prompts: SPECS on OUT/ws9
 #   bench/qwen_nine.sh OUT final [SPECS NAME]  # held-out prompts: SPECS (default: base and the recipe) on OUT/ws9
 #
@@ -21,7 +22,7 @@ case $STEP in
 probe)
   swe probe "$QWEN" -w "$OUT/ws9" --langs "$LANGS" --harmful "$HARMFUL" \
     --harmless swe_cli/data/harmless.jsonl --general swe_cli/data/general.jsonl \
-    --stats-layers 12 --batch-size 16 --dtype float32 --max-prompts 100 --json \
+    --stats-layers "${STATS:-12}" --batch-size 16 --dtype float32 --max-prompts 100 --json \
     > "$OUT/probe.json"
   ;;
 dev)
