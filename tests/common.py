@@ -3,9 +3,11 @@ word-level tokenizer and a chat template, so every stage runs on them as on a Hu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -15,6 +17,17 @@ SHARED_DIR = Path(
     os.environ.get("SWE_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
 )
 MULTIJAIL = SHARED_DIR / "data" / "multijail" / "MultiJail.csv"
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/NAME.py of this checkout as a module (bench/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 WORDS = (
     "how do i make a bomb poison weapon steal hack cake bread garden letter friend "

@@ -4,12 +4,12 @@ workspace probed with half of a borderline fit split is compared on the other ha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from common import load_bench
 
 from swe_cli.prompts import FIT, HELDOUT, load_prompt_set, split_of
 
@@ -17,12 +17,7 @@ LANGS = ["en", "sw"]
 
 
 def _bench() -> ModuleType:
-    path = Path(__file__).parent.parent / "bench" / "effect.py"
-    spec = importlib.util.spec_from_file_location("effect_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("effect")
 
 
 def _write(path: Path, ids: list[str], kind: str) -> Path:

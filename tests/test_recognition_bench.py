@@ -3,7 +3,6 @@ activations whose answers are known, and end to end on a probed workspace."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,17 +10,13 @@ from types import ModuleType
 
 import pytest
 import torch
+from common import load_bench
 
 from swe_cli.methods.base import LayerData
 
 
 def _bench() -> ModuleType:
-    path = Path(__file__).parent.parent / "bench" / "recognition.py"
-    spec = importlib.util.spec_from_file_location("recognition_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("recognition")
 
 
 def _data() -> LayerData:

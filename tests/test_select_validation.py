@@ -271,13 +271,9 @@ def test_the_agreement_bench_compares_select_with_the_held_out_gate(
 ) -> None:
     """bench/select_agreement.py on a tiny workspace: one row per candidate with both verdicts,
     the agreement counted from them, and the held-out gate's verdict the one gate.check gives."""
-    import importlib.util
+    from common import load_bench
 
-    path = Path(__file__).parent.parent / "bench" / "select_agreement.py"
-    spec = importlib.util.spec_from_file_location("select_agreement", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("select_agreement")
     report = tmp_path / "agreement.json"
     args = ["-w", str(workspace.root), "--candidates", "residual@2; residual@2 strength=50"]
     args += ["--select-prompts", "2", "--select-tokens", "2", "--eval-tokens", "2"]
