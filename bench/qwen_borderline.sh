@@ -16,8 +16,8 @@
 # QWEN: the float32 folder tests/qwen.py converts. WS100 (default OUT/ws100): Qwen probed as in
 # the probe step but without --borderline (--max-prompts 100, built-in harmless and general
 # sets, moments of layers 12 and 15; STATS=12,18 for others: probe reuses the recorded
-# activations of an earlier probe of the same folder and recomputes only the moments). Development compares on the fit-split MultiJail ids that
-# neither workspace probed and on the other half of the borderline fit split
+# activations of an earlier probe of the same folder and recomputes only the moments).
+# Development compares on the fit-split MultiJail ids that neither workspace probed and on the other half of the borderline fit split
 # (OUT/borderline-dev.jsonl), which no workspace probed: the same prompts in every row.
 # Held-out: the held-out split, the same for both workspaces (probe fits the fit split only).
 set -euo pipefail

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from common import load_bench
@@ -14,10 +13,6 @@ from common import load_bench
 from swe_cli.prompts import FIT, HELDOUT, load_prompt_set, split_of
 
 LANGS = ["en", "sw"]
-
-
-def _bench() -> ModuleType:
-    return load_bench("effect")
 
 
 def _write(path: Path, ids: list[str], kind: str) -> Path:
@@ -71,7 +66,7 @@ def _ids_of(texts: dict[str, list[str]], lang: str) -> list[str]:
 def test_development_compares_on_the_borderline_ids_the_workspace_did_not_probe(
     files: dict,
 ) -> None:
-    bench = _bench()
+    bench = load_bench("effect")
     sets = bench.prompt_sets(files["ws"], LANGS, None, files["border"], files["harmful"])
     # no harmless column: the borderline refusals are not reported as harmless ones
     assert set(sets) == {"harmful", "borderline"}
@@ -90,7 +85,7 @@ def test_development_compares_on_the_borderline_ids_the_workspace_did_not_probe(
 
 
 def test_held_out_sets_keep_borderline_and_harmless_apart(files: dict) -> None:
-    bench = _bench()
+    bench = load_bench("effect")
     sets = bench.prompt_sets(files["ws"], LANGS, None, files["border"])
     assert set(sets) == {"harmful", "harmless", "borderline"}
     for lang in LANGS:

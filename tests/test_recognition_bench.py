@@ -6,17 +6,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from common import load_bench
 
 from swe_cli.methods.base import LayerData
-
-
-def _bench() -> ModuleType:
-    return load_bench("recognition")
 
 
 def _data() -> LayerData:
@@ -59,7 +54,7 @@ def _data() -> LayerData:
 def test_target_and_separation_on_known_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     import swe_cli.methods.base as base
 
-    bench = _bench()
+    bench = load_bench("recognition")
     monkeypatch.setattr(base, "layer_data", lambda *args, **kwargs: _data())
     rows = {row["lang"]: row for row in bench.layer_rows(None, 7, "en", ["same", "blind", "half"])}
     tolerance = 1e-6  # float32 inputs, float64 arithmetic
@@ -83,7 +78,7 @@ def test_a_probed_workspace_gives_one_finite_row_per_layer_and_language(
     manifest = Workspace(probed_workspace).manifest()
     layers = manifest.probed_layers[:2]
     out = tmp_path / "rows.json"
-    code = _bench().main(
+    code = load_bench("recognition").main(
         ["-w", str(probed_workspace), "--layers", ",".join(map(str, layers)), "--json", str(out)]
     )
     assert code == 0
