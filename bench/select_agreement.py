@@ -46,6 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patterns", type=Path, action="append", default=[])
     parser.add_argument("--select-prompts", type=int, default=16)
     parser.add_argument("--select-tokens", type=int, default=8)
+    parser.add_argument(
+        "--validation-fraction", type=float, default=None, help="as select.validation_fraction"
+    )
+    parser.add_argument(
+        "--gate-from",
+        type=Path,
+        default=None,
+        help="an earlier --json of the same workspace: reuse its held-out gate verdicts (they do "
+        "not depend on select's settings) for the candidates it has",
+    )
     parser.add_argument("--eval-tokens", type=int, default=64)
     parser.add_argument("--max-prompts", type=int, default=None, help="held-out ids per language")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -173,6 +183,29 @@ def gate_verdict(
     return decision.passed, list(decision.reasons), time.perf_counter() - start
 
 
+def earlier_gate(
+    path: Path | None, workspace: Path, limits: Any, held: dict[str, int], eval_tokens: int
+) -> dict[str, tuple[bool, list[str], float]]:
+    """Held-out gate verdicts per candidate from an earlier run's JSON, which must be of the same
+    workspace, limits, held-out prompts and answer length (the verdict depends on nothing else)."""
+    if path is None:
+        return {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if Path(earlier["workspace"]).resolve() != workspace.resolve():
+        raise SystemExit(f"{path} is of workspace {earlier['workspace']}, not {workspace}")
+    if earlier["limits"] != asdict(limits):
+        raise SystemExit(f"{path} was judged with other gate limits: {earlier['limits']}")
+    if (
+        earlier["held_out_prompts"] != held
+        or earlier.get("eval_tokens", eval_tokens) != eval_tokens
+    ):
+        raise SystemExit(f"{path} was judged on other held-out prompts or answer lengths")
+    return {
+        row["candidate"]: (row["gate_pass"], row["gate_reasons"], row["gate_seconds"])
+        for row in earlier["candidates"]
+    }
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -192,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         prompts=args.select_prompts,
         max_new_tokens=args.select_tokens,
         batch_size=args.batch_size,
+        **(
+            {}
+            if args.validation_fraction is None
+            else {"validation_fraction": args.validation_fraction}
+        ),
     )
     limits = limits_of(args)
     configs = candidates(space, context, settings)
@@ -207,10 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         probes=args.over_refusal,
         max_items=args.max_prompts,
     )
+    held = {
+        f"{name}-{lang}": len(prompt_set.select(lang)) if lang in prompt_set.langs() else 0
+        for name, prompt_set in zip(("harmful", "harmless"), sets, strict=True)
+        for lang in langs
+    }
+    earlier = earlier_gate(args.gate_from, args.workspace, limits, held, args.eval_tokens)
     results = []
     for config, row in zip(configs, rows, strict=True):
-        _say(f"held-out gate: {describe(config)}")
-        passed, reasons, seconds = gate_verdict(context, config, sets, utility, limits, args)
+        if describe(config) in earlier:
+            passed, reasons, seconds = earlier[describe(config)]
+        else:
+            _say(f"held-out gate: {describe(config)}")
+            passed, reasons, seconds = gate_verdict(context, config, sets, utility, limits, args)
         select_pass = row.measure is not None and not math.isnan(row.measure.kl) and not row.reasons
         results.append(
             {
@@ -226,16 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     agree = sum(result["agree"] for result in results)
     n = len(results)
-    held = {
-        f"{name}-{lang}": len(prompt_set.select(lang)) if lang in prompt_set.langs() else 0
-        for name, prompt_set in zip(("harmful", "harmless"), sets, strict=True)
-        for lang in langs
-    }
     summary = {
         "workspace": str(args.workspace),
         "limits": asdict(limits),
         "select_prompts": counts,
         "held_out_prompts": held,
+        "eval_tokens": args.eval_tokens,
         "select_seconds": round(select_seconds, 1),
         "unedited_select": {
             "refusal": reference.refusal,

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from swe_cli.prompts import load_prompt_set
+from swe_cli.prompts import FIT, load_prompt_set, split_of
+from swe_cli.settings import ProbeSettings, field_default
 
 LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
 MIN_REQUESTS = 48
+MIN_FIT = 40  # requests per language on the fit side of probe's default split
 
 # Code points of each non-Latin script; brand and tool names (Minecraft, Nmap, GitHub) stay in
 # Latin letters, so a text passes when most of its letters, not all, are in its script.
@@ -77,6 +79,19 @@ def test_every_request_is_in_exactly_the_ten_languages_once(rows: list[dict[str,
     # the loader the pipeline uses reads it as a parallel set with an answer for every prompt
     prompts = load_prompt_set(_data("borderline.jsonl"), "borderline", list(LANGS)).prompts
     assert len(prompts) == len(rows) and all(prompt.answer for prompt in prompts)
+
+
+def test_the_fit_split_holds_at_least_forty_requests_per_language(
+    rows: list[dict[str, Any]],
+) -> None:
+    # probe splits ids by hash at its default held-out fraction; what falls on the fit side is
+    # what `--borderline builtin` preserves and select validates on
+    fraction = field_default(ProbeSettings, "heldout_fraction")
+    for lang in LANGS:
+        ids = {row["id"] for row in rows if row["lang"] == lang}
+        fit = {prompt_id for prompt_id in ids if split_of(prompt_id, fraction) == FIT}
+        assert len(fit) >= MIN_FIT, (lang, len(fit))
+        assert len(ids) - len(fit) >= 20, (lang, len(ids) - len(fit))  # a held-out side remains
 
 
 def test_texts_and_answers_are_non_empty_and_distinct(rows: list[dict[str, Any]]) -> None:
