@@ -150,9 +150,18 @@ def held_out_sets(space: Any, max_prompts: int | None) -> tuple[Any, Any]:
     return load("harmful"), load("harmless")
 
 
+def measures(result: Any) -> dict[str, Any]:
+    """What the gate reads of one model's eval results: ASR per language, the mean rates."""
+    mean = result.mean()
+    return {
+        "asr": {lang: entry.asr for lang, entry in result.by_lang().items()},
+        **{key: mean.get(key) for key in ("harmless_refusal", "over_refusal", "kl")},
+    }
+
+
 def gate_verdict(
     context: Any, config: Any, sets: tuple[Any, Any], utility: Any, limits: Any, args: Any
-) -> tuple[bool, list[str], float]:
+) -> tuple[bool, list[str], float, dict[str, Any]]:
     from swe_cli.edit import Edit
     from swe_cli.errors import SweError
     from swe_cli.gate import check
@@ -178,14 +187,15 @@ def gate_verdict(
             context.model_dir, Edit(tuple(tensors)), inputs, cache=args.cache or default_cache_dir()
         )
     except SweError as error:
-        return False, [f"failed: {error.message}"], time.perf_counter() - start
+        return False, [f"failed: {error.message}"], time.perf_counter() - start, {}
     decision = check(report, context.hrl, list(context.langs), limits)
-    return decision.passed, list(decision.reasons), time.perf_counter() - start
+    seen = {"edited": measures(report.model), "base": measures(report.baseline)}
+    return decision.passed, list(decision.reasons), time.perf_counter() - start, seen
 
 
 def earlier_gate(
     path: Path | None, workspace: Path, limits: Any, held: dict[str, int], eval_tokens: int
-) -> dict[str, tuple[bool, list[str], float]]:
+) -> dict[str, tuple[bool, list[str], float, dict[str, Any]]]:
     """Held-out gate verdicts per candidate from an earlier run's JSON, which must be of the same
     workspace, limits, held-out prompts and answer length (the verdict depends on nothing else)."""
     if path is None:
@@ -201,7 +211,12 @@ def earlier_gate(
     ):
         raise SystemExit(f"{path} was judged on other held-out prompts or answer lengths")
     return {
-        row["candidate"]: (row["gate_pass"], row["gate_reasons"], row["gate_seconds"])
+        row["candidate"]: (
+            row["gate_pass"],
+            row["gate_reasons"],
+            row["gate_seconds"],
+            row.get("gate_measures", {}),
+        )
         for row in earlier["candidates"]
     }
 
@@ -254,10 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for config, row in zip(configs, rows, strict=True):
         if describe(config) in earlier:
-            passed, reasons, seconds = earlier[describe(config)]
+            passed, reasons, seconds, seen = earlier[describe(config)]
         else:
             _say(f"held-out gate: {describe(config)}")
-            passed, reasons, seconds = gate_verdict(context, config, sets, utility, limits, args)
+            passed, reasons, seconds, seen = gate_verdict(
+                context, config, sets, utility, limits, args
+            )
         select_pass = row.measure is not None and not math.isnan(row.measure.kl) and not row.reasons
         results.append(
             {
@@ -269,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gate_reasons": reasons,
                 "agree": select_pass == passed,
                 "gate_seconds": round(seconds, 1),
+                "gate_measures": seen,
             }
         )
     agree = sum(result["agree"] for result in results)

@@ -300,3 +300,26 @@ def test_the_agreement_bench_compares_select_with_the_held_out_gate(
     )
     assert set(summary["held_out_prompts"].values()) == {3}
     assert f"agreement: {summary['agreement']['agree']}/2" in capsys.readouterr().out
+    # what the gate read: the edited and the base model's ASR in every language, finite rates
+    for row in rows:
+        for side in ("edited", "base"):
+            seen = row["gate_measures"][side]
+            assert set(seen["asr"]) == set(workspace.manifest().langs) | {"en"}
+            assert all(0 <= value <= 1 for value in seen["asr"].values())
+            assert 0 <= seen["harmless_refusal"] <= 1
+        assert row["gate_measures"]["edited"]["kl"] >= 0
+
+    # a second run reuses those held-out verdicts (no held-out evaluation) and measures select
+    # again with another validation share; other held-out prompts are refused
+    again = tmp_path / "again.json"
+    rerun = [*args[:-1], str(again), "--gate-from", str(report), "--validation-fraction", "0.5"]
+    assert bench.main(rerun) == 0
+    assert "held-out gate:" not in capsys.readouterr().err
+    second = json.loads(again.read_text())["candidates"]
+    keys = ("candidate", "gate_pass", "gate_reasons", "gate_seconds", "gate_measures")
+    assert [[row[key] for key in keys] for row in second] == [
+        [row[key] for key in keys] for row in rows
+    ]
+    other = [*rerun, "--max-prompts", "2"]  # the last one given counts
+    with pytest.raises(SystemExit, match="other held-out prompts"):
+        bench.main(other)
