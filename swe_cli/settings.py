@@ -386,7 +386,11 @@ class SelectSettings(Settings):
     )
     batch_size: int = Field(16, ge=1, description="Prompts per forward pass.")
     validation_fraction: float = Field(
-        0.25, gt=0, lt=1, description="Share of the fit ids held back to measure candidates on."
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of the fit ids held back to measure candidates on (the final edit is "
+        "solved on every fit id).",
     )
 
     @field_validator("candidates")

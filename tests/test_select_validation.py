@@ -238,9 +238,10 @@ def test_the_select_cache_key_covers_generation_and_prompts(
 
 def test_the_builtin_sets_let_select_see_a_five_point_change() -> None:
     """With the built-in harmless and borderline sets, probe's default held-out fraction and
-    select's default validation fraction, each language has 6 plain harmless and 6 borderline
-    validation prompts: over en and three targets, each gated mean moves in steps of 1/24, finer
-    than the gate's 0.05 (and 9 and 11 with select.validation_fraction 0.35)."""
+    select's default validation fraction (half the fit ids), each language has 14 plain harmless
+    and 26 borderline validation prompts: over en and three targets, the gated means move in
+    steps of 1/56 and 1/104, well below the gate's 0.05. A quarter of the fit ids would leave
+    6 plain harmless prompts per language: steps of 1/24, one answer nearly the whole limit."""
     from importlib import resources
 
     from swe_cli.prompts import HELDOUT, load_prompt_set, split_of
@@ -259,11 +260,14 @@ def test_the_builtin_sets_let_select_see_a_five_point_change() -> None:
         for cell in (HARMLESS, BORDERLINE)
         for lang in ("en", "bn", "sw", "th")
     }
-    assert set(counts.values()) == {6}
+    assert {name: n for name, n in counts.items() if name.startswith(HARMLESS)} == {
+        f"{HARMLESS}-{lang}": 14 for lang in ("en", "bn", "sw", "th")
+    }
+    assert set(n for name, n in counts.items() if name.startswith(BORDERLINE)) == {26}
     steps = smallest_changes(counts)
-    assert steps == {HARMLESS: 1 / 24, BORDERLINE: 1 / 24}
-    assert max(steps.values()) < GateLimits().max_over_refusal
-    assert (validation(HARMLESS, 0.35), validation(BORDERLINE, 0.35)) == (9, 11)
+    assert steps == {HARMLESS: 1 / 56, BORDERLINE: 1 / 104}
+    assert 2 * max(steps.values()) < GateLimits().max_over_refusal  # two answers fit in it
+    assert (validation(HARMLESS, 0.25), validation(BORDERLINE, 0.25)) == (6, 12)
 
 
 def test_the_agreement_bench_compares_select_with_the_held_out_gate(
