@@ -194,10 +194,16 @@ def gate_verdict(
 
 
 def earlier_gate(
-    path: Path | None, workspace: Path, limits: Any, held: dict[str, int], eval_tokens: int
+    path: Path | None,
+    workspace: Path,
+    limits: Any,
+    held: dict[str, int],
+    eval_tokens: int,
+    utility_sets: dict[str, str],
 ) -> dict[str, tuple[bool, list[str], float, dict[str, Any]]]:
     """Held-out gate verdicts per candidate from an earlier run's JSON, which must be of the same
-    workspace, limits, held-out prompts and answer length (the verdict depends on nothing else)."""
+    workspace, limits, held-out prompts, answer length and utility sets (the verdict depends on
+    nothing else)."""
     if path is None:
         return {}
     earlier = json.loads(path.read_text(encoding="utf-8"))
@@ -208,8 +214,11 @@ def earlier_gate(
     if (
         earlier["held_out_prompts"] != held
         or earlier.get("eval_tokens", eval_tokens) != eval_tokens
+        or earlier.get("utility_sets", utility_sets) != utility_sets
     ):
-        raise SystemExit(f"{path} was judged on other held-out prompts or answer lengths")
+        raise SystemExit(
+            f"{path} was judged on other held-out prompts, answer lengths or utility sets"
+        )
     return {
         row["candidate"]: (
             row["gate_pass"],
@@ -265,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, prompt_set in zip(("harmful", "harmless"), sets, strict=True)
         for lang in langs
     }
-    earlier = earlier_gate(args.gate_from, args.workspace, limits, held, args.eval_tokens)
+    utility_sets = {"utility": args.utility, "choices": args.choices, "probes": args.over_refusal}
+    earlier = earlier_gate(
+        args.gate_from, args.workspace, limits, held, args.eval_tokens, utility_sets
+    )
     results = []
     for config, row in zip(configs, rows, strict=True):
         if describe(config) in earlier:
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "select_prompts": counts,
         "held_out_prompts": held,
         "eval_tokens": args.eval_tokens,
+        "utility_sets": utility_sets,
         "select_seconds": round(select_seconds, 1),
         "unedited_select": {
             "refusal": reference.refusal,

@@ -324,6 +324,6 @@ def test_the_agreement_bench_compares_select_with_the_held_out_gate(
     assert [[row[key] for key in keys] for row in second] == [
         [row[key] for key in keys] for row in rows
     ]
-    other = [*rerun, "--max-prompts", "2"]  # the last one given counts
-    with pytest.raises(SystemExit, match="other held-out prompts"):
-        bench.main(other)
+    for other in (["--max-prompts", "2"], ["--over-refusal", "builtin"]):  # the last one counts
+        with pytest.raises(SystemExit, match="other held-out prompts"):
+            bench.main([*rerun, *other])
