@@ -85,7 +85,7 @@ def rows_for(space: Any, layer: int, specs: list[str], shares: list[float], frac
     from swe_cli.methods.base import TuneData, context_from
     from swe_cli.methods.residual import ResidualMethod, _keys, edit_target, residual_step
     from swe_cli.settings import SolveSettings
-    from swe_cli.stages.select import borderline_ids
+    from swe_cli.stages.select import borderline_ids, parse_candidate
     from swe_cli.stages.tune import split_ids
 
     context = context_from(space, space.manifest())
@@ -94,10 +94,11 @@ def rows_for(space: Any, layer: int, specs: list[str], shares: list[float], frac
     fit, val = TuneData(context, split.fit, split.validation).pair(layer)
     plain = [row for row, prompt_id in enumerate(val.safe_ids) if prompt_id not in border]
     method = ResidualMethod()
+    base = SolveSettings(method="residual").resolve()
+    num_layers = space.manifest().model.num_layers
     rows = []
-    for spec in specs:
-        given = dict(item.split("=", 1) for item in spec.split())
-        config = SolveSettings(method="residual", layers=str(layer), **given).resolve()
+    for spec in specs:  # read as select reads its candidates
+        config = parse_candidate(f"residual@{layer} {spec}", base, num_layers)
         for share in shares:
             kept = keep_rows(fit, share)
             keys = _keys(context, layer, (kept, val), None, config)
