@@ -48,10 +48,10 @@ group)
   # list differs, written anew so that the hard-linked original is not changed
   mkdir -p "$OUT/$3" && rm -rf "$OUT/$3/ws9" && cp -al "$OUT/ws9/." "$OUT/$3/ws9"
   rm "$OUT/$3/ws9/workspace.yaml"
-  python - "$4" "$OUT/ws9/workspace.yaml" "$OUT/$3/ws9/workspace.yaml" <<'PY'
+  python - "$LANGS" "$4" "$OUT/ws9/workspace.yaml" "$OUT/$3/ws9/workspace.yaml" <<'PY'
 import sys
-nine = "zh,it,vi,ar,ko,th,bn,sw,jv".split(",")
-langs, source, target = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+nine, langs = sys.argv[1].split(","), sys.argv[2].split(",")
+source, target = sys.argv[3], sys.argv[4]
 text = open(source, encoding="utf-8").read()
 block = "langs:\n" + "".join(f"- {lang}\n" for lang in nine)
 if text.count(block) != 1 or not set(langs) <= set(nine):
