@@ -12,7 +12,10 @@ tune-fit harmless rows (a fixed seed-0 draw over all languages), and applied to 
 - fitted: leak of the harmless rows the edit preserved (what the solve saw);
 
 and per setting the relative residual of the unseen harmful mapping ||dW K - T|| / ||T|| (lower:
-the unseen harmful prompts land nearer their HRL translations). Borderline requests (probe
+the unseen harmful prompts land nearer their HRL translations; T is the edit's own target, with
+any lang_strength factor), and for the HRL's harmful prompts, which the edit should leave alone:
+`hrl.leak`, mean |dW k| of the unseen ones over that of the unseen LRL harmful prompts, and
+`hrl.fitted`, the same for the tune-fit ones (what keep_hrl preserves). Borderline requests (probe
 --borderline) are preserved with the harmless prompts but left out of the unseen harmless rows.
 
     python bench/leak.py -w WS --layer 12 --json leak.json \\
@@ -62,6 +65,19 @@ def leak_row(delta: Any, harmful: Any, harmless: Any, fitted: Any) -> dict[str, 
     }
 
 
+def hrl_row(delta: Any, unseen: Any, fitted: Any, low: Any) -> dict[str, float]:
+    """delta: d x f edit; unseen, fitted: n x f keys of HRL harmful prompts the solve did not and
+    did see; low: the unseen LRL harmful keys (the push the sizes are relative to)."""
+    import torch
+
+    size = (low.to(torch.float64) @ delta.T).norm(dim=1).mean()
+
+    def moved(keys: Any) -> float:
+        return float((keys.to(torch.float64) @ delta.T).norm(dim=1).mean() / size)
+
+    return {"leak": moved(unseen), "fitted": moved(fitted)}
+
+
 def keep_rows(data: Any, share: float) -> Any:
     """data with only `share` of its harmless rows (a seed-0 draw; HRL rows stay first)."""
     import torch
@@ -107,7 +123,8 @@ def rows_for(space: Any, layer: int, specs: list[str], shares: list[float], frac
                 keys.K, keys.Kn, keys.C0, target, 1, config, kept.a_low.shape[0]
             )
             delta = solution.delta.to(torch.float64)
-            wanted = method.target(val, config).T
+            harmful_columns = val.a_low.shape[0]
+            wanted = edit_target(val, config, method.target(val, config))[:, :harmful_columns].T
             mapped = val.a_low.to(torch.float64) @ delta.T
             residual = float((mapped - wanted).norm() / wanted.norm())
             langs = {}
@@ -122,12 +139,20 @@ def rows_for(space: Any, layer: int, specs: list[str], shares: list[float], frac
                     "n_harmful": len(harmful),
                     "n_harmless": len(harmless),
                 }
+            first = context.langs[0]  # each HRL prompt once (its rows repeat per language)
+            hrl = hrl_row(
+                delta,
+                val.a_hrl[[row for row, name in enumerate(val.low_langs) if name == first]],
+                kept.a_hrl[[row for row, name in enumerate(kept.low_langs) if name == first]],
+                val.a_low,
+            )
             rows.append(
                 {
                     "spec": spec,
                     "share": share,
                     "kept_rows": len(kept.safe_ids),
                     "val_residual": residual,
+                    "hrl": hrl,
                     "langs": langs,
                 }
             )
@@ -142,7 +167,8 @@ def _say(row: dict[str, Any]) -> None:
     )
     print(
         f"{row['spec'][:60]:<60} share {row['share']:.3f} ({row['kept_rows']} rows) "
-        f"residual {row['val_residual']:.3f}  {cells}",
+        f"residual {row['val_residual']:.3f}  hrl {row['hrl']['leak']:.2f}/{row['hrl']['fitted']:.2f}"
+        f"  {cells}",
         flush=True,
     )
 
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if not specs or not all(0 < share <= 1 for share in shares):
         print("give at least one spec and shares in (0, 1]", file=sys.stderr)
         return 2
-    print("per language: aligned / leak / fitted (see the docstring)")
+    print("hrl: leak / fitted; per language: aligned / leak / fitted (see the docstring)")
     rows = rows_for(Workspace(args.workspace), args.layer, specs, shares, args.validation_fraction)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
