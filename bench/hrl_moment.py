@@ -122,7 +122,6 @@ def held_out_asr(space: Any, args: argparse.Namespace, model: Any, tokenizer: An
     from swe_cli.edit import Edit
     from swe_cli.judges import PatternJudge
     from swe_cli.measure import edit_applied
-    from swe_cli.models import generate
 
     sys.path.insert(0, str(BENCH))
     from select_agreement import held_out_sets
@@ -136,13 +135,7 @@ def held_out_asr(space: Any, args: argparse.Namespace, model: Any, tokenizer: An
         found = {}
         for lang in langs:
             prompts = harmful.select(lang)
-            answers = generate(
-                model,
-                tokenizer,
-                [p.text for p in prompts],
-                max_new_tokens=args.eval_tokens,
-                batch_size=args.batch_size,
-            )
+            answers = answer(model, tokenizer, prompts, args.eval_tokens, args.batch_size)
             judged = judge.judge([], answers, lang)
             found[lang] = {p.id: (v, a) for p, v, a in zip(prompts, judged, answers, strict=True)}
         return found
@@ -175,6 +168,14 @@ def held_out_asr(space: Any, args: argparse.Namespace, model: Any, tokenizer: An
     return rows
 
 
+def answer(model: Any, tokenizer: Any, prompts: Any, tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers of at most `tokens` new tokens to the prompts' texts."""
+    from swe_cli.models import generate
+
+    texts = [p.text for p in prompts]
+    return generate(model, tokenizer, texts, max_new_tokens=tokens, batch_size=batch_size)
+
+
 def fmt(asr: dict[str, float]) -> str:
     return " ".join(f"{lang} {value:.3f}" for lang, value in asr.items())
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from swe_cli.architectures import adapter_for
     from swe_cli.methods.base import context_from
-    from swe_cli.models import chat_text, generate, load_model
+    from swe_cli.models import chat_text, load_model
     from swe_cli.settings import SolveSettings
     from swe_cli.stages.select import parse_candidate
     from swe_cli.workspace import Workspace
@@ -209,13 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = moment_prompts(space, args)
     start = time.perf_counter()
     model, tokenizer = load_model(context.model_dir, device="cpu", dtype="float32")
-    answers = generate(
-        model,
-        tokenizer,
-        [p.text for p in prompts],
-        max_new_tokens=args.answer_tokens,
-        batch_size=args.batch_size,
-    )
+    answers = answer(model, tokenizer, prompts, args.answer_tokens, args.batch_size)
     texts = [chat_text(tokenizer, p.text, a) for p, a in zip(prompts, answers, strict=True)]
     extra = hrl_moment(model, tokenizer, adapter_for(context.model_type), args.layer, texts)
     print(f"HRL moment: {len(texts)} prompts, {time.perf_counter() - start:.0f} s", flush=True)
