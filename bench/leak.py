@@ -78,6 +78,11 @@ def hrl_row(delta: Any, unseen: Any, fitted: Any, low: Any) -> dict[str, float]:
     return {"leak": moved(unseen), "fitted": moved(fitted)}
 
 
+def rows_of(langs: Any, lang: str) -> list[int]:
+    """The rows whose language (langs: one name per row) is lang."""
+    return [row for row, name in enumerate(langs) if name == lang]
+
+
 def keep_rows(data: Any, share: float) -> Any:
     """data with only `share` of its harmless rows (a seed-0 draw; HRL rows stay first)."""
     import torch
@@ -129,9 +134,9 @@ def rows_for(space: Any, layer: int, specs: list[str], shares: list[float], frac
             residual = float((mapped - wanted).norm() / wanted.norm())
             langs = {}
             for lang in context.langs:
-                harmful = [row for row, name in enumerate(val.low_langs) if name == lang]
+                harmful = rows_of(val.low_langs, lang)
                 harmless = [row for row in plain if val.safe_langs[row] == lang]
-                fitted = [row for row, name in enumerate(kept.safe_langs) if name == lang]
+                fitted = rows_of(kept.safe_langs, lang)
                 langs[lang] = {
                     **leak_row(
                         delta, val.a_low[harmful], val.a_safe[harmless], kept.a_safe[fitted]
@@ -142,8 +147,8 @@ def rows_for(space: Any, layer: int, specs: list[str], shares: list[float], frac
             first = context.langs[0]  # each HRL prompt once (its rows repeat per language)
             hrl = hrl_row(
                 delta,
-                val.a_hrl[[row for row, name in enumerate(val.low_langs) if name == first]],
-                kept.a_hrl[[row for row, name in enumerate(kept.low_langs) if name == first]],
+                val.a_hrl[rows_of(val.low_langs, first)],
+                kept.a_hrl[rows_of(kept.low_langs, first)],
                 val.a_low,
             )
             rows.append(
