@@ -50,14 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def moment_prompts(space: Any, args: argparse.Namespace) -> list[Any]:
+def moment_prompts(space: Any, context: Any, args: argparse.Namespace) -> list[Any]:
     """The HRL harmful prompts the moment covers (see the docstring); exits 2 when the
     workspace's recorded split is not split_of(id, --heldout-fraction)."""
-    from swe_cli.methods.base import context_from
     from swe_cli.prompts import FIT, PromptSet, load_prompt_set, split_of
     from swe_cli.stages.tune import split_ids
 
-    context = context_from(space, space.manifest())
     probed = PromptSet.from_jsonl(space.prompts_dir / "harmful.jsonl", "harmful")
     wrong = [p.id for p in probed.prompts if p.split != split_of(p.id, args.heldout_fraction)]
     if wrong:
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(list(config.layers or ()) != [args.layer] for _, config in configs):
         print(f"every spec must edit --layer {args.layer} alone", file=sys.stderr)
         return 2
-    prompts = moment_prompts(space, args)
+    prompts = moment_prompts(space, context, args)
     start = time.perf_counter()
     model, tokenizer = load_model(context.model_dir, device="cpu", dtype="float32")
     answers = answer(model, tokenizer, prompts, args.answer_tokens, args.batch_size)

@@ -27,8 +27,9 @@ def test_the_moment_never_reads_a_held_out_or_validation_id(
         ["-w", str(probed_workspace), "--harmful", str(prompt_files["harmful"])]
         + ["--layer", str(layer), "--specs", f"residual@{layer}", "--json", "x.json"]
     )
-    prompts = bench.moment_prompts(space, args)
-    validation = split_ids(context_from(space, space.manifest()), [layer], 0.5).validation
+    context = context_from(space, space.manifest())
+    prompts = bench.moment_prompts(space, context, args)
+    validation = split_ids(context, [layer], 0.5).validation
     assert prompts, "the fixture has fit-side HRL prompts outside validation"
     for prompt in prompts:
         assert prompt.lang == "en" and prompt.id not in validation
@@ -36,7 +37,7 @@ def test_the_moment_never_reads_a_held_out_or_validation_id(
     # a fraction the workspace was not probed with is refused before any model is loaded
     args.heldout_fraction = 0.9
     with pytest.raises(SystemExit) as stopped:
-        bench.moment_prompts(space, args)
+        bench.moment_prompts(space, context, args)
     assert stopped.value.code == 2
 
 
