@@ -19,6 +19,7 @@ from swe_cli import __version__
 from swe_cli.errors import EditError, HubError
 from swe_cli.io.files import atomic_write_text, check_inside
 from swe_cli.io.safetensors import read_header
+from swe_cli.prompts import MERGED_SOURCE
 
 PROVENANCE_FORMAT = "swe-provenance/1"
 PROVENANCE_FILE = "swe_edit.json"
@@ -65,10 +66,13 @@ def public_name(model: dict[str, Any]) -> str:
 
 def public_source(source: str) -> str:
     """A prompt set's or model's source as pushed files may name it: a Hub id as it is, a local
-    file or folder by its name alone."""
+    file or folder by its name alone; each part of a merged set ("A + B") named alike."""
     text = str(source or "")
     if not text:
         return text
+    if MERGED_SOURCE in text:
+        parts = text.split(MERGED_SOURCE)
+        return MERGED_SOURCE.join(public_source(part) for part in parts)
     local = text.startswith(("/", ".", "~")) or Path(text).expanduser().exists()
     if local or not _HUB_ID.match(text):
         return Path(text.rstrip("/\\")).name or text

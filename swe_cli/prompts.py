@@ -209,6 +209,9 @@ def load_prompt_set(
     return PromptSet(name=name, prompts=tuple(prompts), source=str(source), unused_langs=unused)
 
 
+MERGED_SOURCE = " + "  # joins the sources of a merged set
+
+
 def merge_sets(first: PromptSet, second: PromptSet) -> PromptSet:
     """first's prompts, then second's, under first's name (a set probed alongside another, e.g.
     borderline requests with the harmless prompts); the ids must not overlap."""
@@ -221,7 +224,7 @@ def merge_sets(first: PromptSet, second: PromptSet) -> PromptSet:
     return PromptSet(
         name=first.name,
         prompts=first.prompts + second.prompts,
-        source=f"{first.source} + {second.source}",
+        source=f"{first.source}{MERGED_SOURCE}{second.source}",
         unused_langs=first.unused_langs,
     )
 

@@ -18,8 +18,10 @@ from swe_cli.hub import (
     hub_repo_id,
     neuron_counts,
     normalise_languages,
+    public_source,
     push_to_hub,
 )
+from swe_cli.prompts import Prompt, PromptSet, merge_sets
 
 EVAL_TABLE = "| lang | ASR before | ASR after |\n|---|---:|---:|\n| bn | 0.98 | 0.60 |\n"
 
@@ -217,3 +219,20 @@ def test_refused_repo_is_a_clear_error(folder: Path) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(HubError, match="no such folder"):
         push_to_hub(tmp_path / "nope", "me/model", token="hf_x")
+
+
+def test_public_source_names_every_part_of_a_merged_set(tmp_path: Path) -> None:
+    harmless = tmp_path / "sets" / "harmless.jsonl"
+    borderline = tmp_path / "other" / "borderline.jsonl"
+    first = PromptSet(
+        name="harmless", prompts=(Prompt("1", "en", "hi", "fit"),), source=str(harmless)
+    )
+    second = PromptSet(
+        name="b", prompts=(Prompt("b1", "en", "kill a process", "fit"),), source=str(borderline)
+    )
+    merged = merge_sets(first, second)
+    assert public_source(merged.source) == "harmless.jsonl + borderline.jsonl"
+    assert str(tmp_path) not in public_source(merged.source)
+    assert public_source(f"DAMO-NLP-SG/MultiJail + {borderline}") == (
+        "DAMO-NLP-SG/MultiJail + borderline.jsonl"
+    )
