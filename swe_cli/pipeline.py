@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +170,15 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     split = {"heldout_fraction": settings.heldout_fraction, "max_prompts": settings.max_prompts}
     harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
     harmless_set = load_prompt_set(request.harmless, "harmless", all_langs, **split)
-    borderline = borderline_source(settings.borderline, all_langs, ui)
+    notes: list[str] = []  # said once every input is checked, so an error stands alone
+    borderline = borderline_source(settings.borderline, all_langs, replace(ui, info=notes.append))
     borderline_set = None
     if borderline is not None:
         borderline_set = load_prompt_set(borderline, "borderline", all_langs, **split)
         harmless_set = merge_sets(harmless_set, borderline_set)
     unused = unused_harmless(harmless_set.unused_langs, harmful_set.unused_langs)
     if unused:
-        ui.info(f"[yellow]note:[/yellow] {unused}")
+        notes.append(f"[yellow]note:[/yellow] {unused}")
     general_set = None
     if request.general:
         general_set = load_prompt_set(
@@ -188,6 +189,8 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             require_parallel=False,
         )
     resolved = request.resolved or resolve_model(request.model, request.revision)
+    for note in notes:
+        ui.info(note)
     config = ProbeConfig.model_validate(
         {
             **settings.model_dump(),
