@@ -175,7 +175,12 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     borderline_set = None
     if borderline is not None:
         borderline_set = load_prompt_set(borderline, "borderline", all_langs, **split)
-        harmless_set = merge_sets(harmless_set, borderline_set)
+        try:
+            harmless_set = merge_sets(harmless_set, borderline_set)
+        except PromptError as error:  # the borderline set is probed by default: say how to drop it
+            raise PromptError(
+                error.message, f"{error.hint}, or probe without them: --borderline none"
+            ) from None
     unused = unused_harmless(harmless_set.unused_langs, harmful_set.unused_langs)
     if unused:
         notes.append(f"[yellow]note:[/yellow] {unused}")

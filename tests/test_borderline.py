@@ -68,6 +68,7 @@ def test_borderline_ids_that_clash_with_harmless_ids_are_refused(
     assert code != 0
     line = " ".join(err.split())
     assert f"'{clash}'" in line and "ids of their own" in line
+    assert "--borderline none" in line  # probed by default: the way out is named
     assert not (workspace / "acts").exists()
 
 
