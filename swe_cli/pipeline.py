@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +133,12 @@ BUILTIN_BORDERLINE = "borderline.jsonl"
 
 
 def borderline_source(setting: str, langs: list[str], ui: Ui = SILENT) -> str | None:
-    """The borderline file to probe with the harmless prompts: none, a file, or builtin (swe's
-    set, when it has every language of the run; else a note and none)."""
+    """The borderline file to probe with the harmless prompts: none, a file, builtin (swe's set,
+    when it has every language of the run; else a note and none) or auto, the default (builtin
+    when it has every language, else none without a note)."""
     if setting in ("", "none"):
         return None
-    if setting != "builtin":
+    if setting not in ("builtin", "auto"):
         return setting
     from importlib import resources
 
@@ -150,6 +151,8 @@ def borderline_source(setting: str, langs: list[str], ui: Ui = SILENT) -> str | 
         present = []
     missing = [lang for lang in langs if lang not in present]
     if missing:
+        if setting == "auto":
+            return None
         ui.info(
             f"[yellow]note:[/yellow] the built-in borderline requests are not in "
             f"{', '.join(missing)}: probing without them"
@@ -170,8 +173,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
     split = {"heldout_fraction": settings.heldout_fraction, "max_prompts": settings.max_prompts}
     harmful_set = load_prompt_set(request.harmful, "harmful", all_langs, **split)
     harmless_set = load_prompt_set(request.harmless, "harmless", all_langs, **split)
-    notes: list[str] = []  # said once every input is checked, so an error stands alone
-    borderline = borderline_source(settings.borderline, all_langs, replace(ui, info=notes.append))
+    borderline = borderline_source(settings.borderline, all_langs, ui)
     borderline_set = None
     if borderline is not None:
         borderline_set = load_prompt_set(borderline, "borderline", all_langs, **split)
@@ -183,7 +185,7 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             ) from None
     unused = unused_harmless(harmless_set.unused_langs, harmful_set.unused_langs)
     if unused:
-        notes.append(f"[yellow]note:[/yellow] {unused}")
+        ui.info(f"[yellow]note:[/yellow] {unused}")
     general_set = None
     if request.general:
         general_set = load_prompt_set(
@@ -194,8 +196,6 @@ def probe(request: ProbeRequest, ui: Ui = SILENT) -> dict[str, Any]:
             require_parallel=False,
         )
     resolved = request.resolved or resolve_model(request.model, request.revision)
-    for note in notes:
-        ui.info(note)
     config = ProbeConfig.model_validate(
         {
             **settings.model_dump(),

@@ -195,11 +195,12 @@ class ProbeSettings(Settings):
         "preservation moments cover (0: prompts and reference answers only).",
     )
     borderline: str = Field(
-        "builtin",
+        "auto",
         description="Borderline benign requests (benign, with alarming words) probed with the "
         "harmless prompts: the edit keeps the model's own answers to them and select counts "
         "their refusals; builtin: swe's set in the MultiJail languages (skipped with a note when "
-        "a language of the run is not in it), none, or a file.",
+        "a language of the run is not in it); auto: builtin when it has every language of the "
+        "run, else none; none; or a file.",
     )
 
 

@@ -85,3 +85,8 @@ def test_builtin_borderline_only_for_languages_it_has() -> None:
     assert said and "qaa" in said[0]
     builtin = borderline_source("builtin", ["en", "bn", "sw", "th"])  # shipped: MultiJail's ten
     assert builtin is not None and Path(builtin).name == "borderline.jsonl"
+    # auto, the default: the same set when it has every language, else none and no note
+    assert borderline_source("auto", ["en", "bn", "sw", "th"]) == builtin
+    said.clear()
+    assert borderline_source("auto", ["en", "qaa"], Ui()) is None  # type: ignore[arg-type]
+    assert said == []
